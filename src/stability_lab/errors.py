@@ -1,0 +1,23 @@
+"""User-facing errors.
+
+Every error a user can cause by what they typed or handed in is a :class:`LabError`.
+The CLI prints its message as one line (``stability-lab: error: ...``) and exits with
+code 2, with no traceback. Messages name the input, say what was expected and what to
+do, in the manner of scikit-learn's parameter validation:
+
+    The 'lr' parameter must be a positive float. Got -1 instead; pass e.g. --lr 0.01.
+"""
+
+from __future__ import annotations
+
+
+class LabError(Exception):
+    """An error caused by the user's input; reported in one line, exit code 2."""
+
+
+class UsageError(LabError, ValueError):
+    """A bad option, axis, value or data source."""
+
+
+class DataError(LabError, ValueError):
+    """Data that cannot be used as given (missing file, NaN, wrong shape, ...)."""
