@@ -1,0 +1,143 @@
+"""``stability-lab run``: the main job.
+
+Runs a sweep of matched runs, prints one ``Run ...: verdict`` line per run, the
+condition numbers, the recommendations with their numbers, and a table; stores every
+run in SQLite under ``--out``. ``--json`` prints one JSON document instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import UsageError
+from ..params import AXES, axis, parse_sweep_arg
+
+HELP = "run a task under a sweep of matched configurations and diagnose every run"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="logistic_regression",
+                   help="logistic_regression (default), linear_regression, mlp, attention, "
+                        "or your own model as path/to/file.py:build or package.module:build")
+    p.add_argument("--data", default=None,
+                   help="breast_cancer (default), digits, "
+                        "synthetic:n=2000,d=20,kappa=1e8,seed=0, or a CSV path (with --target)")
+    p.add_argument("--target", default=None, help="label column of a CSV data file")
+    p.add_argument("--sweep", action="append", default=[], metavar="AXES",
+                   help="axes with their default values (precision,lr,lambda) or one axis "
+                        "with values (lr=1e-3,0.1,1); repeatable; Cartesian product")
+    group = p.add_argument_group("base settings (any sweep axis, for every run)")
+    for ax in AXES.values():
+        flag = "--" + ax.name.replace("_", "-")
+        group.add_argument(flag, dest=f"axis_{ax.name}", default=None, metavar="VALUE",
+                           help=f"{ax.help} (sweep defaults: {','.join(ax.defaults)})")
+    p.add_argument("--out", default="lab-runs", metavar="DIR",
+                   help="folder of the run store lab.sqlite (default: ./lab-runs)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead")
+    p.add_argument("--html", metavar="FILE", help="also write an HTML report with plots")
+    p.add_argument("--verify", action="store_true",
+                   help="re-run each failing run with each recommended fix alone and all "
+                        "together (same seed) and report before/after")
+    p.add_argument("--attribute", nargs="?", const=1, type=int, metavar="K", default=None,
+                   help="deep nets: per-layer statistics every K steps (default 1)")
+    p.add_argument("--rerun", action="store_true",
+                   help="run again even if the store already holds a run with the same spec")
+    p.add_argument("--no-cohorts", action="store_true",
+                   help="run specs one at a time instead of in lockstep cohorts")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def build_sweep(args: argparse.Namespace):
+    """Base spec and axes from the arguments; all checks, no heavy imports."""
+    from .. import datasets
+    from ..spec import DEFAULT_DATA, RunSpec, Sweep, merge_axes
+    from ..tasks import check_task_name
+
+    task = args.task
+    check_task_name(task)
+    changes = {}
+    for ax in AXES.values():
+        text = getattr(args, f"axis_{ax.name}", None)
+        if text is not None:
+            axis(ax.name, task)
+            changes[ax.name] = ax.parse(text)
+    if args.attribute is not None:
+        if args.attribute < 1:
+            raise UsageError(f"--attribute K needs K >= 1. Got {args.attribute}.")
+        changes["attribute_every"] = args.attribute
+    data = args.data
+    if data is None:
+        data = DEFAULT_DATA if task in ("logistic_regression",) else _task_default_data(task)
+    else:
+        datasets.check_source(data) if task in ("logistic_regression",) else None
+    base = RunSpec(task=task, data=data, target=args.target)
+    if changes:
+        base = base.replace(**changes)
+    axes = []
+    for text in args.sweep:
+        axes.extend(parse_sweep_arg(text, task))
+    axes = merge_axes(axes)
+    names = [name for name, _ in axes]
+    if "kappa" in names or base.param("kappa") is not None:
+        if not base.data.startswith("synthetic"):
+            raise UsageError(
+                "The 'kappa' axis sets the condition number of synthetic data; pass "
+                "--data synthetic:n=2000,d=20,kappa=1e8,seed=0 with it."
+            )
+    note = None
+    if (task == "logistic_regression" and axes and "scale" not in names
+            and getattr(args, "axis_scale", None) is None):
+        axes.append(("scale", ["raw", "standardized"]))
+        note = ("scale=raw,standardized added as a matched control (set --scale or "
+                "--sweep scale=... to choose)")
+    return Sweep(base, axes), note
+
+
+def _task_default_data(task: str) -> str:
+    return {"linear_regression": "nist:Longley", "mlp": "digits", "attention": "generated"}.get(
+        task, "builtin")
+
+
+def main(args: argparse.Namespace) -> int:
+    sweep, note = build_sweep(args)
+    n = len(sweep.specs)
+    if n > 100_000:
+        raise UsageError(f"The sweep has {n} runs; the limit is 100000. Sweep fewer values.")
+    from ..lab import run_sweep  # heavy imports start here
+
+    progress = None if (args.no_progress or not sys.stderr.isatty()) else _bar
+    command = "stability-lab " + " ".join(sys.argv[1:])
+    result = run_sweep(sweep, out=args.out, command=command, progress=progress,
+                       cohorts=not args.no_cohorts, rerun=args.rerun)
+    if progress:
+        sys.stderr.write("\n")
+    if args.verify:
+        from ..verify import verify_sweep
+
+        verify_sweep(result, out=args.out)
+    if args.html:
+        from ..report.html import write_html
+
+        write_html(result, args.html)
+    if args.json:
+        doc = result.to_dict()
+        if note:
+            doc["sweep"]["note"] = note
+        json.dump(doc, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        from ..report.terminal import format_sweep
+
+        sys.stdout.write(format_sweep(result, note=note))
+        if args.html:
+            sys.stdout.write(f"HTML report: {args.html}\n")
+    return 0
+
+
+def _bar(done: int, total: int) -> None:
+    width = 30
+    filled = int(width * done / max(total, 1))
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} runs")
+    sys.stderr.flush()

@@ -1,0 +1,223 @@
+"""Data sources for the linear tasks, and feature transforms.
+
+Sources (the ``--data`` value):
+
+- ``breast_cancer`` (default): scikit-learn's Wisconsin diagnostic breast-cancer data,
+  569 x 30, with its raw, badly scaled features (cond(X) about 1.5e6).
+- ``digits``: scikit-learn's 8x8 digits, 1797 x 64 (10 classes; binary tasks use
+  "digit is odd").
+- ``synthetic:n=2000,d=20,kappa=1e8,seed=0``: X = sqrt(n) U diag(s) V^T with U, V
+  random orthonormal and s geometric from 1 down to 1/kappa, so cond(X) = kappa to
+  rounding (cond(X^T X) = kappa^2); labels drawn from a logistic model.
+- ``path/to/file.csv`` with ``--target COLUMN``: a header row, numeric features.
+
+Everything is float64 here; the engine rounds to the run's format.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, UsageError
+
+BUILTIN = ("breast_cancer", "digits")
+
+
+@dataclass
+class Dataset:
+    name: str
+    X: np.ndarray
+    y: np.ndarray
+    feature_names: list[str] = field(default_factory=list)
+    target_name: str = "target"
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def d(self) -> int:
+        return int(self.X.shape[1])
+
+
+def parse_synthetic(text: str) -> dict[str, float]:
+    """``synthetic:n=2000,d=20,kappa=1e8,seed=0`` -> its parameters, checked."""
+    params = {"n": 2000.0, "d": 20.0, "kappa": 1e8, "seed": 0.0}
+    body = text.partition(":")[2]
+    for item in filter(None, (s.strip() for s in body.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or key not in params:
+            raise UsageError(
+                f"Bad synthetic data parameter {item!r} in {text!r}; expected "
+                "synthetic:n=2000,d=20,kappa=1e8,seed=0 (keys n, d, kappa, seed)."
+            )
+        try:
+            params[key] = float(value)
+        except ValueError:
+            raise UsageError(
+                f"The synthetic parameter {key!r} must be a number. Got {value!r} instead."
+            ) from None
+    n, d, kappa, seed = params["n"], params["d"], params["kappa"], params["seed"]
+    if not (n == int(n) and d == int(d) and d >= 1 and n >= d + 1):
+        raise UsageError(
+            f"Synthetic data needs integers n > d >= 1. Got n={n:g}, d={d:g}; pass e.g. n=2000,d=20."
+        )
+    if not (math.isfinite(kappa) and kappa >= 1):
+        raise UsageError(f"Synthetic 'kappa' must be a finite number >= 1. Got {kappa:g}.")
+    if not (seed == int(seed) and seed >= 0):
+        raise UsageError(f"Synthetic 'seed' must be an integer >= 0. Got {seed:g}.")
+    return params
+
+
+def synthetic(n: int = 2000, d: int = 20, kappa: float = 1e8, seed: int = 0) -> Dataset:
+    """A design with cond(X) = kappa exactly (to rounding) and logistic labels."""
+    rng = np.random.default_rng(int(seed))
+    U, _ = np.linalg.qr(rng.standard_normal((int(n), int(d))))
+    V, _ = np.linalg.qr(rng.standard_normal((int(d), int(d))))
+    s = kappa ** (-np.linspace(0.0, 1.0, int(d))) if d > 1 else np.ones(1)
+    X = math.sqrt(n) * (U * s) @ V.T
+    w = rng.standard_normal(int(d))
+    w /= np.linalg.norm(X @ w) / math.sqrt(n)  # logits of unit RMS: a learnable task
+    p = 1.0 / (1.0 + np.exp(-2.0 * X @ w))
+    y = (rng.random(int(n)) < p).astype(np.float64)
+    name = f"synthetic:n={int(n)},d={int(d)},kappa={kappa:g},seed={int(seed)}"
+    return Dataset(name, X, y, [f"x{i}" for i in range(int(d))], "y", ["0", "1"])
+
+
+def load_csv(path: str, target: str | None) -> Dataset:
+    """Read a CSV with a header row; every column but ``target`` is a numeric feature."""
+    p = Path(path)
+    if target is None:
+        raise UsageError(
+            f"--data {path} needs --target COLUMN naming the label column of the CSV."
+        )
+    if not p.is_file():
+        raise DataError(f"Data file {path!r} does not exist; pass an existing CSV file.")
+    try:
+        with p.open(newline="") as fh:
+            rows = [r for r in csv.reader(fh) if any(cell.strip() for cell in r)]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"Cannot read data file {path!r}: {exc}; pass a UTF-8 CSV.") from None
+    if len(rows) < 2:
+        raise DataError(
+            f"Data file {path!r} is empty: expected a header row and at least one data row."
+        )
+    header = [h.strip() for h in rows[0]]
+    if target not in header:
+        raise DataError(
+            f"Target column {target!r} is not in {path!r}; its columns are: {', '.join(header)}."
+        )
+    ti = header.index(target)
+    feats = [i for i in range(len(header)) if i != ti]
+    if not feats:
+        raise DataError(f"Data file {path!r} has no feature columns besides {target!r}.")
+    X = np.empty((len(rows) - 1, len(feats)))
+    labels = []
+    for r, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise DataError(
+                f"Row {r} of {path!r} has {len(row)} fields, the header has {len(header)}; "
+                "fix the CSV."
+            )
+        labels.append(row[ti].strip())
+        for j, col in enumerate(feats):
+            cell = row[col].strip()
+            try:
+                value = float(cell)
+            except ValueError:
+                raise DataError(
+                    f"Column {header[col]!r} of {path!r} has non-numeric value {cell!r} "
+                    f"at row {r}; encode it as numbers or drop the column."
+                ) from None
+            if not math.isfinite(value):
+                raise DataError(
+                    f"Column {header[col]!r} of {path!r} has {cell!r} at row {r}; "
+                    "remove or impute NaN/inf values first."
+                )
+            X[r - 2, j] = value
+    classes = sorted(set(labels), key=_label_key)
+    if len(classes) < 2:
+        raise DataError(
+            f"Target column {target!r} of {path!r} has one class ({classes[0]!r}); "
+            "a classifier needs at least two."
+        )
+    return Dataset(p.name, X, _encode(labels, classes), [header[i] for i in feats], target, classes)
+
+
+def _label_key(label: str):
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def _encode(labels: list[str], classes: list[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[v] for v in labels], dtype=np.float64)
+
+
+def load(source: str, target: str | None = None, kappa: float | None = None) -> Dataset:
+    """Load a data source by its ``--data`` name (see the module docstring)."""
+    source = str(source).strip()
+    if source == "breast_cancer":
+        from sklearn.datasets import load_breast_cancer
+
+        bunch = load_breast_cancer()
+        return Dataset(source, np.asarray(bunch.data, dtype=np.float64),
+                       np.asarray(bunch.target, dtype=np.float64), list(bunch.feature_names),
+                       "malignant=0/benign=1", list(bunch.target_names))
+    if source == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return Dataset(source, np.asarray(bunch.data, dtype=np.float64),
+                       np.asarray(bunch.target, dtype=np.float64),
+                       [f"px{i}" for i in range(64)], "digit", [str(i) for i in range(10)])
+    if source.startswith("synthetic"):
+        params = parse_synthetic(source)
+        if kappa is not None:
+            params["kappa"] = kappa
+        return synthetic(int(params["n"]), int(params["d"]), params["kappa"], int(params["seed"]))
+    if source.lower().endswith(".csv") or Path(source).suffix or "/" in source:
+        return load_csv(source, target)
+    raise UsageError(
+        f"Unknown data source {source!r}; expected breast_cancer, digits, "
+        "synthetic:n=2000,d=20,kappa=1e8,seed=0, or a path to a .csv file with --target COLUMN."
+    )
+
+
+def check_source(source: str) -> None:
+    """Cheap check of a ``--data`` value's form (no file reading)."""
+    if source in BUILTIN or source.startswith("synthetic"):
+        if source.startswith("synthetic"):
+            parse_synthetic(source)
+        return
+    if Path(source).suffix or "/" in source:
+        return
+    load(source)  # raises the 'unknown data source' error
+
+
+def scale_features(X: np.ndarray, scale: str) -> np.ndarray:
+    """Apply ``raw`` (as is), ``standardized`` (zero mean, unit variance) or a factor.
+
+    Standardization uses the two-pass mean and variance, which has no catastrophic
+    cancellation when |mean| >> std (Higham, ASNA 2nd ed., section 1.9). A constant
+    column is centred and left at zero rather than divided by zero.
+    """
+    if scale == "raw":
+        return X
+    if scale == "standardized":
+        from . import numerics
+
+        mean, var = numerics.mean_and_variance(X, 0)
+        std = np.sqrt(var)
+        std = np.where(std > 0, std, 1.0)
+        return (X - mean) / std
+    return X * float(scale)

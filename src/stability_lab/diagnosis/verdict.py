@@ -1,0 +1,174 @@
+"""The verdict of a run: one word and its onset, decided from the whole trace.
+
+Rules, applied in this order (``W`` is the window, 10 steps by default):
+
+1. **non-finite**: the first step whose loss is inf/NaN or whose weights or gradients
+   hold a non-finite value. If the loss had grown to at least twice its running
+   minimum before that step, the run *diverged* on its way to inf; otherwise the
+   value appeared without warning: *overflow* (inf) or *nan*. Printed as
+   ``diverged (loss=inf at epoch 14)``.
+2. **diverged** (finite): the final loss is more than ``growth`` (4) times the initial
+   loss and above its running minimum by the same factor. Onset: the first step after
+   which the loss stays above twice its running minimum.
+3. **stagnated**: over the last W steps at least half of the weights that had a
+   non-zero update did not change at all, because the update was below half an ulp
+   of the weight in this format, while the gradient is still large (above the
+   convergence tolerance). Onset: the first step of the final stretch where that
+   holds.
+4. **converged**: over the last W steps the relative loss improvement is below
+   ``rtol``, the gradient norm is below ``gtol`` times its initial value, and the loss
+   is not above its initial value. Both
+   tolerances are floored by the format (rtol >= 4 eps, gtol >= sqrt(eps)), so a
+   low-precision run is not asked for digits its format does not carry. Onset: the
+   first step from which both hold to the end.
+5. **oscillating**: over the last 2W steps the loss differences change sign at least
+   half the time and the loss is not going down overall (the last value is not below
+   the window's first by more than rtol).
+6. otherwise **not converged**, with the numbers that say how far it is.
+
+Convergence is never decided on a single step's change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..precision import FORMATS
+from ..trace import Trace
+from .findings import Verdict
+
+
+@dataclass(frozen=True)
+class VerdictRules:
+    window: int = 10
+    rtol: float = 1e-5
+    gtol: float = 1e-3
+    growth: float = 4.0
+    stagnant_fraction: float = 0.5
+    oscillation_sign_changes: float = 0.5
+
+
+DEFAULT_RULES = VerdictRules()
+
+
+def tolerances(precision: str | None, rules: VerdictRules = DEFAULT_RULES) -> tuple[float, float]:
+    fmt = FORMATS.get(precision or "float64", FORMATS["float32"])
+    return max(rules.rtol, 4 * fmt.eps), max(rules.gtol, math.sqrt(fmt.eps))
+
+
+def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
+    """The verdict of one run (pure function of the trace)."""
+    if trace.error:
+        return Verdict("error", None, trace.error.splitlines()[0][:200])
+    loss = trace.metric("loss")
+    unit = trace.step_unit
+    if len(loss) == 0:
+        return Verdict("error", None, "no steps recorded")
+    grad = trace.metric("grad_norm")
+    nfw = np.nan_to_num(trace.metric("nonfinite_weights"), nan=0.0)
+    nfg = np.nan_to_num(trace.metric("nonfinite_grads"), nan=0.0)
+    bad = ~np.isfinite(loss) | (nfw > 0) | (nfg > 0)
+    rtol, gtol = tolerances(trace.spec.precision or trace.spec.policy, rules)
+    W = max(2, min(rules.window, len(loss) // 2 or 1))
+
+    if bad.any():
+        k = int(np.argmax(bad))
+        value = loss[k]
+        if math.isnan(value):
+            what = "loss=nan"
+        elif math.isinf(value):
+            what = "loss=inf"
+        elif nfw[k] > 0:
+            what = f"{int(nfw[k])} non-finite weights"
+        else:
+            what = f"{int(nfg[k])} non-finite gradients"
+        before = loss[:k]
+        grew = bool(before.size >= 2 and before[-1] >= 2.0 * np.min(before) and before[-1] > 0)
+        if grew:
+            status = "diverged"
+        elif math.isinf(value) or (not math.isnan(value) and nfw[k] > 0):
+            status = "overflow"
+        else:
+            status = "nan"
+        evidence = {"step": k + 1, "last_finite_loss": float(before[-1]) if before.size else None,
+                    "max_abs_logit": _at(trace, "max_abs_logit", k)}
+        return Verdict(status, k + 1, f"{what} at {unit} {k + 1}", evidence)
+
+    running_min = np.minimum.accumulate(loss)
+    final = loss[-1]
+    if (final > rules.growth * abs(loss[0]) and final > rules.growth * running_min[-1]
+            and final > 0):
+        above = loss > 2.0 * np.maximum(running_min, 1e-300)
+        onset = _first_of_final_stretch(above)
+        return Verdict("diverged", onset,
+                       f"loss {loss[0]:.3g} -> {final:.3g}, growing from {unit} {onset}",
+                       {"initial_loss": float(loss[0]), "final_loss": float(final)})
+
+    g0 = grad[0] if grad.size and grad[0] > 0 else 1.0
+    grad_small = grad / g0 <= gtol
+    unchanged = trace.metric("frac_unchanged")
+    if unchanged.size and np.isfinite(unchanged[-W:]).all():
+        stuck = (unchanged >= rules.stagnant_fraction) & ~grad_small
+        if stuck[-W:].all():
+            onset = _first_of_final_stretch(stuck)
+            return Verdict(
+                "stagnated", onset,
+                f"{unchanged[-1]:.0%} of weights unchanged from {unit} {onset}: updates below "
+                f"half an ulp while grad norm is {grad[-1]:.2g}",
+                {"frac_unchanged": float(unchanged[-1]), "grad_norm": float(grad[-1])},
+            )
+
+    rel = _relative_improvement(loss, W)
+    plateau = np.abs(rel) <= rtol
+    conv = plateau & grad_small & (loss <= loss[0] * (1 + rtol))
+    if conv[-1]:
+        onset = _first_of_final_stretch(conv)
+        return Verdict("converged", onset, "",
+                       {"rel_improvement": float(rel[-1]), "grad_ratio": float(grad[-1] / g0)})
+
+    tail = loss[-2 * W:]
+    if tail.size >= 4:
+        diffs = np.diff(tail)
+        signs = np.sign(diffs[diffs != 0])
+        changes = np.mean(signs[1:] != signs[:-1]) if signs.size > 1 else 0.0
+        if changes >= rules.oscillation_sign_changes and tail[-1] >= tail[0] * (1 - rtol):
+            amp = float(np.max(tail) - np.min(tail))
+            onset = len(loss) - len(tail) + 1
+            return Verdict("oscillating", onset,
+                           f"loss swings by {amp:.3g} around {np.median(tail):.3g}, "
+                           f"{changes:.0%} sign changes over the last {len(tail)} {unit}s",
+                           {"amplitude": amp, "sign_change_rate": float(changes)})
+
+    return Verdict("not_converged", None,
+                   f"loss {final:.4g}, still improving {rel[-1]:.1e}/window, "
+                   f"grad norm {grad[-1] / g0:.1e} of initial",
+                   {"rel_improvement": float(rel[-1]), "grad_ratio": float(grad[-1] / g0)})
+
+
+def _relative_improvement(loss: np.ndarray, window: int) -> np.ndarray:
+    """(loss[t-W] - loss[t]) / |loss[t]| for every t (inf where t < W)."""
+    rel = np.full(loss.shape, np.inf)
+    if len(loss) > window:
+        prev = loss[:-window]
+        cur = loss[window:]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel[window:] = (prev - cur) / np.maximum(np.abs(cur), 1e-300)
+    return rel
+
+
+def _first_of_final_stretch(flags: np.ndarray) -> int:
+    """1-based index where the last run of True values that reaches the end begins."""
+    if not flags[-1]:
+        return len(flags)
+    false = np.flatnonzero(~flags)
+    return int(false[-1] + 2) if false.size else 1
+
+
+def _at(trace: Trace, name: str, k: int):
+    values = trace.metrics.get(name)
+    if values is None or k >= len(values):
+        return None
+    return float(values[k])

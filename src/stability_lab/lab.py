@@ -1,0 +1,199 @@
+"""The lab's main job: run a sweep, diagnose every run, recommend, store.
+
+This is the Python API behind ``stability-lab run``::
+
+    from stability_lab import RunSpec, Sweep, run_sweep
+    result = run_sweep(Sweep(RunSpec(), [("precision", ["float64", "float16"])]))
+    for r in result.results:
+        print(r.spec.precision, r.verdict)
+
+Order of work: validate every spec and load every data variant (bad input raises
+:class:`~stability_lab.errors.LabError` before anything is written), then open the
+store, run the specs (cohorts in lockstep), diagnose and store each run as soon as
+its cohort finishes, then compute the conditioning report and the recommendations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import engine
+from .diagnosis import diagnose
+from .diagnosis.findings import Finding, Verdict
+from .recommend import Context, Recommendation, RunResult, recommend
+from .spec import RunSpec, Sweep
+from .store import Store
+from .trace import Trace
+
+
+@dataclass
+class SweepResult:
+    sweep: Sweep
+    results: list[RunResult]
+    conditioning: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recommendations: list[Recommendation] = field(default_factory=list)
+    sweep_id: int | None = None
+    store_path: str | None = None
+    #: task-specific report (policy evaluation for deep nets), or None
+    task_report: dict[str, Any] | None = None
+    #: before/after rows of mitigation re-runs (``--verify``)
+    verification: list[dict[str, Any]] = field(default_factory=list)
+    context: Context | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from .diagnosis.findings import jsonable
+
+        out = {
+            "sweep": {"id": self.sweep_id, "axes": self.sweep.axis_names,
+                      "base": self.sweep.base.to_dict(), "store": self.store_path,
+                      "runs": len(self.results)},
+            "runs": [
+                {"id": r.run_id, "config": r.spec.to_dict(), "label":
+                 r.spec.label(self.sweep.axis_names), "verdict": r.verdict.status,
+                 "verdict_text": str(r.verdict), "onset_epoch": r.verdict.onset,
+                 "final_loss": r.trace.final_loss,
+                 "findings": [f.to_dict() for f in r.findings],
+                 "probes": r.trace.probes, "error": r.trace.error, "reused": r.reused,
+                 **({"policy": r.spec.policy} if r.spec.policy else {}),
+                 **({"attribution": r.trace.extras["attribution"]}
+                    if "attribution" in r.trace.extras else {})}
+                for r in self.results
+            ],
+            "conditioning": self.conditioning,
+            "recommendations": [rec.to_dict() for rec in self.recommendations],
+        }
+        if self.task_report is not None:
+            out["report"] = self.task_report
+        if self.verification:
+            out["verification"] = self.verification
+        return jsonable(out)
+
+
+def trace_from_record(rec: dict[str, Any]) -> Trace:
+    """Rebuild a trace from a stored run (for reuse and for ``show``)."""
+    extras = dict(rec.get("extras") or {})
+    params = extras.pop("final_params", None)
+    return Trace(
+        spec=RunSpec.from_dict(rec["spec"]),
+        metrics={k: np.asarray(v, dtype=np.float64) for k, v in rec["metrics"].items()},
+        probes=_floats(rec.get("probes") or {}),
+        meta=rec.get("meta") or {},
+        step_unit=rec.get("step_unit") or "epoch",
+        error=rec.get("error"),
+        extras=extras,
+        final_params=None if params is None else np.asarray(_floats(params), dtype=np.float64),
+    )
+
+
+def _floats(value: Any) -> Any:
+    """Undo the JSON encoding of non-finite floats."""
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
+    if value in ("inf", "-inf", "nan"):
+        return float(value)
+    return value
+
+
+def diagnose_trace(trace: Trace) -> RunResult:
+    verdict, findings = diagnose(trace)
+    return RunResult(trace.spec, trace, verdict, findings)
+
+
+def _record(result: RunResult) -> dict[str, Any]:
+    rec = result.record()
+    params = result.trace.final_params
+    if params is not None and params.size <= 10_000:
+        rec["extras"] = {**rec["extras"], "final_params": params}
+    return rec
+
+
+def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
+              progress: Callable[[int, int], None] | None = None, cohorts: bool = True,
+              rerun: bool = False) -> SweepResult:
+    """Run, diagnose, recommend and (if ``out`` is given) store one sweep."""
+    specs = sweep.specs
+    prepared = engine.prepare(specs)  # raises on bad input: nothing written yet
+    store = Store(out) if out is not None else None
+    results: list[RunResult | None] = [None] * len(specs)
+    sweep_id = None
+    try:
+        if store is not None:
+            sweep_id = store.begin_sweep(command, sweep.base.task, sweep.axes, sweep.base)
+            if not rerun:
+                for i, spec in enumerate(specs):
+                    if store.has_run(spec.run_id):
+                        rec = store.load_run(spec.run_id)
+                        res = RunResult(spec, trace_from_record(rec),
+                                        Verdict(**_verdict_fields(rec)),
+                                        [Finding(**f) for f in _floats(rec["findings"])],
+                                        reused=True)
+                        results[i] = res
+                        store.link(sweep_id, spec.run_id, i)
+        todo = [i for i, r in enumerate(results) if r is None]
+
+        def sink(j: int, trace: Trace) -> None:
+            i = todo[j]
+            res = diagnose_trace(trace)
+            results[i] = res
+            if store is not None:
+                store.save_run(_record(res), trace.metrics, sweep_id, i)
+
+        done_before = len(specs) - len(todo)
+
+        def relay(done: int, total: int) -> None:
+            if progress:
+                progress(done_before + done, len(specs))
+
+        if progress and done_before:
+            progress(done_before, len(specs))
+        engine.run_specs([specs[i] for i in todo], prepared, relay, cohorts, sink)
+        final = [r for r in results if r is not None]
+        conditioning, ctx = _context(final, prepared, sweep)
+        recs = recommend(ctx)
+        task = prepared.task(sweep.base.task)
+        report = task.sweep_report(final) if hasattr(task, "sweep_report") else None
+        result = SweepResult(sweep, final, conditioning, recs, sweep_id,
+                             str(store.path) if store else None, report, context=ctx)
+        if store is not None:
+            store.finish_sweep(sweep_id, conditioning, [r.to_dict() for r in recs])
+        return result
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _verdict_fields(rec: dict[str, Any]) -> dict[str, Any]:
+    return {"status": rec["verdict"], "onset": rec["onset"], "detail": rec["verdict_detail"] or ""}
+
+
+def _context(results: list[RunResult], prepared: engine.Prepared,
+             sweep: Sweep) -> tuple[dict[str, dict[str, Any]], Context]:
+    conditioning: dict[str, dict[str, Any]] = {}
+    grams: dict[tuple, np.ndarray] = {}
+    standardized: dict[str, float] = {}
+    for (task_name, _key), variant in prepared.variants.items():
+        task = prepared.task(task_name)
+        facts = task.conditioning(variant)
+        if facts:
+            conditioning[getattr(variant, "variant", str(_key))] = facts
+        gram = getattr(variant, "gram", None)
+        if gram is not None:
+            grams[(variant.source, variant.scale, variant.fmt.name)] = gram
+    for r in results:
+        source = r.spec.data
+        if source in standardized or "cond_XtX" not in r.trace.probes.get("start", {}):
+            continue
+        task = prepared.task(r.spec.task)
+        std_spec = r.spec.replace(scale="standardized", precision="float64")
+        facts = task.conditioning(prepared.get(std_spec))
+        value = facts.get("cond_XtX")
+        if value is not None and math.isfinite(value):
+            standardized[source] = float(value)
+    return conditioning, Context(results, conditioning, standardized, sweep.axis_names, grams)
