@@ -22,8 +22,8 @@ Rules, applied in this order (``W`` is the window, 10 steps by default):
    low-precision run is not asked for digits its format does not carry. Onset: the
    first step from which both hold to the end.
 5. **oscillating**: over the last 2W steps the loss differences change sign at least
-   half the time and the loss is not going down overall (the last value is not below
-   the window's first by more than rtol).
+   half the time and the loss is not going down overall (the mean of the window's
+   second half is not below that of its first half by more than rtol).
 6. otherwise **not converged**, with the numbers that say how far it is.
 
 Convergence is never decided on a single step's change.
@@ -134,7 +134,9 @@ def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
         diffs = np.diff(tail)
         signs = np.sign(diffs[diffs != 0])
         changes = np.mean(signs[1:] != signs[:-1]) if signs.size > 1 else 0.0
-        if changes >= rules.oscillation_sign_changes and tail[-1] >= tail[0] * (1 - rtol):
+        half = len(tail) // 2
+        flat = np.mean(tail[half:]) >= np.mean(tail[:half]) * (1 - rtol)
+        if changes >= rules.oscillation_sign_changes and flat:
             amp = float(np.max(tail) - np.min(tail))
             onset = len(loss) - len(tail) + 1
             return Verdict("oscillating", onset,
