@@ -52,8 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_sweep(args: argparse.Namespace):
     """Base spec and axes from the arguments; all checks, no heavy imports."""
     from .. import datasets
-    from ..spec import DEFAULT_DATA, RunSpec, Sweep, merge_axes
-    from ..tasks import check_task_name
+    from ..spec import RunSpec, Sweep, merge_axes
+    from ..tasks import DEFAULT_DATA, check_task_name
 
     task = args.task
     check_task_name(task)
@@ -69,9 +69,16 @@ def build_sweep(args: argparse.Namespace):
         changes["attribute_every"] = args.attribute
     data = args.data
     if data is None:
-        data = DEFAULT_DATA if task in ("logistic_regression",) else _task_default_data(task)
-    else:
-        datasets.check_source(data) if task in ("logistic_regression",) else None
+        data = DEFAULT_DATA.get(task, "user")
+    elif task == "logistic_regression":
+        datasets.check_source(data)
+    if args.html:
+        from pathlib import Path
+
+        parent = Path(args.html).parent
+        if not parent.is_dir():
+            raise UsageError(f"Cannot write the HTML report to {args.html!r}: folder "
+                             f"{str(parent)!r} does not exist; create it or pick another path.")
     base = RunSpec(task=task, data=data, target=args.target)
     if changes:
         base = base.replace(**changes)
@@ -93,11 +100,6 @@ def build_sweep(args: argparse.Namespace):
         note = ("scale=raw,standardized added as a matched control (set --scale or "
                 "--sweep scale=... to choose)")
     return Sweep(base, axes), note
-
-
-def _task_default_data(task: str) -> str:
-    return {"linear_regression": "nist:Longley", "mlp": "digits", "attention": "generated"}.get(
-        task, "builtin")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -22,6 +22,14 @@ TASKS: dict[str, str] = {
 }
 USER_TASK = "stability_lab.tasks.user:UserTask"
 
+#: the --data value each task uses when none is given (a user's model brings its own)
+DEFAULT_DATA: dict[str, str] = {
+    "logistic_regression": "breast_cancer",
+    "linear_regression": "nist:Longley",
+    "mlp": "digits",
+    "attention": "generated",
+}
+
 
 def is_user_task(name: str) -> bool:
     return ":" in name and name not in TASKS

@@ -1,0 +1,100 @@
+"""Benchmark stability_lab.numerics.logsumexp / log_softmax against scipy and torch.
+
+    python benchmarks/bench_numerics.py [--repeats 7]
+
+Cases: 1e7 float64 elements (1-D) and a 10000 x 1000 float32 matrix along the last dim.
+For each: this module on the NumPy array, scipy.special on the NumPy array, this module
+on the torch tensor (same memory, torch.from_numpy) and torch's native op on the tensor.
+Prints the median of ``--repeats`` timed runs after one warm-up, ratios, and the BLAS /
+thread configuration. Not part of the test-suite; nothing here is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import time
+from contextlib import redirect_stdout
+
+import numpy as np
+import scipy
+import scipy.special
+import torch
+
+from stability_lab import numerics
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
+
+
+def config() -> str:
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        np.show_config()
+    blas = [ln.strip() for ln in buf.getvalue().splitlines()
+            if any(k in ln for k in ("name:", "openblas configuration", "version:"))]
+    env = {k: os.environ.get(k, "<unset>") for k in
+           ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    lines = [
+        (f"python {platform.python_version()}, numpy {np.__version__}, "
+         f"scipy {scipy.__version__}, torch {torch.__version__}"),
+        f"cpu: {platform.processor() or platform.machine()}, os.cpu_count()={os.cpu_count()}",
+        (f"torch.get_num_threads()={torch.get_num_threads()}, "
+         f"torch.get_num_interop_threads()={torch.get_num_interop_threads()}"),
+        "env: " + ", ".join(f"{k}={v}" for k, v in env.items()),
+        "numpy BLAS/LAPACK (np.show_config): " + "; ".join(blas[:8]),
+        f"torch parallel info: {torch.__config__.parallel_info().splitlines()[0:4]}",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    cases = {
+        "1e7 float64 (1-D)": rng.standard_normal(10_000_000),
+        "10000x1000 float32, dim=-1": rng.standard_normal((10_000, 1_000)).astype(np.float32),
+    }
+    print(config())
+    print(f"\nmedian of {args.repeats} runs after 1 warm-up, milliseconds")
+    for label, a in cases.items():
+        t = torch.from_numpy(a)
+        rows = {
+            "logsumexp": {
+                "numerics (numpy)": lambda a=a: numerics.logsumexp(a, -1),
+                "scipy.special.logsumexp": lambda a=a: scipy.special.logsumexp(a, axis=-1),
+                "numerics (torch)": lambda t=t: numerics.logsumexp(t, -1),
+                "torch.logsumexp": lambda t=t: torch.logsumexp(t, -1),
+            },
+            "log_softmax": {
+                "numerics (numpy)": lambda a=a: numerics.log_softmax(a, -1),
+                "scipy.special.log_softmax": lambda a=a: scipy.special.log_softmax(a, axis=-1),
+                "numerics (torch)": lambda t=t: numerics.log_softmax(t, -1),
+                "torch.log_softmax": lambda t=t: torch.log_softmax(t, -1),
+            },
+        }
+        print(f"\n== {label}")
+        for op, impls in rows.items():
+            res = {name: median_ms(fn, args.repeats) for name, fn in impls.items()}
+            names = list(res)
+            ref_scipy, ref_torch = res[names[1]], res[names[3]]
+            for name, ms in res.items():
+                print(f"  {op:<12} {name:<28} {ms:8.2f} ms   "
+                      f"x{ms / ref_torch:5.2f} vs torch   x{ms / ref_scipy:5.2f} vs scipy")
+            print(f"  {op:<12} scipy / numerics(numpy) = {ref_scipy / res[names[0]]:.2f}; "
+                  f"numerics(torch) / torch = {res[names[2]] / ref_torch:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""torch autograd wrappers (private; imported only when a tensor needs a gradient).
+
+The forward passes are the NumPy kernels (through ``stability_lab.numerics._fwd_*``);
+the backward passes are hand-written torch expressions that are finite for finite
+inputs. Autograd through a max-shift or a ``where`` over branches would not be: e.g.
+d/dx of where(x >= 0, 1/(1+exp(-x)), exp(x)/(1+exp(x))) evaluates the gradient of the
+unused branch too, which is inf/NaN at x = -1e4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from stability_lab import numerics as _n
+
+
+def _expand(g: torch.Tensor, dim: int | None, keepdim: bool, ndim: int) -> torch.Tensor:
+    """Re-insert the reduced dimension(s) of ``g`` so it broadcasts against the input."""
+    if ndim == 0:
+        return g.reshape(())
+    if dim is None:
+        return g.reshape((1,) * ndim)
+    return g if keepdim else g.unsqueeze(dim)
+
+
+class _Op(torch.autograd.Function):
+    """Generic Function: ``fwd(*inputs) -> tensor or tuple``, ``bwd(ctx_tensors, grads)``."""
+
+    @staticmethod
+    def forward(ctx, fwd: Callable, bwd: Callable, *inputs: torch.Tensor):
+        out = fwd(*inputs)
+        outs = out if isinstance(out, tuple) else (out,)
+        ctx.bwd = bwd
+        ctx.n_in = len(inputs)
+        ctx.save_for_backward(*inputs, *outs)
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        saved = ctx.saved_tensors
+        ins, outs = saved[:ctx.n_in], saved[ctx.n_in:]
+        return (None, None, *ctx.bwd(ins, outs, grads))
+
+
+def _elementwise(name: str, x: torch.Tensor, like) -> torch.Tensor:
+    kernel = getattr(_n, name)._kernel
+
+    def fwd(x):
+        return _n._elementwise(kernel, x, like)
+
+    derivative = {
+        "sigmoid": lambda x: torch.sigmoid(x) * torch.sigmoid(-x),
+        "softplus": torch.sigmoid,
+        "log_sigmoid": lambda x: torch.sigmoid(-x),
+        # d/dx log(1 - e^x) = -e^x / (1 - e^x) = -1 / expm1(-x)
+        "log1mexp": lambda x: -1.0 / torch.expm1(-x),
+    }[name]
+
+    def bwd(ins, outs, grads):
+        return (grads[0] * derivative(ins[0]),)
+
+    return _Op.apply(fwd, bwd, x)
+
+
+def _logsumexp(x, like, dim, keepdim):
+    def bwd(ins, outs, grads):
+        (x,), (lse,), (g,) = ins, outs, grads
+        lse = _expand(lse, dim, keepdim, x.ndim)
+        g = _expand(g, dim, keepdim, x.ndim)
+        p = torch.exp(x - lse)  # softmax; x - lse <= 0 (up to rounding) for finite x
+        # all -inf slices (lse = -inf) have no gradient: 0 rather than exp(NaN)
+        p = torch.where(torch.isneginf(lse), torch.zeros((), dtype=p.dtype), p)
+        return (g * p,)
+
+    return _Op.apply(lambda x: _n._fwd_lse(x, like, dim, keepdim), bwd, x)
+
+
+def _log_softmax(x, like, dim):
+    def bwd(ins, outs, grads):
+        (y,), (g,) = outs, grads
+        if y.ndim == 0:
+            return (g - torch.exp(y) * g,)
+        return (g - torch.exp(y) * g.sum(dim, keepdim=True),)
+
+    return _Op.apply(lambda x: _n._fwd_log_softmax(x, like, dim), bwd, x)
+
+
+def _softmax(x, like, dim):
+    def bwd(ins, outs, grads):
+        (s,), (g,) = outs, grads
+        if s.ndim == 0:
+            return (s * (g - g * s),)
+        return (s * (g - (g * s).sum(dim, keepdim=True)),)
+
+    return _Op.apply(lambda x: _n._fwd_softmax(x, like, dim), bwd, x)
+
+
+def _bce(logits, targets, like, t_np, reduction):
+    n = logits.numel()
+
+    def bwd(ins, outs, grads):
+        x, t = ins
+        g = grads[0]
+        if reduction == "mean":
+            g = g / n
+        gx = g * (torch.sigmoid(x) - t.to(x.dtype))
+        gt = (-g * x).to(t.dtype) if t.is_floating_point() else None
+        return gx, gt
+
+    return _Op.apply(lambda x, t: _n._fwd_bce(x, t_np, like, reduction), bwd, logits, targets)
+
+
+def _cross_entropy(logits, like, t_np, dim, reduction):
+    n = t_np.size
+    t = torch.as_tensor(t_np, device=logits.device).long()
+
+    def bwd(ins, outs, grads):
+        (x,), (g,) = ins, grads
+        if x.ndim == 0:  # one class: the loss is identically 0
+            return (torch.zeros_like(x),)
+        lse = _n.logsumexp(x.detach(), dim=dim, keepdim=True)
+        p = torch.exp(x - lse)
+        onehot = torch.zeros_like(x).scatter_(dim, t.unsqueeze(dim), 1)
+        if reduction == "none":
+            g = g.unsqueeze(dim)
+        elif reduction == "mean":
+            g = g / n
+        return (g * (p - onehot),)
+
+    return _Op.apply(lambda x: _n._fwd_ce(x, t_np, like, dim, reduction), bwd, logits)
+
+
+def _count(x: torch.Tensor, dim: int | None) -> int:
+    if dim is None or x.ndim == 0:
+        return max(x.numel(), 1) if x.ndim == 0 else x.numel()
+    return x.shape[dim]
+
+
+def _stable_sum(x, like, dim, keepdim):
+    def bwd(ins, outs, grads):
+        (x,), (g,) = ins, grads
+        return (_expand(g, dim, keepdim, x.ndim).expand_as(x).clone(),)
+
+    return _Op.apply(lambda x: _n._fwd_rows(_n._core.sum2_rows, x, like, dim, keepdim), bwd, x)
+
+
+def _mean_and_variance(x, like, dim, keepdim, ddof):
+    kernel = _n._ddof_kernel(ddof)
+
+    def bwd(ins, outs, grads):
+        (x,), (mean, _var), (gm, gv) = ins, outs, grads
+        n = _count(x, dim)
+        mean = _expand(mean, dim, keepdim, x.ndim)
+        gm = _expand(gm, dim, keepdim, x.ndim)
+        gv = _expand(gv, dim, keepdim, x.ndim)
+        return (gm / n + gv * 2.0 * (x - mean) / (n - ddof),)
+
+    return _Op.apply(lambda x: _n._fwd_rows(kernel, x, like, dim, keepdim), bwd, x)
+
+
+def _l2_norm(x, like, dim, keepdim):
+    def bwd(ins, outs, grads):
+        (x,), (nrm,), (g,) = ins, outs, grads
+        nrm = _expand(nrm, dim, keepdim, x.ndim)
+        g = _expand(g, dim, keepdim, x.ndim)
+        safe = torch.where(nrm == 0, torch.ones((), dtype=nrm.dtype), nrm)
+        # x / ||x|| computed as (x * 2^-e) / (||x|| * 2^-e) would be the same: the
+        # quotient of two finite numbers with |x| <= ||x|| never overflows.
+        return (torch.where(nrm == 0, torch.zeros((), dtype=x.dtype), g * (x / safe)),)
+
+    return _Op.apply(lambda x: _n._fwd_rows(_n._core.l2_norm_rows, x, like, dim, keepdim),
+                     bwd, x)
+
+
+_DISPATCH: dict[str, Callable[..., Any]] = {
+    "logsumexp": _logsumexp,
+    "log_softmax": _log_softmax,
+    "softmax": _softmax,
+    "binary_cross_entropy_with_logits": _bce,
+    "cross_entropy": _cross_entropy,
+    "stable_sum": _stable_sum,
+    "mean_and_variance": _mean_and_variance,
+    "l2_norm": _l2_norm,
+}
+
+
+def apply(name: str, *args: Any):
+    if name in ("sigmoid", "softplus", "log_sigmoid", "log1mexp"):
+        return _elementwise(name, *args)
+    return _DISPATCH[name](*args)
