@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Run the lab from a checkout: ``python stability_lab.py --task logistic_regression --sweep precision,lr,lambda``.
+"""Run the lab from a checkout.
+
+    python stability_lab.py --task logistic_regression --sweep precision,lr,lambda
 
 Same as ``stability-lab run ...``. Works without installing the package (it puts
 ``src/`` on the path); the dependencies must be installed (see README).

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         "computation unstable? Runs matched sweeps, names numerical failure signatures "
         "with their onset, recommends fixes with numbers, and proves them.",
         epilog="Without a sub-command, 'stability-lab --task ...' means 'stability-lab run "
-        "--task ...'. Example: stability-lab --task logistic_regression --sweep precision,lr,lambda",
+        "--task ...'. Example: "
+        "stability-lab --task logistic_regression --sweep precision,lr,lambda",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

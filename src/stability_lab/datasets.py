@@ -67,7 +67,8 @@ def parse_synthetic(text: str) -> dict[str, float]:
     n, d, kappa, seed = params["n"], params["d"], params["kappa"], params["seed"]
     if not (n == int(n) and d == int(d) and d >= 1 and n >= d + 1):
         raise UsageError(
-            f"Synthetic data needs integers n > d >= 1. Got n={n:g}, d={d:g}; pass e.g. n=2000,d=20."
+            f"Synthetic data needs integers n > d >= 1. Got n={n:g}, d={d:g}; "
+            "pass e.g. n=2000,d=20."
         )
     if not (math.isfinite(kappa) and kappa >= 1):
         raise UsageError(f"Synthetic 'kappa' must be a finite number >= 1. Got {kappa:g}.")

@@ -70,7 +70,7 @@ def run_specs(specs: Sequence[RunSpec], prepared: Prepared | None = None,
         else:
             key = (spec.task, "single", i)
         groups.setdefault(key, []).append(i)
-    for key, idx in groups.items():
+    for idx in groups.values():
         group = [specs[i] for i in idx]
         task = prepared.task(group[0].task)
         data = prepared.get(group[0])

@@ -190,7 +190,9 @@ def axis(name: str, task: str | None = None) -> Axis:
     valid = sorted(a.name for a in AXES.values() if task is None or a.tasks is None
                    or task in a.tasks or (a.tasks == DEEP_TASKS and _is_user_task(task)))
     if found is None:
-        raise UsageError(f"Unknown sweep axis {name!r}; expected one of: {', '.join(valid)}.")
+        raise UsageError(
+            f"Unknown sweep axis {name!r}; expected one of: {', '.join(valid)}."
+        )
     if task is not None and found.tasks is not None and task not in found.tasks:
         if not (_is_user_task(task) and "user" in found.tasks):
             raise UsageError(
@@ -218,7 +220,9 @@ def parse_sweep_arg(text: str, task: str | None = None) -> list[tuple[str, list[
         ax = axis(name.strip(), task)
         items = [v for v in (s.strip() for s in values.split(",")) if v]
         if not items:
-            raise UsageError(f"The sweep axis {name!r} has no values; pass e.g. --sweep {name}=a,b.")
+            raise UsageError(
+                f"The sweep axis {name!r} has no values; pass e.g. --sweep {name}=a,b."
+            )
         return [(ax.name, _dedupe([ax.parse(v) for v in items]))]
     out = []
     for name in (s.strip() for s in text.split(",")):

@@ -191,7 +191,7 @@ def lower_lr(ctx: Context) -> list[Recommendation]:
         if r.spec.lr > bound:
             groups.setdefault((r.spec.data, r.spec.scale), []).append(r)
     out = []
-    for (data, scale), runs in groups.items():
+    for (_data, scale), runs in groups.items():
         # the smallest bound over the runs' lambdas is safe for all of them
         bound = min(r.trace.probes["start"]["lr_bound"] for r in runs)
         safe = float(f"{0.9 * bound:.2g}")
