@@ -18,6 +18,9 @@ from typing import Any, Callable
 from .errors import UsageError
 
 PRECISIONS = ("float64", "float32", "bfloat16", "float16")
+#: least-squares solvers of the linear_regression task (see stability_lab.linear)
+SOLVERS = ("normal", "cholesky", "qr", "svd", "pinv", "lstsq", "ridge", "lsqr", "cg", "gd",
+           "auto")
 
 
 def _float(name: str, text: str) -> float:
@@ -180,6 +183,8 @@ for _axis in (
          "mini-batch size (full: full-batch gradient descent)"),
     Axis("kappa", "kappa", positive_float("kappa"), ("1e2", "1e5", "1e8"),
          "condition number of the synthetic design (synthetic data only)", param=True),
+    Axis("solver", "solver", choice("solver", SOLVERS), SOLVERS,
+         "least-squares solver (linear_regression)", tasks=("linear_regression",)),
 ):
     register_axis(_axis)
 
@@ -239,3 +244,4 @@ def _dedupe(values: list[Any]) -> list[Any]:
         if v not in seen:
             seen.append(v)
     return seen
+from . import deep_axes  # noqa: E402,F401  (registers the deep-net axes)

@@ -15,13 +15,17 @@ __all__ = ["diagnose", "decide", "Finding", "Verdict", "VerdictRules", "DEFAULT_
 
 
 def diagnose(trace: Trace) -> tuple[Verdict, list[Finding]]:
-    """Verdict and findings of one run."""
+    """Verdict and findings of one run.
+
+    Findings are the signature catalogue's detectors run on the trace, plus the
+    per-layer findings a deep-net task computed while it ran (stored in
+    ``trace.extras["deep_findings"]`` because they need the model's hooks).
+    """
+    from .signatures import detect_all
+
     verdict = decide(trace)
-    findings: list[Finding] = []
-    try:
-        from .signatures import detect_all
-    except ImportError:  # the signature catalogue is optional
-        detect_all = None
-    if detect_all is not None and not trace.error:
-        findings = detect_all(trace)
+    if trace.error:
+        return verdict, []
+    findings = detect_all(trace)
+    findings += [Finding(**f) for f in trace.extras.get("deep_findings", [])]
     return verdict, findings
