@@ -8,7 +8,8 @@ from stability_lab import engine
 from stability_lab.lab import run_sweep
 from stability_lab.spec import RunSpec, Sweep, expand
 from stability_lab.store import Store
-from stability_lab.tasks.logistic import LogisticRegression, cond_gram, hessian_extremes
+from stability_lab.conditioning import gram_condition as cond_gram
+from stability_lab.tasks.logistic import LogisticRegression, hessian_extremes
 
 
 def specs_grid(**base):

@@ -312,6 +312,22 @@ def cond_gram(A: Any, **kwargs: Any) -> float:
     return k * k if math.isfinite(k) else math.inf
 
 
+def gram_condition(X: np.ndarray) -> float:
+    """cond(X^T X) = (s_max / s_min)^2 from the singular values of a dense X, with no
+    rank cutoff: the number the lab prints as "Condition number(X^T X)". Unlike
+    :func:`cond_gram` it stays finite for numerically rank-deficient X (Filip: 3e30),
+    and is inf only when s_min is exactly 0."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.size == 0:
+        return math.nan
+    s = np.linalg.svd(X, compute_uv=False)
+    if not np.all(np.isfinite(s)):
+        return math.nan
+    if s[-1] == 0:
+        return math.inf
+    return float((s[0] / s[-1]) ** 2)
+
+
 def condition_number_1norm(A: Any) -> float:
     """Estimate of ``kappa_1(A) = ||A||_1 ||A^-1||_1`` for square A: ``||A^-1||_1`` by
     Hager-Higham block 1-norm estimation (``scipy.sparse.linalg.onenormest``) applied

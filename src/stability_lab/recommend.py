@@ -164,7 +164,8 @@ def scale_features(ctx: Context) -> list[Recommendation]:
     for source, runs in by_source.items():
         before = max(r.trace.probes["start"]["cond_XtX"] for r in runs)
         after = ctx.standardized_cond.get(source)
-        if after is None or not (before >= 1e6 and after * 10 <= before):
+        if after is None or not (math.isfinite(before) and before >= 1e6
+                                 and after * 10 <= before):
             continue
         rescued = [r for r in runs if (m := ctx.matched(r, scale="standardized")) and m.healthy]
         extra = (f"; {len(rescued)} of these runs converged with the same seed once "

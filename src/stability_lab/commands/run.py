@@ -79,7 +79,8 @@ def build_sweep(args: argparse.Namespace):
         if not parent.is_dir():
             raise UsageError(f"Cannot write the HTML report to {args.html!r}: folder "
                              f"{str(parent)!r} does not exist; create it or pick another path.")
-    base = RunSpec(task=task, data=data, target=args.target)
+    base = RunSpec(task=task, data=data, target=args.target,
+                   solver="auto" if task == "linear_regression" else None)
     if changes:
         base = base.replace(**changes)
     axes = []

@@ -97,6 +97,9 @@ def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
                     "max_abs_logit": _at(trace, "max_abs_logit", k)}
         return Verdict(status, k + 1, f"{what} at {unit} {k + 1}", evidence)
 
+    if unit == "solve":
+        return _solve_verdict(trace)
+
     running_min = np.minimum.accumulate(loss)
     final = loss[-1]
     if (final > rules.growth * abs(loss[0]) and final > rules.growth * running_min[-1]
@@ -148,6 +151,21 @@ def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
                    f"loss {final:.4g}, still improving {rel[-1]:.1e}/window, "
                    f"grad norm {grad[-1] / g0:.1e} of initial",
                    {"rel_improvement": float(rel[-1]), "grad_ratio": float(grad[-1] / g0)})
+
+
+def _solve_verdict(trace: Trace) -> Verdict:
+    """A direct or iterative least-squares solve: finite coefficients are 'converged'
+    unless the solver reported failure or an iterative one ran out of iterations."""
+    solve = trace.extras.get("solve", {})
+    digits = trace.probes.get("end", {}).get("digits")
+    detail = "" if digits is None else f"{float(digits):.1f} digits agree with the reference"
+    if solve.get("status") == "failed":
+        return Verdict("nan", 1, solve.get("message") or "solver failed", dict(solve))
+    if solve.get("converged") is False:
+        return Verdict("not_converged", None,
+                       f"stopped after {solve.get('iterations')} iterations; {detail}",
+                       {"iterations": solve.get("iterations"), "digits": digits})
+    return Verdict("converged", 1, detail, {"digits": digits})
 
 
 def _relative_improvement(loss: np.ndarray, window: int) -> np.ndarray:

@@ -42,6 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import datasets
+from ..conditioning import gram_condition
 from ..precision import FORMATS, Format
 from ..spec import RunSpec
 from ..trace import Trace, environment
@@ -77,16 +78,6 @@ def round_to(X: np.ndarray, fmt: Format) -> np.ndarray:
     import torch
 
     return torch.from_numpy(X).to(fmt.torch_dtype()).to(torch.float64).numpy()
-
-
-def cond_gram(X: np.ndarray) -> float:
-    """cond(X^T X) = cond(X)^2 in the 2-norm, from the singular values of X (float64)."""
-    if X.size == 0:
-        return float("nan")
-    s = np.linalg.svd(X, compute_uv=False)
-    if s[-1] == 0 or not np.all(np.isfinite(s)):
-        return float("inf")
-    return float((s[0] / s[-1]) ** 2)
 
 
 def curvature_bound(gram: np.ndarray, lam: float) -> float:
@@ -165,7 +156,7 @@ class LogisticRegression(Task):
             )
         A = np.hstack([X, np.ones((X.shape[0], 1))])
         gram = A.T @ A / A.shape[0]
-        return Prepared(ds, X, ds.y, fmt, spec.scale, gram, cond_gram(X), spec.data)
+        return Prepared(ds, X, ds.y, fmt, spec.scale, gram, gram_condition(X), spec.data)
 
     def conditioning(self, prepared: Prepared) -> dict[str, Any]:
         ev = np.linalg.eigvalsh(prepared.gram)

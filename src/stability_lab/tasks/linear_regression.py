@@ -1,0 +1,217 @@
+"""Linear least squares under a ``solver`` axis, held to certified or float64 references.
+
+Data (``--data``):
+
+- ``nist:NAME``: one of NIST's StRD linear-regression problems (Longley, Filip, Wampler1-5,
+  Norris, Pontius, NoInt1, NoInt2), design formed in float64 from the raw x as NIST's
+  model says; the reference is NIST's certified coefficients.
+- ``synthetic:n=2000,d=20,kappa=1e8,seed=0``: a design with cond(X) = kappa exactly and
+  y = X w + noise (relative noise 1e-3, seeded); the reference is the ``auto`` solve in
+  float64 (column equilibration, QR, refinement with double-double residuals).
+- ``breast_cancer``, ``digits`` or ``file.csv --target COLUMN``: least squares of the
+  (numeric) target on the features plus an intercept column; reference as for synthetic.
+
+One solve is one "step" (``step_unit = "solve"``). The trace records the objective
+||y - X b||^2 / (2n), the gradient norm ||X^T r|| / n, ||b||, non-finite counts and
+max|X b|, all in float64 at the returned coefficients; the probes hold the condition
+numbers, the numerical rank and cutoff, the predicted digits lost (log10 kappa for
+backward-stable QR/SVD, 2 log10 kappa for normal equations), and the digits actually
+agreeing with the reference (LRE, minimum over coefficients, capped at 15).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import datasets, linear
+from ..conditioning import gram_condition
+from ..errors import UsageError
+from ..recommend import Context, Recommendation, register_rule
+from ..spec import RunSpec
+from ..trace import Trace, environment
+from .base import Task
+
+NOISE = 1e-3
+
+
+@dataclass
+class Prepared:
+    name: str
+    X: np.ndarray
+    y: np.ndarray
+    reference: np.ndarray
+    reference_kind: str  # "certified" or "float64 auto"
+    source: str
+    scale: str
+    cond_XtX: float
+    X_lo: np.ndarray | None = None
+
+    @property
+    def variant(self) -> str:
+        return f"{self.name} scale={self.scale}"
+
+
+def _load(spec: RunSpec) -> tuple[str, np.ndarray, np.ndarray, np.ndarray | None, Any]:
+    """(name, X, y, certified or None, problem or None) for a data source."""
+    source = spec.data
+    if source.startswith("nist:"):
+        from ..nist import load_problem
+
+        problem = load_problem(source.partition(":")[2])
+        return problem.name, problem.design(), problem.y.copy(), problem.certified, problem
+    if source.startswith("synthetic"):
+        params = datasets.parse_synthetic(source)
+        if spec.param("kappa") is not None:
+            params["kappa"] = spec.param("kappa")
+        ds = datasets.synthetic(int(params["n"]), int(params["d"]), params["kappa"],
+                                int(params["seed"]))
+        rng = np.random.default_rng(int(params["seed"]) + 1)
+        w = rng.standard_normal(ds.d)
+        clean = ds.X @ w
+        y = clean + NOISE * np.linalg.norm(clean) / math.sqrt(ds.n) * rng.standard_normal(ds.n)
+        return ds.name, ds.X, y, None, None
+    if source.lower().endswith(".csv"):
+        ds = _load_csv_regression(source, spec.target)
+    else:
+        ds = datasets.load(source, spec.target)
+    X = np.hstack([ds.X, np.ones((ds.n, 1))])
+    return ds.name, X, ds.y, None, None
+
+
+def _load_csv_regression(path: str, target: str | None) -> datasets.Dataset:
+    """A CSV whose target is numeric (not class labels)."""
+    ds = datasets.load_csv(path, target)
+    try:
+        y = np.array([float(c) for c in ds.classes])[ds.y.astype(int)]
+    except ValueError:
+        raise UsageError(
+            f"Target column {target!r} of {path!r} is not numeric; linear_regression needs a "
+            "numeric target (use logistic_regression for class labels)."
+        ) from None
+    return datasets.Dataset(ds.name, ds.X, y, ds.feature_names, ds.target_name)
+
+
+class LinearRegressionTask(Task):
+    name = "linear_regression"
+    step_unit = "solve"
+    axes = ("solver", "precision", "scale", "kappa")
+
+    def validate(self, spec: RunSpec) -> None:
+        solver = spec.solver or "auto"
+        if solver not in linear.SOLVERS:
+            raise UsageError(f"Unknown solver {solver!r}; expected one of: "
+                             f"{', '.join(linear.SOLVERS)}.")
+        if spec.precision not in linear.PRECISIONS:
+            raise UsageError(
+                f"linear_regression runs in {', '.join(linear.PRECISIONS)}; got precision "
+                f"{spec.precision!r}. Pick one of those."
+            )
+        if spec.precision == "float16" and solver not in ("cg", "gd"):
+            raise UsageError(
+                f"Solver {solver!r} does not run in float16 (only cg and gd do); use "
+                "--precision float32 or --solver cg."
+            )
+
+    def data_key(self, spec: RunSpec):
+        return (spec.data, spec.target, spec.param("kappa"), spec.scale)
+
+    def prepare(self, spec: RunSpec) -> Prepared:
+        name, X, y, certified, problem = _load(spec)
+        X_lo = None
+        if spec.scale != "raw":
+            X = datasets.scale_features(X, spec.scale)
+            if spec.scale == "standardized":
+                # standardizing zeroes an intercept column: put it back
+                const = np.all(X == 0, axis=0)
+                X[:, const] = 1.0
+        if certified is not None and spec.scale == "raw":
+            reference, kind = certified, "NIST certified"
+            if problem is not None and problem.model["kind"] == "polynomial":
+                _, X_lo = problem.design_dd()
+        else:
+            reference = linear.solve(X, y, solver="auto").coef
+            kind = "float64 auto solve"
+        return Prepared(name, X, y, np.asarray(reference, float), kind, spec.data,
+                        spec.scale, gram_condition(X), X_lo)
+
+    def conditioning(self, prepared: Prepared) -> dict[str, Any]:
+        return {"cond_XtX": prepared.cond_XtX, "n": int(prepared.X.shape[0]),
+                "p": int(prepared.X.shape[1]), "reference": prepared.reference_kind}
+
+    def run(self, spec: RunSpec, prep: Prepared) -> Trace:
+        solver = spec.solver or "auto"
+        extra = {}
+        if solver == "auto" and spec.precision == "float64" and prep.X_lo is not None:
+            extra["X_lo"] = prep.X_lo  # the polynomial design held in double-double
+        sol = linear.solve(prep.X, prep.y, solver=solver, precision=spec.precision,
+                           reference=prep.reference, **extra)
+        diag = sol.diagnostics
+        b = np.asarray(sol.coef, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            pred = prep.X @ b
+            r = prep.y - pred
+            n = len(prep.y)
+            metrics = {
+                "loss": np.array([r @ r / (2 * n)]),
+                "grad_norm": np.array([np.linalg.norm(prep.X.T @ r) / n]),
+                "weight_norm": np.array([np.linalg.norm(b)]),
+                "nonfinite_weights": np.array([float(np.sum(~np.isfinite(b)))]),
+                "nonfinite_grads": np.array([0.0]),
+                "max_abs_logit": np.array([float(np.max(np.abs(pred)))]),
+            }
+        d = diag.to_dict()
+        start = {"cond_XtX": prep.cond_XtX, "condition_number": diag.condition_number,
+                 "condition_number_equilibrated": diag.condition_number_equilibrated,
+                 "numerical_rank": diag.numerical_rank, "rank_cutoff": diag.rank_cutoff,
+                 "predicted_digits_lost": diag.predicted_digits_lost}
+        end = {"digits": diag.lre_min, "predicted_digits": diag.predicted_digits,
+               "residual_sd": diag.residual_sd, "reference": prep.reference_kind,
+               "extended_design": "X_lo" in extra}
+        meta = environment()
+        meta["solver_path"] = diag.path
+        trace = Trace(spec=spec, metrics=metrics,
+                      probes={"start": start, "end": end}, meta=meta, step_unit="solve",
+                      final_params=b)
+        trace.extras["solve"] = {k: d[k] for k in ("status", "message", "iterations",
+                                                   "converged", "lre", "warnings",
+                                                   "rank_deficiency")}
+        return trace
+
+
+@register_rule
+def switch_solver(ctx: Context) -> list[Recommendation]:
+    """A solver lost 2+ digits more than the best solver on the same matched problem."""
+    groups: dict[tuple, list] = {}
+    for r in ctx.results:
+        digits = r.trace.probes.get("end", {}).get("digits")
+        if r.spec.task != "linear_regression" or digits is None:
+            continue
+        groups.setdefault((r.spec.data, r.spec.scale, r.spec.precision), []).append(r)
+    out = []
+    for (_data, _scale, precision), runs in groups.items():
+        def digits(x):
+            value = x.trace.probes["end"]["digits"]
+            return value if isinstance(value, float) and math.isfinite(value) else 0.0
+
+        best = max(runs, key=digits)
+        worse = [x for x in runs if digits(best) - digits(x) >= 2.0]
+        if not worse:
+            continue
+        worst = min(worse, key=digits)
+        out.append(Recommendation(
+            "switch_solver",
+            f"switch solver to {best.spec.solver} (digits {digits(worst):.1f} -> "
+            f"{digits(best):.1f})",
+            f"on {best.spec.data} in {precision}, {len(worse)} solver(s) agree with the "
+            f"reference to 2+ fewer digits than {best.spec.solver}: "
+            + ", ".join(f"{x.spec.solver} {digits(x):.1f}" for x in worse)
+            + f"; cond(X^T X) = {best.trace.probes['start']['cond_XtX']:.2g}",
+            {"solver": best.spec.solver}, tuple(x.run_id for x in worse),
+            {"best": best.spec.solver, "best_digits": digits(best),
+             "digits": {x.spec.solver: digits(x) for x in runs}},
+        ))
+    return out
