@@ -1,0 +1,94 @@
+"""Overhead of per-layer attribution on the digits MLP's training step.
+
+Variants, interleaved and repeated (median of per-step times over repeats):
+
+- ``plain``: forward, cross-entropy, backward, SGD-momentum step (float32);
+- ``attr-1``: the same with :class:`~stability_lab.deep.attribution.Attributor` on every
+  step (hooks attached, stats reduced, update ratios);
+- ``attr-10``: attribution every 10th step (hooks attached only on those steps);
+- ``anomaly``: plain step under ``torch.autograd.set_detect_anomaly(True)``.
+
+Usage: ``python benchmarks/bench_attribution.py [--batch 256] [--steps 200] [--repeats 7]
+[--threads 1] [--depth 3] [--width 64]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+
+from stability_lab.deep import policies as P
+from stability_lab.deep.attribution import Attributor
+from stability_lab.spec import RunSpec
+from stability_lab.tasks.mlp import build_mlp
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--width", type=int, default=64)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    X, y = load_digits(return_X_y=True)
+    X = torch.as_tensor(X / 16.0, dtype=torch.float32)
+    y = torch.as_tensor(y)
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(args.steps):
+        idx = torch.randint(0, len(y), (args.batch,), generator=gen)
+        batches.append((X[idx], y[idx]))
+    spec = RunSpec(task="mlp").replace(depth=args.depth, width=args.width)
+    policy = P.get_policy("float32")
+
+    def variant(every: int | None, anomaly: bool = False) -> float:
+        torch.manual_seed(0)
+        model = build_mlp(spec)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        attr = Attributor(model, policy, every) if every else None
+        times = []
+        with torch.autograd.set_detect_anomaly(anomaly, check_nan=anomaly):
+            for step, (xb, yb) in enumerate(batches, start=1):
+                t0 = time.perf_counter()
+                on = attr is not None and attr.wants(step)
+                if on:
+                    attr.begin(step)
+                opt.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.cross_entropy(model(xb), yb)
+                if on:
+                    attr.end_forward()
+                loss.backward()
+                if on:
+                    attr.before_update()
+                opt.step()
+                if on:
+                    attr.end_step()
+                float(loss)
+                times.append(time.perf_counter() - t0)
+        return float(np.median(times[5:]))  # drop warm-up steps
+
+    names = {"plain": (None, False), "attr-1": (1, False), "attr-10": (10, False),
+             "anomaly": (None, True)}
+    results: dict[str, list[float]] = {k: [] for k in names}
+    for _ in range(args.repeats):
+        for name, (every, anomaly) in names.items():
+            results[name].append(variant(every, anomaly))
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"MLP 64-{'-'.join([str(args.width)] * args.depth)}-10, batch {args.batch}, "
+          f"{args.steps} steps x {args.repeats} repeats (median step time)")
+    print(f"{'variant':<9} {'step us':>9} {'ratio':>7}")
+    for name in names:
+        print(f"{name:<9} {1e6 * med[name]:>9.1f} {med[name] / med['plain']:>7.3f}")
+
+
+if __name__ == "__main__":
+    main()
