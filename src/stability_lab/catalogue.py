@@ -1,0 +1,828 @@
+"""The signature catalogue: for each failure signature, a reproduction and its verified fixes.
+
+Each :class:`Scenario` reproduces one signature on real (breast_cancer) or generated
+data in a few seconds, diagnoses the run with the detectors of
+:mod:`stability_lab.diagnosis.signatures`, collects the recommendations (the lab's own
+rules where they fire on the scenario's small matched sweep, plus the scenario's
+evidence-driven mitigations), and re-runs the baseline with each mitigation alone and
+all together, with the same seed, data order and precision (unless the mitigation
+changes it). A row is ``fixed`` when the target signature is no longer detected and the
+verdict is not a failure; a mitigation that does not fix it stays in the table.
+
+Scenarios built on the logistic task use RunSpecs and the engine (their re-runs are
+``spec.replace(**delta)``). Scenarios the RunSpec cannot express (a custom data pipeline,
+a least-squares solver, a loss-scaled fp16 step, an lr restart, an MSE-on-sigmoid
+classifier, summation-order variants) run a small NumPy/torch trainer of this module
+that returns a :class:`~stability_lab.trace.Trace` with the same metrics, so the same
+detectors and verdict rules judge them; their configs are dicts and a mitigation's
+delta updates the dict.
+
+``repro(name, out)`` runs one scenario and returns a :class:`Repro`.
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .diagnosis.findings import Finding, jsonable
+from .errors import UsageError
+from .recommend import Recommendation, RunResult
+from .spec import RunSpec, Sweep
+
+# =========================================================================== containers
+
+
+@dataclass
+class Repro:
+    signature: str
+    description: str
+    baseline: RunResult
+    findings: list[Finding]
+    recommendations: list[Recommendation]
+    verification: list[dict[str, Any]]
+    results: list[RunResult] = field(default_factory=list)
+    command: str = ""
+
+    @property
+    def reproduced(self) -> bool:
+        return any(f.signature == self.signature for f in self.findings)
+
+    @property
+    def verified_fix(self) -> bool:
+        return any(r["fixed"] for r in self.verification)
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = [{"mitigation": r["mitigation"], "delta": r["delta"], "before": r["before"],
+                 "after": r["after"], "fixed": r["fixed"], "run_id": r["run_id"],
+                 "fixed_run_id": r["fixed_run_id"]} for r in self.verification]
+        return jsonable({
+            "signature": self.signature,
+            "description": self.description,
+            "reproduced": self.reproduced,
+            "baseline": {"id": self.baseline.run_id, "config": self.baseline.spec.to_dict(),
+                         "verdict": self.baseline.verdict.to_dict()},
+            "findings": [f.to_dict() for f in self.findings],
+            "recommendations": [r.to_dict() for r in self.recommendations],
+            "verification": rows,
+        })
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    symptom: str
+    cause: str
+    #: the fixes, cheapest first (text for the playbook)
+    fixes: tuple[str, ...]
+    build: Callable[[Path], Repro]
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(name: str, description: str, symptom: str, cause: str, fixes: Sequence[str]):
+    def wrap(fn: Callable[[Path], Repro]) -> Callable[[Path], Repro]:
+        SCENARIOS[name] = Scenario(name, description, symptom, cause, tuple(fixes), fn)
+        return fn
+
+    return wrap
+
+
+def names() -> list[str]:
+    return list(SCENARIOS)
+
+
+def get(name: str) -> Scenario:
+    if name not in SCENARIOS:
+        raise UsageError(
+            f"Unknown signature {name!r}; expected one of: {', '.join(SCENARIOS)} "
+            "(see 'stability-lab repro --list')."
+        )
+    return SCENARIOS[name]
+
+
+def repro(name: str, workdir: str | Path | None = None) -> Repro:
+    """Run one scenario; ``workdir`` holds generated data files (a temp dir if None)."""
+    sc = get(name)
+    if workdir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = sc.build(Path(tmp))
+    else:
+        path = Path(workdir) / "catalogue-data"
+        path.mkdir(parents=True, exist_ok=True)
+        out = sc.build(path)
+    out.command = f"stability-lab repro {name}"
+    return out
+
+
+# =========================================================================== verification core
+def _diagnosed(traces) -> list[RunResult]:
+    from .lab import diagnose_trace
+
+    return [diagnose_trace(t) for t in traces]
+
+
+def _verify(before_cfg: Any, recs: Sequence[Recommendation], target: str,
+            runner: Callable[[list[Any]], list], apply: Callable[[Any, dict], Any],
+            reference: Callable[[Any], Any | None],
+            ) -> tuple[RunResult, list[dict], list[RunResult]]:
+    """Run the baseline and every mitigation (alone, then all together) and build rows."""
+    from .diagnosis.signatures import attach_reference, detect_all
+    from .verify import Attempt, make_row, merge_deltas
+
+    attempts = [(rec.action, dict(rec.delta)) for rec in recs]
+    if len(recs) > 1:
+        attempts.append(("all", merge_deltas(recs)))
+    cfgs = [before_cfg] + [apply(before_cfg, d) for _, d in attempts]
+    refs = [reference(c) for c in cfgs]
+    extra = [r for r in refs if r is not None]
+    results = _diagnosed(runner(cfgs + extra))
+    main, ref_results = results[:len(cfgs)], iter(results[len(cfgs):])
+    digits: list[float | None] = []
+    for res, ref_cfg in zip(main, refs):
+        if ref_cfg is None:
+            digits.append(None)
+            continue
+        info = attach_reference(res.trace, next(ref_results).trace)
+        digits.append(info["lre_loss"])
+    for res in main:
+        if not res.trace.error:
+            res.findings = detect_all(res.trace)
+    before = main[0]
+    rows = []
+    for (name, delta), after, d in zip(attempts, main[1:], digits[1:]):
+        rows.append(make_row(Attempt(before, name, delta), after, digits[0], d, target,
+                             label="baseline"))
+    return before, rows, results
+
+
+def _spec_scenario(name: str, description: str, base: RunSpec, axes: list, target: str,
+                   extra: Callable[[RunResult], list[Recommendation]] | None = None,
+                   post: Callable[[Any], None] | None = None) -> Repro:
+    """A scenario on a lab task: a small matched sweep for the rules, then verification."""
+    from . import engine
+    from .lab import run_sweep
+
+    sweep = run_sweep(Sweep(base, axes))
+    first = next(r for r in sweep.results if r.run_id == base.run_id)
+    recs = [r for r in sweep.recommendations if first.run_id in r.runs]
+    if extra is not None:
+        have = {r.action for r in recs}
+        recs += [r for r in extra(first) if r.action not in have]
+
+    def runner(specs):
+        traces = engine.run_specs(specs)
+        if post is not None:
+            for t in traces:
+                post(t)
+        return traces
+
+    before, rows, results = _verify(
+        base, recs, target, runner, lambda s, d: s.replace(**d),
+        lambda s: s.replace(precision="float64") if s.precision != "float64" else None)
+    return Repro(name, description, before, before.findings, recs, rows, results)
+
+
+def _fn_scenario(name: str, description: str, run: Callable[[dict], Any], base: dict,
+                 recs: list[Recommendation], target: str) -> Repro:
+    """A scenario on this module's own trainer: configs are dicts."""
+
+    def runner(cfgs):
+        return [run(c) for c in cfgs]
+
+    def reference(c):
+        p = c.get("precision")
+        return {**c, "precision": "float64"} if p not in (None, "float64") else None
+
+    before, rows, results = _verify(base, recs, target, runner, lambda c, d: {**c, **d},
+                                    reference)
+    return Repro(name, description, before, before.findings, recs, rows, results)
+
+
+def _lr_bound(spec: RunSpec) -> float:
+    from .tasks.logistic import LogisticRegression, curvature_bound
+
+    prep = LogisticRegression().prepare(spec)
+    return 2.0 / curvature_bound(prep.gram, spec.lam)
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.2g}")
+
+
+# =========================================================================== small trainer
+def _spec_for(name: str, cfg: dict) -> RunSpec:
+    params = {k: v for k, v in cfg.items() if k not in ("precision", "lr", "lam", "seed")}
+    return RunSpec(task=f"catalogue:{name}", data=str(cfg.get("data", name)),
+                   precision=str(cfg.get("precision", "float64")), lr=float(cfg.get("lr", 0.0)),
+                   lam=float(cfg.get("lam", 0.0)), seed=int(cfg.get("seed", 0)),
+                   epochs=int(cfg.get("epochs", 0)),
+                   params=tuple(sorted((k, v) for k, v in params.items()
+                                       if isinstance(v, (int, float, str, bool)))))
+
+
+def _dtype(precision: str):
+    return {"float64": np.float64, "float32": np.float32, "float16": np.float16}[precision]
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    from . import numerics
+
+    return numerics.sigmoid(z)
+
+
+def train_gd(X: np.ndarray, y: np.ndarray, *, lr: float | Sequence[float], epochs: int,
+             precision: str = "float64", loss: str = "logloss", lam: float = 0.0,
+             seed: int = 0, init_scale: float = 0.01, grad_format: str | None = None,
+             loss_scale: float | None = None) -> dict[str, Any]:
+    """Full-batch gradient descent for a linear classifier, with per-step metrics.
+
+    ``loss``: ``logloss`` (fused, gradient p - y) or ``mse`` (squared error of the
+    sigmoid output, gradient (p - y) p (1 - p)). ``precision``: format of the weights, data
+    and arithmetic (NumPy float64/float32). ``grad_format='float16'`` rounds the
+    per-sample gradient dL/dz to float16 (fp16 compute with fp32 master weights), optionally
+    multiplied by ``loss_scale`` before the rounding and divided after it (static loss
+    scaling); the weight gradient is accumulated in float32 (tensor-core semantics).
+    ``lr`` may be a per-epoch schedule. The loss is evaluated in float64 from the weights.
+    """
+    dt = _dtype(precision)
+    n, d = X.shape
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal(d + 1) * init_scale).astype(dt)
+    with np.errstate(all="ignore"):
+        A = np.hstack([X, np.ones((n, 1))]).astype(dt)
+    A64 = A.astype(np.float64)
+    lrs = np.broadcast_to(np.asarray(lr, dtype=np.float64), (epochs,))
+    pen = np.ones(d + 1, dtype=dt)
+    pen[-1] = 0
+    names = ("loss", "grad_norm", "update_norm", "weight_norm", "update_ratio",
+             "nonfinite_weights", "nonfinite_grads", "max_abs_logit", "frac_saturated",
+             "frac_saturated_wrong", "grad_underflow_frac", "frac_unchanged")
+    rec = {k: np.full(epochs, np.nan) for k in names}
+    with np.errstate(all="ignore"):
+        for e in range(epochs):
+            z = A @ w
+            p = _sigmoid(z)
+            z64 = A64 @ w.astype(np.float64)
+            p64 = 0.5 * (1 + np.tanh(0.5 * z64))
+            if loss == "mse":
+                L = 0.5 * np.mean((p64 - y) ** 2)
+            else:
+                L = np.mean(np.logaddexp(0, z64) - y * z64)
+            rec["loss"][e] = L + 0.5 * lam * float(np.sum(w[:-1].astype(np.float64) ** 2))
+            sat = (p == 0) | (p == 1)
+            rec["frac_saturated"][e] = sat.mean()
+            rec["frac_saturated_wrong"][e] = (sat & (np.round(p) != y)).mean()
+            rec["max_abs_logit"][e] = float(np.max(np.abs(z)))
+            r = p - y.astype(dt)
+            dz = r * p * (1 - p) if loss == "mse" else r
+            dz = dz / dt(n)
+            if grad_format == "float16":
+                s = float(loss_scale or 1.0)
+                dz32 = dz.astype(np.float32) * np.float32(s)
+                dz16 = dz32.astype(np.float16)
+                rec["grad_underflow_frac"][e] = float(np.mean((dz16 == 0) & (dz32 != 0)))
+                g = (dz16.astype(np.float32) @ A.astype(np.float32)) / np.float32(s)
+                g = g.astype(dt)
+            else:
+                rec["grad_underflow_frac"][e] = 0.0
+                g = dz @ A
+            g = g + dt(lam) * pen * w
+            rec["grad_norm"][e] = float(np.linalg.norm(g.astype(np.float64)))
+            rec["weight_norm"][e] = float(np.linalg.norm(w.astype(np.float64)))
+            rec["nonfinite_weights"][e] = float(np.sum(~np.isfinite(w)))
+            rec["nonfinite_grads"][e] = float(np.sum(~np.isfinite(g)))
+            if not (np.isfinite(rec["loss"][e]) and np.all(np.isfinite(g))):
+                k = e + 1
+                break
+            wn = (w - dt(lrs[e]) * g).astype(dt)
+            delta = wn.astype(np.float64) - w.astype(np.float64)
+            rec["update_norm"][e] = float(np.linalg.norm(delta))
+            rec["update_ratio"][e] = rec["update_norm"][e] / max(rec["weight_norm"][e], 1e-300)
+            intended = (dt(lrs[e]) * g) != 0
+            rec["frac_unchanged"][e] = float(np.sum((delta == 0) & intended)) / max(
+                1, int(np.sum(intended)))
+            w = wn
+        else:
+            k = epochs
+    metrics = {name: v[:k].copy() for name, v in rec.items()}
+    return {"metrics": metrics, "params": w.astype(np.float64)}
+
+
+def _trace(name: str, cfg: dict, out: dict, probes: dict | None = None,
+           extras: dict | None = None):
+    from .precision import FORMATS
+    from .trace import Trace, environment
+
+    spec = _spec_for(name, cfg)
+    fmt = FORMATS[spec.precision]
+    tr = Trace(spec=spec, metrics=out["metrics"], probes=probes or {}, meta=environment(),
+               step_unit="epoch", extras={"format": {"name": fmt.name, "eps": fmt.eps,
+                                                     "max": fmt.max, "tiny": fmt.tiny},
+                                          **(extras or {})},
+               final_params=out.get("params"))
+    return tr
+
+
+def _breast_cancer(scale: str = "standardized") -> tuple[np.ndarray, np.ndarray]:
+    from . import datasets
+
+    ds = datasets.load("breast_cancer")
+    return datasets.scale_features(ds.X, scale), ds.y
+
+
+def _write_csv(path: Path, X: np.ndarray, y: np.ndarray, names: Sequence[str]) -> str:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([*names, "target"])
+        for row, label in zip(X, y):
+            w.writerow([repr(float(v)) for v in row] + [int(label)])
+    return str(path)
+
+
+# =========================================================================== the scenarios
+@scenario(
+    "overflow",
+    "float16 logistic regression on raw breast-cancer features: the gradient overflows to inf",
+    "loss=inf (verdict overflow) within the first epochs; max|logit| or a gradient sum "
+    "passes 65504",
+    "raw features up to ~4e3 make X^T (p - y) sum past the float16 maximum 65504; the "
+    "step size cannot help: the overflow is in the gradient itself",
+    ("standardize the features (scale=standardized): cheapest, keeps float16",
+     "compute in float32 (or keep fp32 master weights)",
+     "lowering lr does not help: the inf is in the gradient, not the step"),
+)
+def _overflow(ws: Path) -> Repro:
+    base = RunSpec(precision="float16", lr=0.2, lam=0.1)
+    return _spec_scenario("overflow", SCENARIOS["overflow"].description, base,
+                          [("precision", ["float16", "float32"])], "overflow")
+
+
+@scenario(
+    "nan_creation",
+    "naive sigmoid-then-log loss in float32: log(1 - p) with p rounded to 1 gives inf, "
+    "its gradient NaN",
+    "loss=nan (verdict nan) from finite weights and logits",
+    "sigmoid(z) rounds to exactly 1 for z > 16.6 in float32; log(1 - p) = -inf and the "
+    "chain rule multiplies inf by p(1 - p) = 0",
+    ("use the fused log-loss (BCE with logits): no extra cost",
+     "lower lr below 2/L so logits grow slowly (delays, may not prevent, the NaN)"),
+)
+def _nan(ws: Path) -> Repro:
+    base = RunSpec(precision="float32", scale="standardized", lr=5.0, lam=0.01, loss="naive")
+    return _spec_scenario("nan_creation", SCENARIOS["nan_creation"].description, base,
+                          [("loss", ["naive", "stable"])], "nan_creation")
+
+
+@scenario(
+    "divergence",
+    "gradient descent with lr 2.5x the stability bound 2/L on a ridge-logistic problem",
+    "the loss grows geometrically from the first epochs, then overflows",
+    "for lr > 2/L the iteration multiplies the error along the top Hessian direction by "
+    "|1 - lr L| > 1 each step",
+    ("lower lr to below 2/L (the lab prints 2/L from the curvature probe)",
+     "clip the gradient norm (bounds each step; slower)"),
+)
+def _divergence(ws: Path) -> Repro:
+    base = RunSpec(data="synthetic:n=500,d=10,kappa=10,seed=0", scale="standardized",
+                   lam=1.0)
+    base = base.replace(lr=_sig(2.5 * _lr_bound(base)))
+    return _spec_scenario("divergence", SCENARIOS["divergence"].description, base, [],
+                          "divergence")
+
+
+@scenario(
+    "edge_of_stability",
+    "lr 6x 2/L with L2 0.1 on standardized breast cancer: the loss oscillates and never settles",
+    "loss alternates up/down every epoch (verdict oscillating) at a level above the optimum",
+    "lr times the sharpness (largest Hessian eigenvalue) is above 2 at the optimum, so the "
+    "iterates bounce across the valley instead of descending it",
+    ("lower lr below 2/L",),
+)
+def _eos(ws: Path) -> Repro:
+    base = RunSpec(scale="standardized", lam=0.1)
+    base = base.replace(lr=_sig(6.0 * _lr_bound(base)))
+    return _spec_scenario("edge_of_stability", SCENARIOS["edge_of_stability"].description,
+                          base, [], "edge_of_stability")
+
+
+def _spike_run(cfg: dict):
+    X, y = _breast_cancer()
+    E, at = cfg["epochs"], cfg["restart_at"]
+    lr = np.full(E, cfg["lr"])
+    ramp = int(cfg.get("warmup", 0))
+    peak = cfg["restart_lr"]
+    for i in range(at, E):
+        lr[i] = peak * min(1.0, (i - at + 1) / ramp) if ramp else peak
+    out = train_gd(X, y, lr=lr, epochs=E, precision=cfg["precision"], lam=cfg["lam"])
+    return _trace("loss_spike", cfg, out)
+
+
+@scenario(
+    "loss_spike",
+    "an lr schedule restart (warm restart to 30x 2/L) on logistic regression: spike, then recovery",
+    "a sudden jump of the loss, many standard deviations above the recent window, that "
+    "comes back within a few steps",
+    "the restarted lr is above 2/sharpness at the current weights: the iterate is thrown "
+    "out of the valley (catapult) until the curvature it lands in is lower",
+    ("warm the restarted lr up over 20 epochs instead of jumping",
+     "cap the restarted lr at 2/L"),
+)
+def _spike(ws: Path) -> Repro:
+    B = _lr_bound(RunSpec(scale="standardized", lam=0.01))
+    base = {"data": "breast_cancer standardized", "precision": "float64", "lr": _sig(0.5 * B),
+            "lam": 0.01, "epochs": 200, "restart_at": 60, "restart_lr": _sig(30 * B),
+            "warmup": 0}
+    recs = [
+        Recommendation("warmup", "warm the restarted lr up over 20 epochs",
+                       "the spike starts the epoch the lr jumps to 30x 2/L; a ramp lets the "
+                       "weights move to flatter regions before the full step",
+                       {"warmup": 20}, (), {"restart_lr": base["restart_lr"]}),
+        Recommendation("lower_lr", f"cap the restarted lr at {_sig(0.9 * B):g}",
+                       f"2/L = {B:.3g}: no step above it can overshoot the valley",
+                       {"restart_lr": _sig(0.9 * B)}, (), {"lr_bound": B}),
+    ]
+    return _fn_scenario("loss_spike", SCENARIOS["loss_spike"].description, _spike_run, base,
+                        recs, "loss_spike")
+
+
+@scenario(
+    "stagnation",
+    "bfloat16 weights with a small lr: updates fall below half an ulp and training stops",
+    "loss flat at a poor value while the gradient norm stays large; most weights are "
+    "bit-for-bit unchanged each epoch (verdict stagnated)",
+    "w - lr*g rounds back to w when |lr*g| < ulp(w)/2; bfloat16 has 8 bits of precision, "
+    "so an update below 0.4% of the weight is lost",
+    ("raise lr towards 2/L so updates clear half an ulp (free)",
+     "keep fp32 master weights / compute in float32 (memory cost)"),
+)
+def _stagnation(ws: Path) -> Repro:
+    base = RunSpec(precision="bfloat16", scale="standardized", lr=0.01, lam=0.1, epochs=300)
+    B = _lr_bound(base)
+
+    def extra(first: RunResult) -> list[Recommendation]:
+        ratio = first.trace.metric("update_ratio")
+        return [Recommendation(
+            "raise_lr", f"raise lr to {_sig(0.5 * B):g} (half of 2/L)",
+            f"the update/weight ratio is {ratio[-1]:.2g}, below half a bfloat16 ulp "
+            f"({2.0 ** -9:.2g}); lr {base.lr:g} is {base.lr / B:.2g} of the stability bound "
+            f"2/L = {B:.3g}", {"lr": _sig(0.5 * B)}, (first.run_id,),
+            {"update_ratio": float(ratio[-1]), "lr_bound": B})]
+
+    return _spec_scenario("stagnation", SCENARIOS["stagnation"].description, base,
+                          [("precision", ["bfloat16", "float32"])], "stagnation", extra)
+
+
+def _underflow_data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    n, d = 20000, 10
+    X = rng.standard_normal((n, d))
+    w = rng.standard_normal(d) * 3
+    y = (rng.random(n) < 1 / (1 + np.exp(-X @ w))).astype(np.float64)
+    return X, y
+
+
+def _underflow_run(cfg: dict):
+    X, y = _underflow_data()
+    fmt = None if cfg["precision"] == "float64" else cfg.get("grad_format")
+    out = train_gd(X, y, lr=cfg["lr"], epochs=cfg["epochs"], precision="float32"
+                   if cfg["precision"] != "float64" else "float64", grad_format=fmt,
+                   loss_scale=cfg.get("loss_scale"))
+    cfg2 = dict(cfg)
+    tr = _trace("gradient_underflow", cfg2, out)
+    tr.extras["format"] = {"name": "float16" if fmt else "float64"}
+    return tr
+
+
+@scenario(
+    "gradient_underflow",
+    "fp16 gradients without loss scaling (20000 samples): dL/dz = (p - y)/n flushes to zero",
+    "a large share of the per-sample gradient is exactly zero in float16 (grad_underflow_frac); "
+    "the fit stops improving short of the float32 fit",
+    "(p - y)/n falls below the smallest float16 subnormal 6e-8 once |p - y| < 1.2e-3 with "
+    "n = 20000; those samples contribute nothing",
+    ("scale the loss by 2^k (dynamic loss scaling) before the fp16 backward, unscale in fp32",
+     "compute the gradient in float32 / bfloat16 (wider exponent)"),
+)
+def _underflow(ws: Path) -> Repro:
+    base = {"data": "generated n=20000 d=10", "precision": "float32", "grad_format": "float16",
+            "lr": 4.0, "epochs": 60, "loss_scale": 1.0}
+    recs = [Recommendation("loss_scale", "scale the loss by 2^12 before the fp16 backward",
+                           "(p - y)/n is below the float16 subnormal minimum 6e-8 for most "
+                           "samples; 2^12 moves it into the normal range, and unscaling in "
+                           "float32 restores the value", {"loss_scale": 4096.0}, (),
+                           {"format_subnormal": 2.0 ** -24})]
+    return _fn_scenario("gradient_underflow", SCENARIOS["gradient_underflow"].description,
+                        _underflow_run, base, recs, "gradient_underflow")
+
+
+def _cancellation_data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    n, d = 2000, 5
+    Z = rng.standard_normal((n, d))
+    offsets = np.array([2e4, 3e4, 5e4, 1e4, 4e4])
+    X = offsets + Z * np.array([1.0, 2.0, 0.5, 1.0, 3.0])
+    w = np.array([1.5, -2.0, 1.0, 0.5, -1.0])
+    y = (rng.random(n) < 1 / (1 + np.exp(-Z @ w))).astype(np.float64)
+    return X, y
+
+
+def _cancellation_run(cfg: dict):
+    from . import numerics
+    from .numerics import naive
+
+    X, y = _cancellation_data()
+    dt = _dtype(cfg["precision"])
+    Xd = X.astype(dt)
+    if cfg["variance"] == "naive":
+        mean, var = naive.mean_and_variance(Xd, 0)
+    else:
+        mean, var = numerics.mean_and_variance(Xd, 0)
+    ref_mean, ref_var = X.mean(0), X.var(0)
+    with np.errstate(all="ignore"):
+        rel = np.abs(var.astype(np.float64) - ref_var) / ref_var
+        Xs = ((Xd - mean.astype(dt)) / np.sqrt(var).astype(dt)).astype(np.float64)
+    probes = {"data": {"variance_rel_error": float(np.max(rel)),
+                       "negative_variances": int(np.sum(var < 0)),
+                       "max_mean_over_std": float(np.max(np.abs(ref_mean) / np.sqrt(ref_var))),
+                       "variance_method": "one-pass E[x^2]-E[x]^2" if cfg["variance"] == "naive"
+                       else "two-pass", "format": cfg["precision"],
+                       "worst_column": int(np.argmax(rel))}}
+    if not np.all(np.isfinite(Xs)):
+        Xs = np.nan_to_num(Xs, nan=np.nan)  # NaN features: the run goes NaN, as in production
+    out = train_gd(Xs, y, lr=cfg["lr"], epochs=cfg["epochs"], precision=cfg["precision"])
+    return _trace("catastrophic_cancellation", cfg, out, probes)
+
+
+@scenario(
+    "catastrophic_cancellation",
+    "standardizing float32 features with |mean|/std ~ 1e5 by the one-pass variance E[x^2]-E[x]^2",
+    "standardized features with wildly wrong (even negative) variances; the training run "
+    "downstream goes NaN or fits noise",
+    "E[x^2] and E[x]^2 agree to more digits than float32 carries (relative error of the "
+    "difference ~ u (mean/std)^2 = 6e-8 x 1e9), so their difference is rounding noise",
+    ("use the two-pass (or Welford) variance: same cost class, exact to rounding",
+     "compute the statistics in float64 (still one-pass: only moves the limit)"),
+)
+def _cancellation(ws: Path) -> Repro:
+    base = {"data": "generated offsets 1e4..5e4, std 0.5..3", "precision": "float32",
+            "variance": "naive", "lr": 2.0, "epochs": 200}
+    recs = [Recommendation("two_pass_variance", "compute the variance in two passes",
+                           "the one-pass formula subtracts two numbers that agree to "
+                           "~(mean/std)^2 = 1e10 relative; the two-pass form subtracts the "
+                           "mean first", {"variance": "two-pass"}, (), {})]
+    return _fn_scenario("catastrophic_cancellation",
+                        SCENARIOS["catastrophic_cancellation"].description, _cancellation_run,
+                        base, recs, "catastrophic_cancellation")
+
+
+def _onehot_design(intercept: bool = True, drop_reference: bool = False):
+    rng = np.random.default_rng(11)
+    n_unique, n_rep, n_feat, levels = 40, 25, 3, 5
+    codes = rng.integers(0, levels, size=(n_unique, n_feat))
+    codes = np.repeat(codes, n_rep, axis=0)  # duplicated rows
+    effects = rng.standard_normal((n_feat, levels))
+    y = 1.0 + effects[np.arange(n_feat), codes].sum(1) + 0.3 * rng.standard_normal(len(codes))
+    cols = []
+    for f in range(n_feat):
+        for lv in range(1 if drop_reference else 0, levels):
+            cols.append((codes[:, f] == lv).astype(np.float64))
+    X = np.column_stack(([np.ones(len(codes))] if intercept else []) + cols)
+    return X, y, codes
+
+
+def _blowup_run(cfg: dict):
+    X, y, codes = _onehot_design(drop_reference=cfg["drop_reference"])
+    lam = cfg.get("ridge", 0.0)
+    if lam > 0:
+        b = np.linalg.solve(X.T @ X + lam * len(y) * np.eye(X.shape[1]), X.T @ y)
+    else:
+        b = np.linalg.pinv(X, rcond=cfg["rcond"]) @ y
+    Xr, _, _ = _onehot_design(drop_reference=True)
+    b_ref = np.linalg.lstsq(Xr, y, rcond=None)[0]
+    resid = X @ b - y
+    # a new row: intercept only (a category unseen in training for every feature)
+    new_row = np.zeros(X.shape[1])
+    new_row[0] = 1.0
+    s = np.linalg.svd(X, compute_uv=False)
+    probes = {"start": {"cond_X": float(s[0] / s[-1]) if s[-1] > 0 else float("inf")},
+              "end": {"weight_norm": float(np.linalg.norm(b)),
+                      "max_abs_prediction": float(abs(new_row @ b))},
+              "reference": {"weight_norm": float(np.linalg.norm(b_ref))},
+              "design": {"rank": int(np.linalg.matrix_rank(X)), "columns": int(X.shape[1])}}
+    metrics = {"loss": np.array([0.5 * np.mean(resid ** 2)]),
+               "weight_norm": np.array([np.linalg.norm(b)]),
+               "grad_norm": np.array([np.linalg.norm(X.T @ resid) / len(y)])}
+    tr = _trace("ill_conditioned_blowup", {**cfg, "lam": lam}, {"metrics": metrics,
+                                                                "params": b}, probes)
+    return tr
+
+
+@scenario(
+    "ill_conditioned_blowup",
+    "least squares by pinv with a cutoff below rounding on one-hot data with an intercept "
+    "and duplicated rows (dummy-variable trap)",
+    "training residuals look normal but the weights are ~1e12 and predictions on a new "
+    "category are absurd (exp() of them overflows)",
+    "the design is exactly rank-deficient; its smallest singular values are rounding "
+    "noise ~eps s_max, and a cutoff below them divides by that noise",
+    ("use the default pinv/lstsq cutoff (max(n, p) eps s_max) or an explicit rank",
+     "drop a reference level per categorical feature",
+     "add a small ridge penalty"),
+)
+def _blowup(ws: Path) -> Repro:
+    base = {"data": "one-hot 1000x16 (40 unique rows x25)", "precision": "float64",
+            "rcond": 1e-18, "drop_reference": False, "ridge": 0.0}
+    recs = [
+        Recommendation("honest_cutoff", "use the default cutoff rcond = max(n, p) eps",
+                       "singular values below max(n, p) eps s_max are rounding noise",
+                       {"rcond": 1000 * 2.0 ** -52}, (), {}),
+        Recommendation("drop_reference", "drop one reference level per feature",
+                       "each feature's block of one-hot columns sums to the intercept column",
+                       {"drop_reference": True}, (), {}),
+        Recommendation("ridge", "add a ridge penalty lambda = 1e-6",
+                       "a penalty makes the solution unique", {"ridge": 1e-6}, (), {}),
+    ]
+    return _fn_scenario("ill_conditioned_blowup", SCENARIOS["ill_conditioned_blowup"].description,
+                        _blowup_run, base, recs, "ill_conditioned_blowup")
+
+
+def _design_probe(trace) -> None:
+    """Rank of the design [X, 1] the run saw (for the rank_deficiency detector)."""
+    from . import datasets
+
+    spec = trace.spec
+    if spec.task != "logistic_regression":
+        return
+    ds = datasets.load(spec.data, spec.target)
+    X = datasets.scale_features(ds.X, spec.scale)
+    A = np.hstack([X, np.ones((X.shape[0], 1))])
+    const = [ds.feature_names[j] for j in range(X.shape[1]) if np.ptp(ds.X[:, j]) == 0]
+    dup = [ds.feature_names[j] for j in range(X.shape[1])
+           if any(np.array_equal(ds.X[:, j], ds.X[:, i]) for i in range(j))]
+    trace.probes["design"] = {"rank": int(np.linalg.matrix_rank(A)), "columns": A.shape[1],
+                              "constant_columns": const, "duplicate_columns": dup,
+                              "null_space": "constant or duplicated columns with the intercept"}
+
+
+@scenario(
+    "rank_deficiency",
+    "breast cancer with a duplicated column and a constant column, lambda = 0",
+    "the loss converges, but the weights change with the seed and split arbitrarily "
+    "between the duplicated columns; cond(X^T X) is infinite",
+    "a duplicated or constant column (with the intercept) makes [X, 1] rank-deficient: "
+    "directions in its null space do not change the loss, so nothing pins the weights",
+    ("drop the duplicated/constant columns (or one reference level per one-hot feature)",
+     "add a small L2 penalty (makes the solution unique)"),
+)
+def _rank(ws: Path) -> Repro:
+    from . import datasets
+
+    ds = datasets.load("breast_cancer")
+    Xbad = np.column_stack([ds.X, ds.X[:, 0], np.full(ds.n, 7.0)])
+    bad = _write_csv(ws / "breast_cancer_dup_const.csv", Xbad, ds.y,
+                     [*ds.feature_names, "mean radius (copy)", "constant"])
+    good = _write_csv(ws / "breast_cancer_clean.csv", ds.X, ds.y, ds.feature_names)
+    base = RunSpec(data=bad, target="target", scale="standardized", lr=0.3)
+
+    def extra(first: RunResult) -> list[Recommendation]:
+        return [
+            Recommendation("drop_columns", "drop the duplicated and constant columns",
+                           "'mean radius (copy)' duplicates 'mean radius' and 'constant' is "
+                           "constant: [X, 1] has rank 31 < 33 columns",
+                           {"data": good}, (first.run_id,), {}),
+            Recommendation("l2_1e-3", "add L2 lambda = 1e-3",
+                           "the penalized problem has a unique minimizer",
+                           {"lambda": 1e-3}, (first.run_id,), {}),
+        ]
+
+    return _spec_scenario("rank_deficiency", SCENARIOS["rank_deficiency"].description, base, [],
+                          "rank_deficiency", extra, post=_design_probe)
+
+
+@scenario(
+    "silent_digit_loss",
+    "bfloat16 logistic regression that converges, with weights agreeing with float64 to ~1 digit",
+    "verdict converged, loss close to float64's, but the weights (what you interpret) are "
+    "right to about one digit",
+    "bfloat16 carries 2.4 digits; rounding of every update and of X itself, amplified by "
+    "the Hessian's condition, leaves ~1 digit in the weights",
+    ("compute in float32 (or keep fp32 master weights)",),
+)
+def _silent(ws: Path) -> Repro:
+    base = RunSpec(precision="bfloat16", scale="standardized", lr=0.2, lam=0.1, epochs=400)
+
+    def extra(first: RunResult) -> list[Recommendation]:
+        return [Recommendation("higher_precision", "compute in float32",
+                               "float32 carries 7.2 digits", {"precision": "float32"},
+                               (first.run_id,), {})]
+
+    return _spec_scenario("silent_digit_loss", SCENARIOS["silent_digit_loss"].description, base,
+                          [], "silent_digit_loss", extra)
+
+
+def _nondet_run(cfg: dict):
+    import torch
+
+    from .diagnosis.signatures import attach_determinism
+    from .tasks.logistic import LogisticRegression, predicted_digits
+
+    task = LogisticRegression()
+    spec = RunSpec(precision=cfg["precision"], scale="standardized", lam=cfg["lam"],
+                   lr=cfg["lr"], epochs=cfg["epochs"])
+    prep = task.prepare(spec)
+    traces = []
+    old = torch.get_num_threads()
+    try:
+        for order, threads in ((0, 1), (1, 1), (2, 2), (3, 2)):
+            torch.set_num_threads(threads)
+            perm = np.random.default_rng(order).permutation(prep.X64.shape[0]) if order else \
+                np.arange(prep.X64.shape[0])
+            import dataclasses
+
+            p2 = dataclasses.replace(prep, X64=prep.X64[perm], y64=prep.y64[perm])
+            traces.append(task.run(spec, p2))
+    finally:
+        torch.set_num_threads(old)
+    first = traces[0]
+    attach_determinism(traces, ["row order", "thread count (1, 2)"], predicted_digits(first))
+    first.spec = _spec_for("nondeterminism", cfg)
+    return first
+
+
+@scenario(
+    "nondeterminism",
+    "float32 full-batch GD at 10x 2/L: permuting the rows (a different summation order) "
+    "changes the result in the first digit",
+    "two runs of the same spec on the same data (rows in another order, another thread "
+    "count) end at different losses and weights",
+    "the dynamics are chaotic above the stability bound: rounding differences of order u "
+    "from the summation order are amplified every step",
+    ("lower lr below 2/L: the iteration contracts and order effects stay at rounding level",
+     "fix the reduction order (deterministic kernels, sorted data); does not make the "
+     "result right, only repeatable"),
+)
+def _nondet(ws: Path) -> Repro:
+    B = _lr_bound(RunSpec(scale="standardized", lam=0.1))
+    base = {"data": "breast_cancer standardized", "precision": "float32", "lam": 0.1,
+            "lr": _sig(10 * B), "epochs": 200}
+    recs = [Recommendation("lower_lr", f"lower lr to {_sig(0.9 * B):g}",
+                           f"lr {base['lr']:g} is {base['lr'] / B:.3g}x 2/L = {B:.3g}",
+                           {"lr": _sig(0.9 * B)}, (), {"lr_bound": B})]
+    return _fn_scenario("nondeterminism", SCENARIOS["nondeterminism"].description, _nondet_run,
+                        base, recs, "nondeterminism")
+
+
+def _saturation_run(cfg: dict):
+    X, y = _breast_cancer(cfg["scale"])
+    n = X.shape[0]
+    A = np.hstack([X, np.ones((n, 1))])
+    L = float(np.linalg.eigvalsh(A.T @ A / n)[-1]) / 4.0
+    lr = cfg["lr_factor"] * 2.0 / L
+    out = train_gd(X, y, lr=lr, epochs=cfg["epochs"], precision=cfg["precision"],
+                   loss=cfg["loss"], init_scale=cfg["init_scale"], seed=cfg["seed"])
+    tr = _trace("saturation", {**cfg, "lr": lr}, out, {"start": {"lr_bound": 2.0 / L}})
+    return tr
+
+
+@scenario(
+    "saturation",
+    "a sigmoid classifier trained with squared error on raw features: wrong-side outputs "
+    "saturate at exactly 0 or 1 and stop learning",
+    "the loss stalls at a high value; a fraction of samples have p == 0 or p == 1 on the "
+    "wrong side, with zero gradient",
+    "the MSE gradient (p - y) p (1 - p) is exactly 0 once p rounds to 0 or 1; large logits "
+    "from unscaled features put misclassified samples there",
+    ("use the log-loss (cross-entropy with logits): its gradient p - y does not vanish",
+     "standardize the features so logits start small"),
+)
+def _saturation(ws: Path) -> Repro:
+    base = {"data": "breast_cancer raw", "precision": "float32", "loss": "mse", "scale": "raw",
+            "lr_factor": 0.5, "epochs": 200, "init_scale": 0.3, "seed": 0}
+    recs = [
+        Recommendation("logloss", "train with the log-loss (BCE with logits)",
+                       "its gradient p - y stays +-1 for saturated wrong-side samples",
+                       {"loss": "logloss"}, (), {}),
+        Recommendation("scale_features", "standardize the features",
+                       "logits start near 0, far from saturation", {"scale": "standardized"},
+                       (), {}),
+    ]
+    return _fn_scenario("saturation", SCENARIOS["saturation"].description, _saturation_run,
+                        base, recs, "saturation")
+
+
+def run_all(names_: Sequence[str] | None = None, workdir: str | Path | None = None
+            ) -> list[Repro]:
+    return [repro(n, workdir) for n in (names_ or names())]
+
+
+def evidence_line(f: Finding) -> str:
+    onset = "" if f.onset is None else f" (onset {f.onset})"
+    return f"{f.signature}{onset}: {f.message}"

@@ -1,0 +1,252 @@
+"""Verification: re-run a failing run with each recommended fix, same seed, and compare.
+
+For a sweep (``stability-lab run ... --verify``), :func:`verify_sweep`:
+
+1. takes every failing run (verdict in ``FAILED``) and the recommendations that list it;
+2. groups them by (set of recommendations, verdict) and verifies one representative per
+   group, the first in sweep order (at most ``max_groups`` groups; the table says how
+   many runs each representative stands for and how many groups were left out);
+3. re-runs the representative's spec with each recommendation's ``delta`` applied alone
+   (``spec.replace(**delta)``) and with all deltas together (merged in recommendation
+   order; a later delta wins on a shared key), with the same seed, data order and,
+   unless the delta changes it, precision;
+4. runs the matched float64 run of every before/after spec that is not float64, and
+   records the digits agreeing with it (LRE of the final loss; of the weights too, in
+   ``extras['reference']``), which also feeds the ``silent_digit_loss`` detector;
+5. stores every re-run with ``Store.save_run`` (so ``show`` works on it) and every row
+   with ``Store.save_verification`` beside the original run.
+
+A row is ``fixed`` when the re-run converged and none of the failing run's signatures
+(warning or error) is detected in it. A mitigation that does not fix the run is kept
+in the table with ``fixed: false``.
+
+The same machinery serves the signature catalogue (:mod:`stability_lab.catalogue`),
+whose scenarios pass their own runner and target signature to :func:`verify_pairs`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .diagnosis.findings import FAILED
+from .recommend import Recommendation, RunResult
+
+MAX_GROUPS = 8
+
+
+@dataclass
+class Attempt:
+    """One re-run to make: ``before`` with ``delta`` applied, named ``mitigation``."""
+
+    before: RunResult
+    mitigation: str
+    delta: dict[str, Any]
+    group_size: int = 1
+
+
+def merge_deltas(recs: Sequence[Recommendation]) -> dict[str, Any]:
+    """All recommendations' deltas together, in order (later wins on a shared key)."""
+    out: dict[str, Any] = {}
+    for rec in recs:
+        out.update(rec.delta)
+    return out
+
+
+def side(result: RunResult, digits: float | None) -> dict[str, Any]:
+    """One side (before or after) of a verification row."""
+    conv = result.verdict.onset if result.verdict.status == "converged" else None
+    return {
+        "run_id": result.run_id,
+        "verdict": result.verdict.status,
+        "verdict_text": str(result.verdict),
+        "final_loss": result.trace.final_loss,
+        "epochs_to_converge": conv,
+        "steps": result.trace.n_steps,
+        "digits": digits,
+        "findings": sorted({f.signature for f in result.findings
+                            if f.severity in ("warning", "error")}),
+    }
+
+
+def is_fixed(before: RunResult, after: RunResult, target: str | None = None) -> bool:
+    """The after-run no longer shows the failure.
+
+    With a ``target`` signature (the catalogue): the target is no longer detected, and the
+    re-run converged (when the baseline failed) or at least did not fail (when it did not:
+    a silent failure's 'converged' verdict is not to be trusted). Without one (sweeps):
+    the re-run converged and none of the before-run's warning/error signatures remain.
+    """
+    after_sigs = {f.signature for f in after.findings if f.severity in ("warning", "error")}
+    if target is not None:
+        # a failed baseline must now converge; otherwise the re-run must not fail
+        required = 2 if before.verdict.status in FAILED else 1
+        return target not in after_sigs and _rank(after) >= required
+    before_sigs = {f.signature for f in before.findings if f.severity in ("warning", "error")}
+    return after.verdict.status == "converged" and not (before_sigs & after_sigs)
+
+
+def make_row(attempt: Attempt, after: RunResult, digits_before: float | None,
+             digits_after: float | None, target: str | None = None,
+             label: str | None = None) -> dict[str, Any]:
+    before = attempt.before
+    return {
+        "run_id": before.run_id,
+        "label": label or before.run_id[:8],
+        "mitigation": attempt.mitigation,
+        "delta": dict(attempt.delta),
+        "fixed_run_id": after.run_id,
+        "group_size": attempt.group_size,
+        "before": side(before, digits_before),
+        "after": side(after, digits_after),
+        "fixed": is_fixed(before, after, target),
+    }
+
+
+def _rank(result: RunResult) -> int:
+    status = result.verdict.status
+    return 2 if status == "converged" else (0 if status in FAILED else 1)
+
+
+# -- sweeps -----------------------------------------------------------------------------
+def plan(results: Sequence[RunResult], recommendations: Sequence[Recommendation],
+         max_groups: int = MAX_GROUPS) -> tuple[list[Attempt], dict[str, Any]]:
+    """The re-runs to make for a sweep, one representative per (recommendations, verdict)."""
+    groups: dict[tuple, list[RunResult]] = {}
+    unrecommended = 0
+    for r in results:
+        if not r.failed or r.trace.error:
+            continue
+        recs = tuple(rec for rec in recommendations if r.run_id in rec.runs)
+        if not recs:
+            unrecommended += 1
+            continue
+        key = (tuple(rec.action for rec in recs), r.verdict.status)
+        groups.setdefault(key, []).append(r)
+    attempts: list[Attempt] = []
+    keys = list(groups)
+    for key in keys[:max_groups]:
+        members = groups[key]
+        rep = members[0]
+        recs = [rec for rec in recommendations if rep.run_id in rec.runs]
+        for rec in recs:
+            attempts.append(Attempt(rep, rec.action, dict(rec.delta), len(members)))
+        if len(recs) > 1:
+            attempts.append(Attempt(rep, "all", merge_deltas(recs), len(members)))
+    info = {"failing_runs": sum(len(m) for m in groups.values()) + unrecommended,
+            "groups": len(keys), "groups_verified": min(len(keys), max_groups),
+            "without_recommendation": unrecommended, "max_groups": max_groups}
+    return attempts, info
+
+
+def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GROUPS,
+                 ) -> list[dict[str, Any]]:
+    """Verify a sweep's recommendations on its failing runs; fills ``result.verification``."""
+    from . import engine
+    from .lab import _record, diagnose_trace
+    from .store import Store
+
+    attempts, info = plan(result.results, result.recommendations, max_groups)
+    by_id = {r.run_id: r for r in result.results}
+    fixed_specs = [a.before.spec.replace(**a.delta) for a in attempts]
+    wanted = []
+    for spec in [a.before.spec for a in attempts] + fixed_specs:
+        wanted.append(spec)
+        if spec.precision != "float64":
+            wanted.append(spec.replace(precision="float64"))
+    todo, seen = [], set(by_id)
+    for spec in wanted:
+        if spec.run_id not in seen:
+            seen.add(spec.run_id)
+            todo.append(spec)
+    new: dict[str, RunResult] = {}
+    if todo:
+        for trace in engine.run_specs(todo):
+            new[trace.run_id] = diagnose_trace(trace)
+    pool = {**by_id, **new}
+
+    def digits(res: RunResult) -> float | None:
+        if res.spec.precision == "float64":
+            return None
+        ref = pool.get(res.spec.replace(precision="float64").run_id)
+        if ref is None:
+            return None
+        from .diagnosis.signatures import attach_reference
+
+        info_ref = attach_reference(res.trace, ref.trace)
+        return info_ref["lre_loss"]
+
+    rows = []
+    refreshed: set[str] = set()
+    for attempt, spec in zip(attempts, fixed_specs):
+        after = pool[spec.run_id]
+        for res in (attempt.before, after):
+            if res.run_id not in refreshed:
+                digits(res)
+                _rediagnose(res)
+                refreshed.add(res.run_id)
+        axes = result.sweep.axis_names or ["precision", "lr", "lambda"]
+        row = make_row(attempt, after, digits(attempt.before), digits(after),
+                       label=attempt.before.spec.label(axes))
+        row["plan"] = info
+        rows.append(row)
+    if out is not None and rows:
+        with Store(out) as store:
+            for res in new.values():
+                store.save_run(_record(res), res.trace.metrics)
+            for row in rows:
+                store.save_verification(row["run_id"], row["mitigation"], row["fixed_run_id"],
+                                        row)
+    result.verification = rows
+    return rows
+
+
+def _rediagnose(res: RunResult) -> None:
+    """Detect again now that the float64 reference is attached (silent digit loss)."""
+    from .diagnosis.signatures import detect_all
+
+    if not res.trace.error:
+        res.findings = detect_all(res.trace)
+
+
+# -- generic runners (the catalogue) --------------------------------------------------------
+Runner = Callable[[Sequence[Any]], list[RunResult]]
+
+
+def verify_pairs(before: RunResult, attempts: Sequence[tuple[str, dict[str, Any], Any]],
+                 runner: Runner, target: str | None = None,
+                 reference: Callable[[Any], Any] | None = None,
+                 digits: Callable[[RunResult, RunResult | None], float | None] | None = None,
+                 ) -> list[dict[str, Any]]:
+    """Rows for ``before`` re-run with each ``(mitigation, delta, config)`` attempt.
+
+    ``runner`` turns configs into diagnosed results; ``reference(config)`` gives the
+    float64 config to compare digits with (or None), ``digits(result, reference)`` the
+    digits; both optional.
+    """
+    configs = [cfg for _, _, cfg in attempts]
+    afters = runner(configs)
+    rows = []
+    ref_of: dict[int, RunResult | None] = {}
+    if reference is not None and digits is not None:
+        ref_cfgs = [reference(before_cfg) for before_cfg in configs]
+        ref_results = runner([c for c in ref_cfgs if c is not None])
+        it = iter(ref_results)
+        for i, c in enumerate(ref_cfgs):
+            ref_of[i] = next(it) if c is not None else None
+    for i, ((name, delta, _cfg), after) in enumerate(zip(attempts, afters)):
+        d_after = digits(after, ref_of.get(i)) if digits is not None else None
+        d_before = before.trace.extras.get("reference", {}).get("lre_loss") if isinstance(
+            before.trace.extras.get("reference"), dict) else None
+        rows.append(make_row(Attempt(before, name, delta), after, d_before, d_after, target))
+    return rows
+
+
+def finite_or_none(x: Any) -> float | None:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None

@@ -1,0 +1,55 @@
+"""--verify on a sweep: grouping, matched re-runs, storage, honest 'fixed'."""
+
+import json
+
+from stability_lab.cli import main
+from stability_lab.lab import run_sweep
+from stability_lab.report.verification import format_verification
+from stability_lab.spec import RunSpec, Sweep
+from stability_lab.store import Store
+from stability_lab.verify import plan, verify_sweep
+
+
+def test_verify_sweep_rows_and_store(tmp_path):
+    sweep = Sweep(RunSpec(data="synthetic:n=400,d=8,kappa=10,seed=0", scale="standardized",
+                          lam=1.0), [("lr", [0.5, 4.0, 5.0])])
+    result = run_sweep(sweep, out=tmp_path)
+    assert [r.verdict.status for r in result.results][1:] == ["diverged", "diverged"]
+    attempts, info = plan(result.results, result.recommendations)
+    assert info["failing_runs"] == 2 and info["groups"] == 1  # one representative
+    rows = verify_sweep(result, out=tmp_path)
+    assert rows and result.verification is rows
+    lower = [r for r in rows if r["mitigation"] == "lower_lr"]
+    assert lower and lower[0]["fixed"] and lower[0]["after"]["verdict"] == "converged"
+    assert lower[0]["before"]["verdict"] == "diverged"
+    assert lower[0]["group_size"] == 2
+    for r in rows:  # same seed, only the delta changed
+        with Store(tmp_path) as st:
+            after = st.load_run(r["fixed_run_id"])
+            before = st.load_run(r["run_id"])
+        assert after is not None and after["spec"]["seed"] == before["spec"]["seed"]
+        assert before["verifications"]
+    text = format_verification(rows)
+    assert "lower_lr" in text and "yes" in text
+
+
+def test_unfixed_mitigation_is_reported(tmp_path):
+    # float16 on raw features overflows; lowering lr does not stop the gradient overflow
+    sweep = Sweep(RunSpec(precision="float16", lr=0.2, lam=0.1, epochs=60), [])
+    result = run_sweep(sweep)
+    rows = verify_sweep(result)
+    by = {r["mitigation"]: r for r in rows}
+    assert by["lower_lr"]["fixed"] is False
+    assert by["scale_features"]["after"]["verdict"] != "overflow"
+
+
+def test_cli_verify_json(tmp_path, capsys):
+    rc = main(["run", "--task", "logistic_regression", "--data",
+               "synthetic:n=400,d=8,kappa=10,seed=0", "--scale", "standardized",
+               "--lambda", "1", "--sweep", "lr=0.5,5", "--verify", "--json",
+               "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verification"]
+    row = doc["verification"][0]
+    assert {"mitigation", "before", "after", "fixed"} <= set(row)
