@@ -17,7 +17,7 @@ from stability_lab.recommend import Context, RunResult, recommend
 from stability_lab.spec import RunSpec
 from stability_lab.trace import Trace
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODELS = FIXTURES / "deep_models.py"

@@ -473,3 +473,56 @@ def test_all_exported():
     assert set(N.__all__) == set(naive.__all__)
     for name in N.__all__:
         assert callable(getattr(N, name)) and getattr(N, name).__doc__
+
+
+# ------------------------------------------------------------ fused loss-and-gradient kernel
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_log_loss_and_grad_matches_the_separate_functions(dtype):
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((257, 7)) * 10.0 ** rng.integers(-3, 3, (257, 7))).astype(dtype)
+    x[0, :4] = [np.inf, -np.inf, 0.0, 800.0]
+    t = (rng.random((257, 1)) < 0.5).astype(dtype)
+    loss, grad = N.log_loss_and_grad(x, t)
+    tb = np.broadcast_to(t, x.shape)
+    # the loss is the element-wise BCE, bit for bit
+    np.testing.assert_array_equal(loss, N.binary_cross_entropy_with_logits(x, tb, "none"))
+    # the gradient against mpmath: with hard labels sigmoid(x) - t is +-sigmoid(-|x|),
+    # computed without cancellation, so within 2 ulp even where sigmoid(x) rounds to 1
+    import mpmath
+
+    mpmath.mp.dps = 40
+    finite = np.isfinite(x)
+    xs, ts = x[finite].astype(np.float64), tb[finite].astype(np.float64)
+    # sigmoid(x) - 1 = -sigmoid(-x): the reference must not cancel either
+    ref = np.array([float(-1 / (1 + mpmath.exp(mpmath.mpf(v))) if w == 1
+                          else 1 / (1 + mpmath.exp(-mpmath.mpf(v))))
+                    for v, w in zip(xs.tolist(), ts.tolist())])
+    got = grad[finite].astype(np.float64)
+    tiny = np.finfo(dtype).tiny
+    ulp = np.spacing(np.maximum(np.abs(ref), tiny).astype(dtype)).astype(np.float64)
+    assert np.max(np.abs(got - ref) / ulp) <= 2.0
+    assert np.all(grad[~finite] == np.where(x[~finite] > 0, 1.0, 0.0) - tb[~finite])
+    assert loss.dtype == x.dtype and grad.dtype == x.dtype
+
+
+def test_log_loss_and_grad_torch_16_bit_rounds_once():
+    x = torch.linspace(-20, 20, 101, dtype=torch.float32).reshape(-1, 1)
+    t = (x > 0.3).to(torch.float32)
+    xb = x.to(torch.bfloat16)
+    loss16, grad16 = N.log_loss_and_grad(xb, t.to(torch.bfloat16))
+    assert loss16.dtype == torch.bfloat16 and grad16.dtype == torch.bfloat16
+    x64, t64 = xb.double().numpy(), t.double().numpy()
+    ref_loss = np.logaddexp(0, x64) - t64 * x64
+    ref_grad = 1 / (1 + np.exp(-x64)) - t64
+    for got, ref in ((loss16, ref_loss), (grad16, ref_grad)):
+        got = got.double().numpy()
+        # bfloat16 has 8 significant bits: 1 ulp = 2^-7 relative to the power of two below
+        ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(ref), 1e-30))) - 7)
+        assert np.all(np.abs(got - ref) <= ulp)
+
+
+def test_log_loss_and_grad_rejects_bad_targets():
+    with pytest.raises(ValueError, match="'targets' must lie in \\[0, 1\\]"):
+        N.log_loss_and_grad(np.zeros(3), np.array([0.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        N.log_loss_and_grad(np.zeros((3, 2)), np.zeros(4))

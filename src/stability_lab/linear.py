@@ -280,7 +280,9 @@ def _as_numeric_2d(X: Any) -> np.ndarray:
     dtypes = getattr(X, "dtypes", None)  # pandas DataFrame: name the bad column
     if dtypes is not None and hasattr(dtypes, "items"):
         for j, (name, dt) in enumerate(dtypes.items()):
-            if not (np.issubdtype(np.dtype(dt), np.number) or np.dtype(dt) == np.bool_):
+            # pandas extension dtypes (StringDtype, Int64, ...) are not NumPy dtypes: ask
+            # for their kind, which both expose (i/u/f/b numeric, O/U/S/M... not)
+            if getattr(dt, "kind", "O") not in "iufb":
                 raise DataError(f"Input X column {name!r} (index {j}) is not numeric (dtype "
                                 f"{dt}); encode it first (e.g. one-hot) or drop it.")
     arr = np.asarray(X)

@@ -47,6 +47,7 @@ __all__ = [
     "cross_entropy",
     "l2_norm",
     "log1mexp",
+    "log_loss_and_grad",
     "log_sigmoid",
     "log_softmax",
     "logsumexp",
@@ -297,6 +298,38 @@ def binary_cross_entropy_with_logits(logits: Any, targets: Any, reduction: str =
     if like.kind == "torch" and _wants_grad(logits, targets):
         return _autograd(fn, logits, targets, like, t_np, reduction)
     return _fwd_bce(logits, t_np, like, reduction)
+
+
+def log_loss_and_grad(logits: Any, targets: Any):
+    """Element-wise log-loss and its derivative in one pass: the training kernel.
+
+    Returns ``(softplus(x) - t x, sigmoid(x) - t)``, the element-wise
+    :func:`binary_cross_entropy_with_logits` (reduction 'none', identical values) and its
+    gradient with respect to the logits, sharing one ``exp(-|x|)``. The gradient is
+    formed in the compute precision and rounded once (so it is at least as accurate as
+    ``sigmoid(x) - t`` computed from a rounded sigmoid). ``targets`` may broadcast against ``logits`` (for example one
+    column of labels against a (samples x runs) block of logits) and must lie in [0, 1];
+    they are checked once, not broadcast. No autograd: outputs are plain values of the
+    logits' kind and dtype (16-bit formats computed in float32, rounded once).
+    """
+    fn = "log_loss_and_grad"
+    logits, like = check_float(logits, fn, "logits")
+    _check_same_kind(fn, logits, targets, like)
+    if like.kind == "torch":
+        t = to_compute(targets.detach(), like, ELEMENTWISE)
+    else:
+        t = np.asarray(targets).astype(to_compute(logits, like, ELEMENTWISE).dtype, copy=False)
+    if t.size and not (t.min() >= 0 and t.max() <= 1):
+        raise UsageError(f"{fn}: 'targets' must lie in [0, 1]; got values in "
+                         f"[{t.min():g}, {t.max():g}]. Pass probabilities.")
+    x = to_compute(logits, like, ELEMENTWISE)
+    try:
+        np.broadcast_shapes(t.shape, x.shape)
+    except ValueError:
+        raise UsageError(f"{fn}: 'targets' of shape {t.shape} does not broadcast against "
+                         f"'logits' of shape {x.shape}.") from None
+    loss, grad = _core.bce_and_grad(x, t)
+    return from_compute(loss, like), from_compute(grad, like)
 
 
 def _ce_targets(logits: Any, targets: Any, like: Like, dim: int) -> np.ndarray:

@@ -38,6 +38,7 @@ __all__ = [
     "cross_entropy",
     "l2_norm",
     "log1mexp",
+    "log_loss_and_grad",
     "log_sigmoid",
     "log_softmax",
     "logsumexp",
@@ -144,6 +145,25 @@ def binary_cross_entropy_with_logits(logits, targets, reduction="mean"):
     with np.errstate(all="ignore"):
         loss = -(t * o.call("log", p) + (1 - t) * o.call("log", 1 - p))
     return _reduce(o, loss, reduction)
+
+
+def log_loss_and_grad(logits, targets):
+    """Per-sample log-loss of hard labels and its gradient, the textbook way.
+
+    p = 1 / (1 + exp(-x)); loss = -log p where t = 1, -log(1 - p) where t = 0; gradient
+    by the chain rule through p, as autograd computes it on that graph:
+    (-1/p or 1/(1 - p)) * p (1 - p). Once p rounds to 1 on a t = 0 sample (x > 16.6 in
+    float32, 36.7 in float64) the loss is inf and the gradient inf * 0 = NaN.
+    ``targets`` broadcast against ``logits``; t > 0.5 counts as label 1.
+    """
+    o = _Ops(logits, "naive.log_loss_and_grad", "logits")
+    p = sigmoid(o.x)
+    with np.errstate(all="ignore"):
+        positive = targets > 0.5
+        loss = o.call("where", positive, -o.call("log", p), -o.call("log", 1 - p))
+        dp = o.call("where", positive, -1 / p, 1 / (1 - p))
+        grad = dp * (p * (1 - p))
+    return o.out(loss), o.out(grad)
 
 
 def cross_entropy(logits, targets, dim=-1, reduction="mean"):

@@ -205,15 +205,9 @@ def _loss_and_dz(torch, Z, Y, loss_form: str, n: int):
     if loss_form == "naive":
         from ..numerics import naive
 
-        p = naive.sigmoid(Z)
-        one = torch.ones((), dtype=Z.dtype)
-        positive = Y > 0.5
-        per = torch.where(positive, -torch.log(p), -torch.log(one - p))
-        dp = torch.where(positive, -one / p, one / (one - p))
-        dz = dp * (p * (one - p))
+        per, dz = naive.log_loss_and_grad(Z, Y)
     else:
-        per = numerics.binary_cross_entropy_with_logits(Z, Y.expand_as(Z), reduction="none")
-        dz = numerics.sigmoid(Z) - Y
+        per, dz = numerics.log_loss_and_grad(Z, Y)
     return per.sum(0) / n, dz / n
 
 
