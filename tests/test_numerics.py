@@ -526,3 +526,17 @@ def test_log_loss_and_grad_rejects_bad_targets():
         N.log_loss_and_grad(np.zeros(3), np.array([0.0, 2.0, 1.0]))
     with pytest.raises(ValueError, match="does not broadcast"):
         N.log_loss_and_grad(np.zeros((3, 2)), np.zeros(4))
+
+
+def test_log_loss_and_grad_hard_and_fractional_paths_agree():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((300, 5)) * 10.0 ** rng.integers(-2, 3, (300, 5))
+    x[0, :3] = [np.inf, -np.inf, -0.0]
+    t = (rng.random((300, 1)) < 0.5).astype(np.float64)
+    hard = _core.bce_and_grad(x, t)
+    # nudge one target off {0, 1} and back: forces the general (masked) path
+    t_frac = t.copy()
+    t_frac[-1, 0] = 0.5
+    loss_g, grad_g = _core.bce_and_grad(x, t_frac)
+    np.testing.assert_array_equal(hard[0][:-1], loss_g[:-1])  # loss: identical bits
+    np.testing.assert_allclose(hard[1][:-1], grad_g[:-1], rtol=4e-16, atol=0)

@@ -142,15 +142,30 @@ def bce_elementwise(x: np.ndarray, t: np.ndarray) -> np.ndarray:
 def bce_and_grad(x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(bce_elementwise(x, t), sigmoid(x) - t), sharing e = exp(-|x|); t broadcasts.
 
-    The loss is bce_elementwise's |x| w + log1p(e), bit for bit. The gradient uses
-    q = sigmoid(-|x|) = e / (1 + e), never the rounded sigmoid near 1:
+    The loss equals bce_elementwise's |x| w + log1p(e) bit for bit. The gradient uses
+    q = sigmoid(-|x|) = e / (1 + e), never a rounded sigmoid near 1:
     x >= 0: sigmoid(x) - t = (1 - t) - q;  x < 0: sigmoid(x) - t = q - t.
-    For labels t in {0, 1} this is a single correctly signed q (no cancellation), so a
-    saturated logit keeps its tiny gradient (sigmoid(20) - 1 = -2.1e-9, not 0 in float32).
+
+    Hard labels (every t is 0 or 1, the training case) take a mask-free path: with
+    s = 1 - 2t (+-1, exact) and z = s x, the loss is max(z, 0) + log1p(e) (the same bits)
+    and the gradient s * sigmoid(z), sigmoid(z) = (1 if z >= 0 else e) / (1 + e); no
+    cancellation anywhere, so a saturated logit keeps its tiny gradient
+    (sigmoid(20) - 1 = -2.1e-9, not 0, in float32). NumPy's ``where`` is the slow step
+    of the general path (about 4 ns per element against 0.3 for a multiply).
     """
     with np.errstate(all="ignore"):
         ax = np.abs(x)
-        e = np.exp(-ax)
+        e = np.negative(ax)
+        np.exp(e, out=e)
+        if t.size and np.all((t == 0) | (t == 1)):
+            s = 1.0 - 2.0 * t
+            z = x * s
+            loss = np.maximum(z, 0.0)
+            loss += np.log1p(e)
+            num = np.maximum(e, z >= 0)  # 1 where z >= 0 (e <= 1 there), else e
+            grad = np.divide(num, np.add(e, 1.0), out=num)
+            grad *= s
+            return loss, grad
         pos = x >= 0
         w = np.where(pos, 1.0 - t, t)
         lin = ax * w
