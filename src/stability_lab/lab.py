@@ -106,7 +106,8 @@ def diagnose_trace(trace: Trace) -> RunResult:
     return RunResult(trace.spec, trace, verdict, findings)
 
 
-def _record(result: RunResult) -> dict[str, Any]:
+def record_of(result: RunResult) -> dict[str, Any]:
+    """The store's record of a run (its final parameters kept when small)."""
     rec = result.record()
     params = result.trace.final_params
     if params is not None and params.size <= 10_000:
@@ -143,7 +144,7 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
             res = diagnose_trace(trace)
             results[i] = res
             if store is not None:
-                store.save_run(_record(res), trace.metrics, sweep_id, i)
+                store.save_run(record_of(res), trace.metrics, sweep_id, i)
 
         done_before = len(specs) - len(todo)
 

@@ -3,13 +3,17 @@
 For a sweep (``stability-lab run ... --verify``), :func:`verify_sweep`:
 
 1. takes every failing run (verdict in ``FAILED``) and the recommendations that list it;
-2. groups them by (set of recommendations, verdict) and verifies one representative per
+2. verifies every one of them when the task runs in lockstep cohorts and the re-runs
+   number at most ``MAX_RERUNS`` (cheap: they run as cohorts too); otherwise it groups
+   them by (set of recommendations, verdict) and verifies one representative per
    group, the first in sweep order (at most ``max_groups`` groups; the table says how
    many runs each representative stands for and how many groups were left out);
-3. re-runs the representative's spec with each recommendation's ``delta`` applied alone
+3. re-runs each verified spec with each recommendation's ``delta`` applied alone
    (``spec.replace(**delta)``) and with all deltas together (merged in recommendation
    order; a later delta wins on a shared key), with the same seed, data order and,
-   unless the delta changes it, precision;
+   unless the delta changes it, precision. When "all" changes the data (feature
+   scaling) and lowers lr, the lr bound is recomputed for the new data (an lr below
+   2/L of raw features is needlessly tiny once they are standardized);
 4. runs the matched float64 run of every before/after spec that is not float64, and
    records the digits agreeing with it (LRE of the final loss; of the weights too, in
    ``extras['reference']``), which also feeds the ``silent_digit_loss`` detector;
@@ -17,8 +21,9 @@ For a sweep (``stability-lab run ... --verify``), :func:`verify_sweep`:
    with ``Store.save_verification`` beside the original run.
 
 A row is ``fixed`` when the re-run converged and none of the failing run's signatures
-(warning or error) is detected in it. A mitigation that does not fix the run is kept
-in the table with ``fixed: false``.
+(warning or error) is detected in it; its ``outcome`` is ``fixed``, ``improved`` (the
+re-run no longer fails but has not converged in the epochs given) or ``not fixed``. A
+mitigation that does not fix the run is kept in the table with ``fixed: false``.
 
 The same machinery serves the signature catalogue (:mod:`stability_lab.catalogue`),
 whose scenarios pass their own runner and target signature to :func:`verify_pairs`.
@@ -35,6 +40,8 @@ from .diagnosis.findings import FAILED
 from .recommend import Recommendation, RunResult
 
 MAX_GROUPS = 8
+#: exhaustive verification (every failing run) up to this many re-runs
+MAX_RERUNS = 600
 
 
 @dataclass
@@ -101,7 +108,8 @@ def make_row(attempt: Attempt, after: RunResult, digits_before: float | None,
         "group_size": attempt.group_size,
         "before": side(before, digits_before),
         "after": side(after, digits_after),
-        "fixed": is_fixed(before, after, target),
+        "fixed": (fixed := is_fixed(before, after, target)),
+        "outcome": outcome(before, after, fixed),
     }
 
 
@@ -112,8 +120,10 @@ def _rank(result: RunResult) -> int:
 
 # -- sweeps -----------------------------------------------------------------------------
 def plan(results: Sequence[RunResult], recommendations: Sequence[Recommendation],
-         max_groups: int = MAX_GROUPS) -> tuple[list[Attempt], dict[str, Any]]:
-    """The re-runs to make for a sweep, one representative per (recommendations, verdict)."""
+         max_groups: int = MAX_GROUPS, exhaustive: bool = False,
+         ) -> tuple[list[Attempt], dict[str, Any]]:
+    """The re-runs to make for a sweep: every failing run (``exhaustive``, if the re-runs
+    fit in MAX_RERUNS) or one representative per (recommendations, verdict) group."""
     groups: dict[tuple, list[RunResult]] = {}
     unrecommended = 0
     for r in results:
@@ -125,30 +135,61 @@ def plan(results: Sequence[RunResult], recommendations: Sequence[Recommendation]
             continue
         key = (tuple(rec.action for rec in recs), r.verdict.status)
         groups.setdefault(key, []).append(r)
-    attempts: list[Attempt] = []
     keys = list(groups)
-    for key in keys[:max_groups]:
+    n_rerun = sum(len(m) * (len(k[0]) + (len(k[0]) > 1)) for k, m in groups.items())
+    exhaustive = exhaustive and n_rerun <= MAX_RERUNS
+    attempts: list[Attempt] = []
+    for key in (keys if exhaustive else keys[:max_groups]):
         members = groups[key]
-        rep = members[0]
-        recs = [rec for rec in recommendations if rep.run_id in rec.runs]
-        for rec in recs:
-            attempts.append(Attempt(rep, rec.action, dict(rec.delta), len(members)))
-        if len(recs) > 1:
-            attempts.append(Attempt(rep, "all", merge_deltas(recs), len(members)))
+        for rep in (members if exhaustive else members[:1]):
+            size = 1 if exhaustive else len(members)
+            recs = [rec for rec in recommendations if rep.run_id in rec.runs]
+            for rec in recs:
+                attempts.append(Attempt(rep, rec.action, dict(rec.delta), size))
+            if len(recs) > 1:
+                attempts.append(Attempt(rep, "all", merge_deltas(recs), size))
     info = {"failing_runs": sum(len(m) for m in groups.values()) + unrecommended,
-            "groups": len(keys), "groups_verified": min(len(keys), max_groups),
+            "groups": len(keys),
+            "groups_verified": len(keys) if exhaustive else min(len(keys), max_groups),
+            "exhaustive": exhaustive,
             "without_recommendation": unrecommended, "max_groups": max_groups}
     return attempts, info
+
+
+def outcome(before: RunResult, after: RunResult, fixed: bool) -> str:
+    if fixed:
+        return "fixed"
+    if before.verdict.status in FAILED and after.verdict.status not in FAILED:
+        return "improved"
+    return "not fixed"
+
+
+def _rebound_lr(attempt: Attempt, prepared) -> None:
+    """For "all" that rescales the data and lowers lr: take the bound of the new data."""
+    if attempt.mitigation != "all" or "scale" not in attempt.delta or "lr" not in attempt.delta:
+        return
+    spec = attempt.before.spec.replace(**attempt.delta)
+    task = prepared.task(spec.task)
+    bound = getattr(task, "lr_bound", None)
+    if bound is None:
+        return
+    safe = float(f"{0.9 * bound(spec, prepared.get(spec)):.2g}")
+    attempt.delta["lr"] = min(attempt.before.spec.lr, safe)
 
 
 def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GROUPS,
                  ) -> list[dict[str, Any]]:
     """Verify a sweep's recommendations on its failing runs; fills ``result.verification``."""
     from . import engine
-    from .lab import _record, diagnose_trace
+    from .lab import diagnose_trace, record_of
     from .store import Store
 
-    attempts, info = plan(result.results, result.recommendations, max_groups)
+    prepared = engine.Prepared()
+    task = prepared.task(result.sweep.base.task)
+    attempts, info = plan(result.results, result.recommendations, max_groups,
+                          exhaustive=task.supports_cohort)
+    for attempt in attempts:
+        _rebound_lr(attempt, prepared)
     by_id = {r.run_id: r for r in result.results}
     fixed_specs = [a.before.spec.replace(**a.delta) for a in attempts]
     wanted = []
@@ -163,7 +204,7 @@ def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GR
             todo.append(spec)
     new: dict[str, RunResult] = {}
     if todo:
-        for trace in engine.run_specs(todo):
+        for trace in engine.run_specs(todo, prepared):
             new[trace.run_id] = diagnose_trace(trace)
     pool = {**by_id, **new}
 
@@ -195,7 +236,7 @@ def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GR
     if out is not None and rows:
         with Store(out) as store:
             for res in new.values():
-                store.save_run(_record(res), res.trace.metrics)
+                store.save_run(record_of(res), res.trace.metrics)
             for row in rows:
                 store.save_verification(row["run_id"], row["mitigation"], row["fixed_run_id"],
                                         row)

@@ -42,12 +42,12 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _store(result, out: str) -> None:
-    from ..lab import _record
+    from ..lab import record_of
     from ..store import Store
 
     with Store(out) as store:
         for res in result.results:
-            store.save_run(_record(res), res.trace.metrics)
+            store.save_run(record_of(res), res.trace.metrics)
         for row in result.verification:
             store.save_verification(row["run_id"], row["mitigation"], row["fixed_run_id"], row)
 

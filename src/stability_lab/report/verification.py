@@ -43,8 +43,39 @@ def _delta(delta: dict[str, Any]) -> str:
     return ",".join(parts) or "-"
 
 
-def format_verification(rows: Sequence[dict[str, Any]]) -> str:
-    """The verification table, with a header that says what was (not) verified."""
+def _row_cells(r: dict[str, Any]) -> list[str]:
+    b, a = r["before"], r["after"]
+    label = r.get("label") or r["run_id"][:8]
+    if r.get("group_size", 1) > 1:
+        label += f" (+{r['group_size'] - 1} alike)"
+    return [
+        label, r["mitigation"], _delta(r.get("delta", {})),
+        b["verdict"].replace("_", " "), a["verdict"].replace("_", " "),
+        f"{_num(b['final_loss'])} -> {_num(a['final_loss'])}",
+        f"{_num(b['epochs_to_converge'])} -> {_num(a['epochs_to_converge'])}",
+        f"{_digits(b['digits'])} -> {_digits(a['digits'])}",
+        "yes" if r["fixed"] else "NO",
+    ]
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per mitigation: how many re-runs it fixed, improved, and did not fix."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        s = out.setdefault(r["mitigation"], {"mitigation": r["mitigation"], "runs": 0,
+                                             "fixed": 0, "improved": 0, "not fixed": 0})
+        s["runs"] += 1
+        s[r.get("outcome") or ("fixed" if r["fixed"] else "not fixed")] += 1
+    return list(out.values())
+
+
+def format_verification(rows: Sequence[dict[str, Any]], max_rows: int = 16) -> str:
+    """The verification table, with a header that says what was (not) verified.
+
+    Short sweeps print every row. Long ones print a summary per mitigation and, as
+    examples, the first row of each (mitigation, verdict before, outcome); ``--json``
+    has every row.
+    """
     from .terminal import table
 
     if not rows:
@@ -53,31 +84,36 @@ def format_verification(rows: Sequence[dict[str, Any]]) -> str:
            "of the final loss with the matched float64 run, 'ref' = is float64):"]
     plan = rows[0].get("plan")
     if plan:
-        line = (f"  {plan['failing_runs']} failing run(s) in {plan['groups']} group(s) by "
-                f"(recommendations, verdict); one representative per group verified")
-        if plan["groups_verified"] < plan["groups"]:
-            line += (f"; only the first {plan['groups_verified']} groups "
-                     f"(cap {plan['max_groups']})")
+        if plan.get("exhaustive"):
+            line = f"  every one of {plan['failing_runs']} failing run(s) verified"
+        else:
+            line = (f"  {plan['failing_runs']} failing run(s) in {plan['groups']} group(s) by "
+                    f"(recommendations, verdict); one representative per group verified")
+            if plan["groups_verified"] < plan["groups"]:
+                line += (f"; only the first {plan['groups_verified']} groups "
+                         f"(cap {plan['max_groups']})")
         if plan.get("without_recommendation"):
             line += f"; {plan['without_recommendation']} failing run(s) had no recommendation"
         out.append(line)
     headers = ["run", "mitigation", "change", "before", "after", "final loss", "converged at",
                "digits", "fixed"]
-    body = []
-    for r in rows:
-        b, a = r["before"], r["after"]
-        label = r.get("label") or r["run_id"][:8]
-        if r.get("group_size", 1) > 1:
-            label += f" (+{r['group_size'] - 1} alike)"
-        body.append([
-            label, r["mitigation"], _delta(r.get("delta", {})),
-            b["verdict"].replace("_", " "), a["verdict"].replace("_", " "),
-            f"{_num(b['final_loss'])} -> {_num(a['final_loss'])}",
-            f"{_num(b['epochs_to_converge'])} -> {_num(a['epochs_to_converge'])}",
-            f"{_digits(b['digits'])} -> {_digits(a['digits'])}",
-            "yes" if r["fixed"] else "NO",
-        ])
-    out.append(table(headers, body))
+    if len(rows) <= max_rows:
+        out.append(table(headers, [_row_cells(r) for r in rows]))
+    else:
+        out.append(table(["mitigation", "re-runs", "fixed", "improved", "not fixed"],
+                         [[s["mitigation"], str(s["runs"]), str(s["fixed"]),
+                           str(s["improved"]), str(s["not fixed"])] for s in summarize(rows)]))
+        seen, examples = set(), []
+        for r in rows:
+            key = (r["mitigation"], r["before"]["verdict"], r.get("outcome"))
+            if key not in seen:
+                seen.add(key)
+                examples.append(r)
+        out.append(f"Examples (first re-run of each mitigation, verdict and outcome; "
+                   f"--json has all {len(rows)}):")
+        out.append(table(headers, [_row_cells(r) for r in examples]))
     n_fixed = sum(bool(r["fixed"]) for r in rows)
-    out.append(f"{n_fixed} of {len(rows)} re-runs fixed the failure; rows marked NO did not.")
+    n_improved = sum(r.get("outcome") == "improved" for r in rows)
+    out.append(f"{n_fixed} of {len(rows)} re-runs fixed the failure, {n_improved} improved it "
+               "(no longer failing, not yet converged); rows marked NO did not fix it.")
     return "\n".join(out)

@@ -168,6 +168,10 @@ class LogisticRegression(Task):
             "d": prepared.dataset.d,
         }
 
+    def lr_bound(self, spec: RunSpec, prepared: Prepared) -> float:
+        """2/L for a spec's data variant and lambda (used to re-bound lr after a fix)."""
+        return 2.0 / curvature_bound(prepared.gram, spec.lam)
+
     # -- running ---------------------------------------------------------------------
     def cohort_key(self, spec: RunSpec):
         order_seed = spec.seed if spec.batch_size else None
