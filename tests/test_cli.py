@@ -50,7 +50,11 @@ def test_default_command_text(tmp_path, capsys):
 def test_default_command_json(default_json):
     doc, _ = default_json
     runs = doc["runs"]
-    assert {"id", "config", "verdict", "onset_epoch", "final_loss", "findings"} <= set(runs[0])
+    assert {"id", "config", "verdict", "onset_epoch", "final_loss", "findings",
+            "phases"} <= set(runs[0])
+    diverged = next(r for r in runs if r["verdict"] == "diverged")
+    assert diverged["phases"] and {p["name"] for p in diverged["phases"]} & {
+        "divergence", "collapse", "oscillation", "spike"}
     verdicts = {r["verdict"] for r in runs}
     assert "converged" in verdicts
     failing = [r for r in runs if r["verdict"] in ("diverged", "overflow", "nan")]

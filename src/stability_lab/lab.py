@@ -47,6 +47,7 @@ class SweepResult:
 
     def to_dict(self) -> dict[str, Any]:
         from .diagnosis.findings import jsonable
+        from .diagnosis.phases import segment
 
         out = {
             "sweep": {"id": self.sweep_id, "axes": self.sweep.axis_names,
@@ -58,6 +59,7 @@ class SweepResult:
                  "verdict_text": str(r.verdict), "onset_epoch": r.verdict.onset,
                  "final_loss": r.trace.final_loss,
                  "findings": [f.to_dict() for f in r.findings],
+                 "phases": [p.to_dict() for p in segment(r.trace)] if r.trace.n_steps else [],
                  "probes": r.trace.probes, "error": r.trace.error, "reused": r.reused,
                  **({"policy": r.spec.policy} if r.spec.policy else {}),
                  **({"attribution": r.trace.extras["attribution"]}
