@@ -107,3 +107,25 @@ def test_error_trace():
     t = Trace(spec=RunSpec(), error="RuntimeError: boom")
     v = decide(t)
     assert v.status == "error" and "boom" in v.detail
+
+
+def test_stochastic_step_traces_converge_on_windowed_means():
+    rng = np.random.default_rng(0)
+    n = 200
+    loss = 2.0 * np.exp(-np.arange(n) / 20) + 0.05 + 0.01 * rng.standard_normal(n)
+    t = make(loss, np.full(n, 0.5))  # noisy gradient that never settles
+    t.step_unit = "step"
+    v = decide(t)
+    assert v.status == "converged" and "flat" in v.detail
+    t2 = make(loss, np.full(n, 0.5))  # the same numbers as epochs: not converged
+    assert decide(t2).status != "converged"
+
+
+def test_stochastic_solved_task_and_still_learning():
+    n = 200
+    solved = make(np.geomspace(2.8, 1e-4, n), np.full(n, 0.5))
+    solved.step_unit = "step"
+    assert decide(solved).status == "converged"
+    learning = make(np.linspace(2.8, 0.8, n), np.full(n, 0.5))
+    learning.step_unit = "step"
+    assert decide(learning).status == "not_converged"

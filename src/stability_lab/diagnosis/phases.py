@@ -41,6 +41,20 @@ PHASES = ("stable_descent", "plateau", "oscillation", "spike", "recovery", "dive
           "collapse")
 
 
+def _std(x: np.ndarray) -> float:
+    """Standard deviation without overflow: losses of 1e200 are common in divergence,
+    and their squares are not representable. Scaled by the largest |x| (exact for a
+    power of two), two-pass."""
+    if x.size == 0:
+        return math.nan
+    with np.errstate(invalid="ignore", over="ignore"):
+        top = float(np.max(np.abs(x)))
+        if not math.isfinite(top) or top == 0:
+            return 0.0 if top == 0 else math.nan
+        scale = 2.0 ** math.frexp(top)[1]
+        return float(np.std(x / scale)) * scale
+
+
 @dataclass
 class Phase:
     name: str
@@ -116,7 +130,7 @@ class PhaseTracker:
             else:
                 return "recovery", {"loss": loss, "target": self._spike_top}
         if hist.size >= min(self.window, 3):
-            mu, sd, top = float(hist.mean()), float(hist.std()), float(hist.max())
+            mu, sd, top = float(hist.mean()), _std(hist), float(hist.max())
             if loss > mu + self.k * sd and loss - top > self.spike_rel * abs(mu):
                 self._spike_top = top
                 self._spike_start = self.step
@@ -129,7 +143,7 @@ class PhaseTracker:
             w = recent[-2 * half:]
             first, second = w[: w.size // 2], w[w.size // 2:]
             level = max(abs(float(np.median(w))), 1e-300)
-            noise = float(np.std(np.diff(w))) / math.sqrt(max(1, second.size))
+            noise = _std(np.diff(w)) / math.sqrt(max(1, second.size))
             drop = float(first.mean() - second.mean())
             amp = float(w.max() - w.min())
             d = np.diff(w)

@@ -184,8 +184,12 @@ def lre(estimate: Any, reference: Any) -> float:
     b = np.atleast_1d(np.asarray(reference, dtype=np.float64))
     if a.shape != b.shape or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         return 0.0
-    nb = float(np.linalg.norm(b))
-    err = float(np.linalg.norm(a - b))
+    from ..numerics import l2_norm  # no overflow for the 1e200 weights of a diverged run
+
+    nb = float(l2_norm(b))
+    with np.errstate(over="ignore"):
+        diff = a - b
+    err = float(l2_norm(diff)) if np.all(np.isfinite(diff)) else math.inf
     if err == 0.0:
         return LRE_CAP
     rel = err / nb if nb > 0 else err

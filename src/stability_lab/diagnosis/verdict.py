@@ -26,6 +26,10 @@ Rules, applied in this order (``W`` is the window, 10 steps by default):
    second half is not below that of its first half by more than rtol).
 6. otherwise **not converged**, with the numbers that say how far it is.
 
+Traces of optimizer steps (``step_unit == "step"``: deep nets, mini-batches, fresh
+samples every step) are judged on windowed means instead of rule 4, since gradient
+noise never lets the gradient norm settle: see :func:`_stochastic_converged`.
+
 Convergence is never decided on a single step's change.
 """
 
@@ -49,6 +53,8 @@ class VerdictRules:
     growth: float = 4.0
     stagnant_fraction: float = 0.5
     oscillation_sign_changes: float = 0.5
+    #: relative change of the windowed mean loss that counts as a plateau (step traces)
+    stochastic_plateau: float = 0.01
 
 
 DEFAULT_RULES = VerdictRules()
@@ -110,6 +116,11 @@ def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
                        f"loss {loss[0]:.3g} -> {final:.3g}, growing from {unit} {onset}",
                        {"initial_loss": float(loss[0]), "final_loss": float(final)})
 
+    if unit == "step":
+        solved = _stochastic_converged(loss, rules)
+        if solved is not None:
+            return solved
+
     g0 = grad[0] if grad.size and grad[0] > 0 else 1.0
     grad_small = grad / g0 <= gtol
     unchanged = trace.metric("frac_unchanged")
@@ -151,6 +162,39 @@ def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
                    f"loss {final:.4g}, still improving {rel[-1]:.1e}/window, "
                    f"grad norm {grad[-1] / g0:.1e} of initial",
                    {"rel_improvement": float(rel[-1]), "grad_ratio": float(grad[-1] / g0)})
+
+
+def _stochastic_converged(loss: np.ndarray, rules: VerdictRules) -> Verdict | None:
+    """Convergence of an optimizer-step trace (deep nets: mini-batches, fresh samples).
+
+    Gradient noise keeps the gradient norm and the step-to-step loss from settling, so
+    the deterministic rule never fires. Instead, with W = max(window, n/10) steps: the
+    task is solved (the mean loss of the last W steps is below 1% of that of the
+    first W), or the loss has plateaued after falling to below half its start: the
+    last two windows' means differ by less than ``stochastic_plateau`` relative, or by
+    less than twice the standard error of that difference (the change is noise).
+    """
+    n = len(loss)
+    W = max(rules.window, n // 10)
+    if n < 3 * W:
+        return None
+    first, prev, last = loss[:W].mean(), loss[-2 * W:-W].mean(), loss[-W:].mean()
+    if not (first > 0 and last >= 0):
+        return None
+    if last <= 0.01 * first:
+        return Verdict("converged", n - W + 1,
+                       f"mean loss {first:.3g} -> {last:.3g} over the last {W} steps",
+                       {"first_window_loss": float(first), "last_window_loss": float(last)})
+    change = abs(prev - last) / max(last, 1e-300)
+    a, b = loss[-2 * W:-W], loss[-W:]
+    scale = max(float(np.max(np.abs(loss[-2 * W:]))), 1e-300)  # no overflow in the squares
+    se = scale * math.sqrt((np.var(a / scale) + np.var(b / scale)) / W)
+    noise = 2.0 * se / max(last, 1e-300)
+    if change < max(rules.stochastic_plateau, noise) and last <= 0.5 * first:
+        return Verdict("converged", n - 2 * W + 1,
+                       f"windowed mean loss flat ({change:.1%} over {W} steps) at {last:.3g}",
+                       {"window_change": float(change), "last_window_loss": float(last)})
+    return None
 
 
 def _solve_verdict(trace: Trace) -> Verdict:

@@ -20,7 +20,8 @@ from ..recommend import _e
 from ..spec import format_value
 
 
-def _num(x: Any) -> str:
+def fmt_num(x: Any, sig: int = 3) -> str:
+    """A table cell: '-' for None, inf/nan spelled out, ``sig`` significant digits."""
     if x is None:
         return "-"
     if isinstance(x, str):
@@ -32,7 +33,10 @@ def _num(x: Any) -> str:
         return "inf" if x > 0 else "-inf"
     if x == 0:
         return "0"
-    return f"{x:.3g}" if 1e-3 <= abs(x) < 1e5 else f"{x:.2e}"
+    return f"{x:.{sig}g}" if 1e-3 <= abs(x) < 1e5 else f"{x:.{sig - 1}e}"
+
+
+_num = fmt_num
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

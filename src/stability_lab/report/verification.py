@@ -8,23 +8,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
+
+from .terminal import fmt_num
 
 
 def _num(x: Any) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, str):
-        return x
-    x = float(x)
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if x == 0:
-        return "0"
-    return f"{x:.4g}" if 1e-3 <= abs(x) < 1e5 else f"{x:.3e}"
+    return fmt_num(x, 4)
 
 
 def _digits(x: Any) -> str:

@@ -30,6 +30,7 @@ import numpy as np
 from .. import datasets, linear
 from ..conditioning import gram_condition
 from ..errors import UsageError
+from ..numerics import l2_norm
 from ..recommend import Context, Recommendation, register_rule
 from ..spec import RunSpec
 from ..trace import Trace, environment
@@ -157,8 +158,8 @@ class LinearRegressionTask(Task):
             n = len(prep.y)
             metrics = {
                 "loss": np.array([r @ r / (2 * n)]),
-                "grad_norm": np.array([np.linalg.norm(prep.X.T @ r) / n]),
-                "weight_norm": np.array([np.linalg.norm(b)]),
+                "grad_norm": np.array([float(l2_norm(prep.X.T @ r)) / n]),
+                "weight_norm": np.array([float(l2_norm(b))]),
                 "nonfinite_weights": np.array([float(np.sum(~np.isfinite(b)))]),
                 "nonfinite_grads": np.array([0.0]),
                 "max_abs_logit": np.array([float(np.max(np.abs(pred)))]),
