@@ -53,6 +53,12 @@ def _curves(result, metric: str, title: str) -> str | None:
                 ax.plot([k + 1], [yk], "x", color="tab:red")
         ax.set_yscale("log")
         ax.set_title(f"{title}: {key}", fontsize=9)
+        from matplotlib.lines import Line2D
+
+        ax.legend(handles=[Line2D([], [], color="tab:green", label="converged"),
+                           Line2D([], [], color="tab:red", label="failed (x: onset)"),
+                           Line2D([], [], color="tab:gray", label="other")],
+                  fontsize=7, loc="best")
         ax.set_xlabel(result.results[0].trace.step_unit)
     fig.tight_layout()
     data = _png(fig)
