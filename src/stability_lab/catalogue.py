@@ -317,14 +317,14 @@ def train_gd(X: np.ndarray, y: np.ndarray, *, lr: float | Sequence[float], epoch
 
 
 def _trace(name: str, cfg: dict, out: dict, probes: dict | None = None,
-           extras: dict | None = None):
+           extras: dict | None = None, step_unit: str = "epoch"):
     from .precision import FORMATS
     from .trace import Trace, environment
 
     spec = _spec_for(name, cfg)
     fmt = FORMATS[spec.precision]
     tr = Trace(spec=spec, metrics=out["metrics"], probes=probes or {}, meta=environment(),
-               step_unit="epoch", extras={"format": {"name": fmt.name, "eps": fmt.eps,
+               step_unit=step_unit, extras={"format": {"name": fmt.name, "eps": fmt.eps,
                                                      "max": fmt.max, "tiny": fmt.tiny},
                                           **(extras or {})},
                final_params=out.get("params"))
@@ -584,18 +584,14 @@ def _cancellation(ws: Path) -> Repro:
 
 
 def _onehot_design(intercept: bool = True, drop_reference: bool = False):
-    rng = np.random.default_rng(11)
-    n_unique, n_rep, n_feat, levels = 40, 25, 3, 5
-    codes = rng.integers(0, levels, size=(n_unique, n_feat))
-    codes = np.repeat(codes, n_rep, axis=0)  # duplicated rows
-    effects = rng.standard_normal((n_feat, levels))
-    y = 1.0 + effects[np.arange(n_feat), codes].sum(1) + 0.3 * rng.standard_normal(len(codes))
-    cols = []
-    for f in range(n_feat):
-        for lv in range(1 if drop_reference else 0, levels):
-            cols.append((codes[:, f] == lv).astype(np.float64))
-    X = np.column_stack(([np.ones(len(codes))] if intercept else []) + cols)
-    return X, y, codes
+    """The one-hot scenario of :mod:`stability_lab.onehot`, small and dense: 1000 rows
+    drawn from 40 distinct category combinations of 3 features x 5 levels."""
+    from .onehot import design_from_codes, make_onehot
+
+    data = make_onehot(n_rows=1000, n_features=3, n_levels=5, n_unique=40, seed=11)
+    X = design_from_codes(data.codes, data.n_levels, intercept=intercept,
+                          drop_reference=drop_reference).toarray()
+    return X, data.y, data.codes
 
 
 def _blowup_run(cfg: dict):
@@ -620,9 +616,10 @@ def _blowup_run(cfg: dict):
     metrics = {"loss": np.array([0.5 * np.mean(resid ** 2)]),
                "weight_norm": np.array([np.linalg.norm(b)]),
                "grad_norm": np.array([np.linalg.norm(X.T @ resid) / len(y)])}
-    tr = _trace("ill_conditioned_blowup", {**cfg, "lam": lam}, {"metrics": metrics,
-                                                                "params": b}, probes)
-    return tr
+    # one direct solve: the verdict reads the solve, the blow-up is a finding
+    return _trace("ill_conditioned_blowup", {**cfg, "lam": lam},
+                  {"metrics": metrics, "params": b}, probes,
+                  {"solve": {"status": "ok", "converged": None}}, step_unit="solve")
 
 
 @scenario(

@@ -44,8 +44,13 @@ def _row_cells(r: dict[str, Any]) -> list[str]:
         f"{_num(b['final_loss'])} -> {_num(a['final_loss'])}",
         f"{_num(b['epochs_to_converge'])} -> {_num(a['epochs_to_converge'])}",
         f"{_digits(b['digits'])} -> {_digits(a['digits'])}",
+        f"{_sigs(b)} -> {_sigs(a)}",
         "yes" if r["fixed"] else "NO",
     ]
+
+
+def _sigs(side: dict[str, Any]) -> str:
+    return ",".join(side.get("findings") or []) or "none"
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -86,7 +91,7 @@ def format_verification(rows: Sequence[dict[str, Any]], max_rows: int = 16) -> s
             line += f"; {plan['without_recommendation']} failing run(s) had no recommendation"
         out.append(line)
     headers = ["run", "mitigation", "change", "before", "after", "final loss", "converged at",
-               "digits", "fixed"]
+               "digits", "signatures", "fixed"]
     if len(rows) <= max_rows:
         out.append(table(headers, [_row_cells(r) for r in rows]))
     else:
