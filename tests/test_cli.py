@@ -167,6 +167,8 @@ CSV_CASES = [
     ("text", "a,b,y\n1,red,0\n2,3,1\n", "non-numeric value 'red'"),
     ("no target", "a,b,label\n1,2,0\n2,3,1\n", "Target column 'y' is not in"),
     ("one class", "a,b,y\n1,2,1\n2,3,1\n", "has one class"),
+    ("three classes", "a,b,y\n1,2,0\n2,3,1\n4,5,2\n", "has 3 classes"),
+    ("nan target", "a,b,y\n1,2,0\n2,3,nan\n4,5,1\n", "empty or NaN at row 3"),
 ]
 
 

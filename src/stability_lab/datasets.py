@@ -143,6 +143,12 @@ def load_csv(path: str, target: str | None) -> Dataset:
                     "remove or impute NaN/inf values first."
                 )
             X[r - 2, j] = value
+    missing = [i + 2 for i, v in enumerate(labels) if v.lower() in ("", "nan", "na", "null")]
+    if missing:
+        raise DataError(
+            f"Target column {target!r} of {path!r} is empty or NaN at row {missing[0]} "
+            f"({len(missing)} row(s) in all); drop or label those rows."
+        )
     classes = sorted(set(labels), key=_label_key)
     if len(classes) < 2:
         raise DataError(

@@ -135,11 +135,19 @@ class LogisticRegression(Task):
 
     def load_dataset(self, spec: RunSpec) -> datasets.Dataset:
         ds = datasets.load(spec.data, spec.target, spec.param("kappa"))
-        if len(ds.classes) > 2:
-            # multi-class sources become "last class vs the rest"? No: be explicit.
+        if len(ds.classes) > 2 and spec.data == "digits":
+            # the built-in digits become a binary task: is the digit odd?
             y = (ds.y % 2 == 1).astype(np.float64)
             ds = datasets.Dataset(ds.name, ds.X, y, ds.feature_names,
                                   f"{ds.target_name} is odd", ["even", "odd"])
+        elif len(ds.classes) > 2:
+            from ..errors import DataError
+
+            raise DataError(
+                f"Target column {ds.target_name!r} of {ds.name!r} has {len(ds.classes)} "
+                f"classes ({', '.join(ds.classes[:5])}{', ...' if len(ds.classes) > 5 else ''})"
+                "; logistic_regression is binary: keep two classes in the CSV."
+            )
         return ds
 
     def prepare(self, spec: RunSpec, dataset: datasets.Dataset | None = None) -> Prepared:
