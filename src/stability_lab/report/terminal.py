@@ -124,7 +124,30 @@ def format_sweep(result, note: str | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
+def solve_table(result) -> str:
+    """Least-squares solves: digits against the reference, prediction, rank and cutoff."""
+    axes = result.sweep.axis_names or ["solver"]
+    headers = ["id", *axes, "verdict", "digits", "predicted lost", "rank", "cutoff",
+               "cond(X^T X)", "residual sd", "findings"]
+    rows = []
+    for r in result.results:
+        s, e = r.trace.probes.get("start", {}), r.trace.probes.get("end", {})
+        rows.append([
+            r.run_id[:8], *[format_value(r.spec.get(a)) for a in axes],
+            r.verdict.status.replace("_", " "),
+            "-" if e.get("digits") is None else f"{float(e['digits']):.1f}",
+            "-" if s.get("predicted_digits_lost") is None
+            else f"{float(s['predicted_digits_lost']):.1f}",
+            _num(s.get("numerical_rank")), _num(s.get("rank_cutoff")),
+            _e(s.get("cond_XtX")), _num(e.get("residual_sd")),
+            ",".join(sorted({f.signature for f in r.findings})) or "-",
+        ])
+    return table(headers, rows)
+
+
 def run_table(result) -> str:
+    if result.results and all(r.trace.step_unit == "solve" for r in result.results):
+        return solve_table(result)
     axes = result.sweep.axis_names or ["precision", "lr", "lambda"]
     headers = ["id", *axes, "verdict", "onset", "final loss", "grad norm", "max|logit|",
                "2/L", "findings"]
