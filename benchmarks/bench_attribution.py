@@ -71,7 +71,7 @@ def main() -> None:
                 opt.step()
                 if on:
                     attr.end_step()
-                float(loss)
+                float(loss.detach())
                 times.append(time.perf_counter() - t0)
         return float(np.median(times[5:]))  # drop warm-up steps
 

@@ -4,11 +4,15 @@ Two mechanisms, both keyed by the qualified names of ``model.named_modules()``
 (the root module is called ``<model>``):
 
 **Statistics every k steps** (:class:`Attributor`). On an attribution step forward
-hooks are attached to every module (and removed after the step, so other steps pay
-nothing). A hook only keeps a reference to the module's output and puts a tensor hook
-on it that keeps the gradient reaching that output; all reductions are done once at
-the end of the step over the stashed tensors together (``torch._foreach_norm`` for the
-absmax, one concatenation for the counts). Per module and step:
+hooks are attached to every module (and removed after the forward, so other steps pay
+nothing). A hook keeps a reference to the module's output and calls ``retain_grad`` on
+it (no Python call in the backward pass; an output modified in place later in the
+forward instead gets a pre-hook on its own autograd node, so the gradient is the one of
+the value the module produced). All reductions are done once at the end of the step over
+the stashed tensors together: ``aminmax`` per tensor into one buffer, the strided samples
+copied into one zero-padded buffer and counted with float kernels, parameters, gradients
+and updates in one flat buffer reduced per chunk in float64; four ``tolist`` transfers.
+Per module and step:
 
 - activation and gradient absmax, and headroom ``log2(fmax / absmax)`` in powers of two
   to the largest finite value of the format the policy holds them in;
@@ -38,6 +42,7 @@ which the line reaches zero.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any, Callable
@@ -86,8 +91,37 @@ def _all_finite(ts: list[torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in ts if t.is_floating_point())
 
 
+_ACT_KEYS = ("act_absmax", "act_headroom", "act_below_normal", "act_zero")
+_GRAD_KEYS = ("grad_absmax", "grad_headroom", "grad_below_normal", "grad_zero")
+_PARAM_KEYS = ("grad_norm", "update_ratio")
+
+
+def _rounded(value: float, dtype: torch.dtype) -> float:
+    """``value`` as the tensor comparison ``t >= value`` sees it for a tensor of ``dtype``."""
+    return float(torch.tensor(value, dtype=torch.float64).to(dtype))
+
+
+def _stack_list(ts: list[torch.Tensor]) -> list[float]:
+    """Values of 0-dim tensors as floats: one stack and transfer per dtype present."""
+    if not ts:
+        return []
+    dtype = ts[0].dtype
+    if all(t.dtype == dtype for t in ts):
+        return torch.stack(ts).tolist()
+    return [float(t) for t in ts]
+
+
 class Attributor:
-    """Per-module statistics on every ``every``-th step (steps 1, 1+k, 1+2k, ...)."""
+    """Per-module statistics on every ``every``-th step (steps 1, 1+k, 1+2k, ...).
+
+    Cost model (the digits MLP, 8 modules): one forward hook per module on attribution
+    steps only (pre-hooks too where the lab rounds); the hook stashes the output and asks
+    autograd to keep its gradient (``retain_grad``, no Python call in the backward pass;
+    outputs modified in place later in the forward get a pre-hook on their own autograd
+    node instead, so the gradient is the one of the value the module produced). At the end
+    of the step every statistic comes from a fixed, small number of torch calls over all
+    tensors together and two ``tolist`` transfers; rows are stored as flat value lists.
+    """
 
     def __init__(self, model: torch.nn.Module, policy: P.Policy, every: int) -> None:
         self.model = model
@@ -101,186 +135,397 @@ class Attributor:
                          for m, name in self.names.items()}
         self.order: list[str] = []
         self.steps: list[int] = []
-        #: name -> stat -> list over attribution steps (nan where not measured)
-        self.series: dict[str, dict[str, list[float]]] = {}
+        self._flat_params = [p for ps in self.params.values() for p in ps]
+        self._param_owner = [name for name, ps in self.params.items() for _ in ps]
+        # ReLU outputs are >= 0 (or NaN): a unit is alive iff its column max is not 0
+        self._relu_fast = {name for m, name in self.names.items()
+                           if isinstance(m, torch.nn.ReLU)}
+        self._relu = {name for name, kind in self.kinds.items() if kind == "ReLU"}
         self._handles: list[Any] = []
-        self._acts: list[tuple[str, torch.Tensor]] = []
-        self._grads: list[tuple[str, torch.Tensor]] = []
+        # one step's stash
+        self._acts: list[torch.Tensor] = []          # unique outputs, forward order
+        self._act_owners: list[list[str]] = []
+        self._act_ix: dict[int, int] = {}
+        #: (module, output, its version when stashed, its autograd node, output_nr)
+        self._gents: list[tuple[str, torch.Tensor, int, Any, int]] = []
+        self._node_grads: dict[int, torch.Tensor] = {}
+        self._relus: list[tuple[str, torch.Tensor]] = []
         self._recorder: P.Recorder | None = None
+        self._record_order = False
         self._before: list[torch.Tensor] | None = None
+        self._pbuf: tuple | None = None  # flat parameter buffer, made on first use
         self._step = 0
-        self._seg_cache: dict[tuple[int, ...], torch.Tensor] = {}
-
-    def _segments(self, sizes: tuple[int, ...]) -> torch.Tensor:
-        seg = self._seg_cache.get(sizes)
-        if seg is None:
-            seg = torch.repeat_interleave(torch.arange(len(sizes)) * 3, torch.tensor(sizes))
-            self._seg_cache[sizes] = seg
-        return seg
+        # storage: columns (module, stat); one row per attribution step
+        self._cols: list[tuple[str, str]] = []
+        self._col_of: dict[tuple[str, str], int] = {}
+        self._colsets: dict[tuple[str, tuple[str, ...]], tuple[int, ...]] = {}
+        self._layouts: list[tuple[int, ...]] = []
+        self._layout_of: dict[tuple[int, ...], int] = {}
+        self._rows: list[tuple[int, list[float]]] = []
+        self._plans: dict[tuple, tuple] = {}
+        self._thr: dict[tuple[float, torch.dtype], float] = {}
+        self._hooks = {name: (self._make_pre(name), self._make_post(name))
+                       for name in self.names.values()}
 
     def wants(self, step: int) -> bool:
         return self.every > 0 and (step - 1) % self.every == 0
 
-    # -- one attribution step ------------------------------------------------------
-    def begin(self, step: int) -> None:
-        self._step = step
-        self._acts.clear()
-        self._grads.clear()
-        rec = P.Recorder() if self.policy.emulated else None
-        self._recorder = rec
-        P.RECORDER = rec
-        record_order = not self.order
-        for module, name in self.names.items():
-            self._handles.append(module.register_forward_pre_hook(self._pre(name, rec)))
-            self._handles.append(module.register_forward_hook(self._post(name, rec,
-                                                                         record_order)))
-
-    def _pre(self, name: str, rec: P.Recorder | None) -> Callable:
+    # -- hooks (made once) -----------------------------------------------------------
+    def _make_pre(self, name: str) -> Callable:
         def hook(module, args):
+            rec = self._recorder
             if rec is not None:
                 rec.stack.append(name)
         return hook
 
-    def _post(self, name: str, rec: P.Recorder | None, record_order: bool) -> Callable:
-        acts, grads = self._acts, self._grads
+    def _make_post(self, name: str) -> Callable:
+        acts, owners, act_ix = self._acts, self._act_owners, self._act_ix
+        gents, relus, order = self._gents, self._relus, self.order
+        relu = name in self._relu
+        tensor = torch.Tensor
 
         def hook(module, args, output):
+            rec = self._recorder
             if rec is not None and rec.stack:
                 rec.stack.pop()
-            if record_order:
-                self.order.append(name)
-            out = _first_tensor(output)
-            if out is None or not out.is_floating_point():
+            if self._record_order:
+                order.append(name)
+            out = output if type(output) is tensor else _first_tensor(output)
+            if out is None or not out.is_floating_point() or out.numel() == 0:
                 return
-            acts.append((name, out.detach()))
+            key = id(out)
+            i = act_ix.get(key)
+            if i is None:
+                act_ix[key] = len(acts)
+                acts.append(out)
+                owners.append([name])
+            else:
+                owners[i].append(name)
+            if relu and out.dim() >= 1:
+                relus.append((name, out))
             if out.requires_grad:
-                out.register_hook(lambda g: grads.append((name, g)) and None)
+                gents.append((name, out, out._version, out.grad_fn, out.output_nr))
+                out.retain_grad()
         return hook
 
-    def end_forward(self) -> None:
-        # the recorder stays installed through the backward pass (its GEMMs know their
-        # module from the forward); end_step uninstalls it
+    def _keep_grad(self, j: int, nr: int, grad_outputs) -> None:
+        self._node_grads[j] = grad_outputs[nr]
+
+    # -- one attribution step ------------------------------------------------------
+    def begin(self, step: int) -> None:
+        self._step = step
+        self._clear()
+        rec = P.Recorder() if self.policy.emulated else None
+        self._recorder = rec
+        P.RECORDER = rec
+        self._record_order = not self.order
+        handles = self._handles
+        for module, name in self.names.items():
+            pre, post = self._hooks[name]
+            if rec is not None:
+                handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_hook(post))
+
+    def _remove_hooks(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
 
+    def end_forward(self) -> None:
+        # the recorder stays installed through the backward pass (its GEMMs know their
+        # module from the forward); end_step uninstalls it
+        self._remove_hooks()
+        # an output modified in place after its module returned (e.g. by ReLU(inplace))
+        # would retain the gradient of the modified value: take the gradient reaching the
+        # module's own autograd node instead
+        for j, (_name, out, version, node, nr) in enumerate(self._gents):
+            if out._version != version and node is not None:
+                node.register_prehook(functools.partial(self._keep_grad, j, nr))
+
+    def _param_buffer(self) -> tuple:
+        """A zero-padded ``(3, chunks, C)`` buffer: gradients, weights, weights before.
+
+        Each module's parameters lie one after the other from a chunk boundary on, so the
+        per-chunk sums of squares add up, in Python, to the module's sums of squares (the
+        padding stays zero).
+        """
+        if self._pbuf is None:
+            ps = self._flat_params
+            total = sum(p.numel() for p in ps)
+            n_mod = len({n for n in self._param_owner}) or 1
+            chunk = 64
+            while chunk < 16384 and chunk * 8 * n_mod < total:
+                chunk *= 2
+            dtype = torch.float32
+            for p in ps:
+                dtype = torch.promote_types(dtype, p.dtype)
+            offsets, owners, pos = [], [], 0
+            last = None
+            for name, p in zip(self._param_owner, ps):
+                if name != last:  # a module starts on a chunk boundary
+                    pos = -(-pos // chunk) * chunk
+                    last = name
+                offsets.append(pos)
+                pos += p.numel()
+            n_chunks = max(1, -(-pos // chunk))
+            buf = torch.zeros(3, n_chunks * chunk, dtype=dtype)
+            views = [[buf[r, o:o + p.numel()].view(p.shape) for o, p in zip(offsets, ps)]
+                     for r in range(3)]
+            chunk_owner = [None] * n_chunks
+            for name, o, p in zip(self._param_owner, offsets, ps):
+                for c in range(o // chunk, -(-(o + p.numel()) // chunk)):
+                    chunk_owner[c] = name
+            self._pbuf = (buf, buf.view(3, n_chunks, chunk), views, chunk_owner)
+        return self._pbuf
+
     def before_update(self) -> None:
-        """Snapshot parameters (for update-to-weight ratios) and reduce the step's tensors."""
-        self._before = [p.detach().clone() for ps in self.params.values() for p in ps]
+        """Snapshot parameters (for update-to-weight ratios) into the reused flat buffer."""
+        ps = self._flat_params
+        if not ps:
+            return
+        _buf, _chunks, views, _owner = self._param_buffer()
+        with torch.no_grad():
+            torch._foreach_copy_(views[2], ps)
+        self._before = views[2]
+
+    def _plan(self, tensors: list[torch.Tensor], n_acts: int, thr_act: float,
+              thr_grad: float) -> tuple:
+        """Sample strides and sizes, scratch buffer and thresholds for these shapes.
+
+        The samples go, one row per tensor, into a zero-padded ``(2, tensors, longest)``
+        buffer: row block 0 holds ``|x|``, block 1 ``thr - |x|`` (thresholds per row).
+        """
+        key = (n_acts, thr_act, thr_grad) + tuple((t.numel(), t.dtype) for t in tensors)
+        plan = self._plans.get(key)
+        if plan is None:
+            strides, sizes, thrs = [], [], []
+            dtype = torch.float32  # sums of 0/1 up to 4095 are exact in float32
+            for i, t in enumerate(tensors):
+                n = t.numel()
+                s = max(1, n // SAMPLE)
+                strides.append(s)
+                sizes.append(-(-n // s))
+                thr = thr_act if i < n_acts else thr_grad
+                k = (thr, t.dtype)
+                if k not in self._thr:
+                    self._thr[k] = _rounded(thr, t.dtype)
+                thrs.append(self._thr[k])
+                dtype = torch.promote_types(dtype, t.dtype)
+            longest = max(sizes)
+            buf = torch.zeros(2, len(tensors), longest, dtype=dtype)
+            rows = [buf[0, i, :n] for i, n in enumerate(sizes)]
+            thr_col = torch.tensor(thrs, dtype=dtype).reshape(-1, 1)
+            pads = [longest - n for n in sizes]
+            # min and max of every tensor written straight into one buffer (one dtype)
+            dtypes = {t.dtype for t in tensors}
+            ext = torch.zeros(2, len(tensors), dtype=tensors[0].dtype) if len(dtypes) == 1 \
+                else None
+            outs = ([(ext[0, i], ext[1, i]) for i in range(len(tensors))]
+                    if ext is not None else None)
+            plan = (strides, sizes, buf, rows, thr_col, pads, ext, outs)
+            self._plans[key] = plan
+        return plan
+
+    def _colset(self, name: str, keys: tuple[str, ...]) -> tuple[int, ...]:
+        cs = self._colsets.get((name, keys))
+        if cs is None:
+            out = []
+            for k in keys:
+                c = self._col_of.get((name, k))
+                if c is None:
+                    c = self._col_of[(name, k)] = len(self._cols)
+                    self._cols.append((name, k))
+                out.append(c)
+            cs = self._colsets[(name, keys)] = tuple(out)
+        return cs
 
     def end_step(self, grad_scale: float = 1.0) -> None:
-        """Reduce everything stashed on this step into the series (after the update)."""
+        """Reduce everything stashed on this step into a row (after the update)."""
         P.RECORDER = None
-        step = self._step
-        self.steps.append(step)
-        idx = len(self.steps) - 1
+        self.steps.append(self._step)
         act_fmt, grad_fmt = self.policy.act_format, self.policy.grad_format
-        stats: dict[str, dict[str, float]] = {}
-
-        def reduce(items, prefix, fmt, scale=1.0):
-            if not items:
-                return
-            seen: dict[int, dict[str, float]] = {}
-            uniq, owners = [], []
-            for name, t in items:
-                key = id(t)
-                if key in seen:
-                    stats.setdefault(name, {}).update(seen[key])
-                    continue
-                seen[key] = {}
-                uniq.append(t)
-                owners.append((name, key))
-            with torch.no_grad():
-                mm = [torch.aminmax(t) for t in uniq]
-                amax = torch.stack([torch.maximum(-lo, hi).double() for lo, hi in mm])
-                # fractions from a deterministic strided sample of <= SAMPLE values per
-                # tensor (absmax above is exact); one pass and one bincount for all
-                samples = [t.reshape(-1)[::max(1, t.numel() // SAMPLE)] for t in uniq]
-                sizes = [x.numel() for x in samples]
-                flat = torch.cat(samples).abs()
-                seg = self._segments(tuple(sizes))
-                key = seg + (flat > 0).long() + (flat >= fmt.tiny * scale).long()
-                counts = torch.bincount(key, minlength=3 * len(uniq)).view(-1, 3)
-                below, zero = counts[:, 1], counts[:, 0]
-            amax_l = (amax / scale).tolist()
-            below_l, zero_l = below.tolist(), zero.tolist()
-            for i, (name, key) in enumerate(owners):
-                n = max(sizes[i], 1)
-                d = {f"{prefix}_absmax": amax_l[i],
-                     f"{prefix}_headroom": fmt.headroom_log2(amax_l[i] * scale),
-                     f"{prefix}_below_normal": below_l[i] / n,
-                     f"{prefix}_zero": zero_l[i] / n}
-                seen[key].update(d)
-                stats.setdefault(name, {}).update(d)
-
-        reduce(self._acts, "act", act_fmt)
-        # gradients carry the loss scale: headroom and underflow are judged on the values
-        # the format held; absmax is reported unscaled
-        reduce(self._grads, "grad", grad_fmt, scale=grad_scale)
+        scale = grad_scale
+        # unique gradients, in backward order (the earliest call of a module called
+        # twice is the last to receive its gradient, as with a tensor hook)
+        grads: list[torch.Tensor] = []
+        g_owners: list[list[str]] = []
+        g_ix: dict[int, int] = {}
+        node_grads = self._node_grads
+        gents = self._gents
+        for j in range(len(gents) - 1, -1, -1):
+            name, out, version, _node, _nr = gents[j]
+            g = node_grads.get(j) if j in node_grads else (
+                out.grad if out._version == version else None)
+            if g is None or not g.is_floating_point() or g.numel() == 0:
+                continue
+            i = g_ix.get(id(g))
+            if i is None:
+                g_ix[id(g)] = len(grads)
+                grads.append(g)
+                g_owners.append([name])
+            else:
+                g_owners[i].append(name)
+        acts = self._acts
+        tensors = acts + grads
+        n_acts = len(acts)
+        ps = self._flat_params
+        before = self._before
         with torch.no_grad():
-            for name, t in self._acts:
-                if self.kinds.get(name) == "ReLU" and t.dim() >= 1:
-                    units = t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t.reshape(1, -1)
-                    alive = int(torch.count_nonzero(units.ne(0).any(0)))
-                    stats[name]["dead_frac"] = 1.0 - alive / max(units.shape[-1], 1)
-        if self._recorder is not None:
-            for (name, which), (flushed, _below, _over, total) in self._recorder.counts.items():
-                key = "act_flush" if which == "forward" else "grad_flush"
-                d = stats.setdefault(name, {})
-                d[key] = d.get(key, 0.0) + flushed / max(total, 1)
-        # parameter gradients and update ratios, per module
-        flat_params = [(name, p) for name, ps in self.params.items() for p in ps]
-        if flat_params:
-            with torch.no_grad():
-                gs = [p.grad if p.grad is not None else torch.zeros_like(p)
-                      for _, p in flat_params]
-                gn = torch._foreach_norm(gs, 2, dtype=torch.float64)
-                wn = torch._foreach_norm([p.detach() for _, p in flat_params], 2,
-                                         dtype=torch.float64)
-                if self._before is not None:
-                    diffs = torch._foreach_sub([p.detach() for _, p in flat_params],
-                                               self._before)
-                    un = torch._foreach_norm(diffs, 2, dtype=torch.float64)
+            extremes: list[torch.Tensor] = []
+            alive: list[torch.Tensor] = []
+            counts: list[list[float]] = []
+            sizes: list[int] = []
+            pads: list[int] = []
+            if tensors:
+                strides, sizes, buf, rows, thr_col, pads, ext, outs = self._plan(
+                    tensors, n_acts, act_fmt.tiny, grad_fmt.tiny * scale)
+                if outs is not None:
+                    for t, o in zip(tensors, outs):
+                        torch.aminmax(t, out=o)
                 else:
-                    un = [torch.tensor(math.nan)] * len(flat_params)
+                    for t in tensors:
+                        extremes.extend(torch.aminmax(t))
+                # the same deterministic strided sample as a per-tensor reshape(-1)[::s];
+                # indicators as 0/1 floats (sign) summed per row: no bool kernels
+                samples = [torch.as_strided(t, (n,), (s,), t.storage_offset())
+                           if t.is_contiguous() else t.reshape(-1)[::s]
+                           for t, s, n in zip(tensors, strides, sizes)]
+                torch._foreach_copy_(rows, samples)
+                a = buf[0]
+                a.abs_()
+                a.nan_to_num_(nan=0.0, posinf=math.inf)  # NaN counts as zero, as before
+                torch.sub(thr_col, a, out=buf[1])
+                buf[1].clamp_(min=0)
+                buf.sign_()
+                counts = buf.sum(-1).tolist()
+            relus = self._relus
+            for name, t in relus:
+                units = t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t.reshape(1, -1)
+                alive.append(torch.count_nonzero(
+                    units.amax(0) if name in self._relu_fast else units.ne(0).any(0)))
+            sums: list[list[float]] = []
+            if ps:
+                # gradients, weights and the update of every parameter in one flat buffer;
+                # per-chunk sums of squares in float64, one transfer
+                pbuf, pchunks, views, _owner = self._param_buffer()
+                gl = [p.grad for p in ps]
+                if all(g is not None for g in gl):
+                    torch._foreach_copy_(views[0], gl)
+                else:
+                    for v, g in zip(views[0], gl):
+                        v.copy_(g) if g is not None else v.zero_()
+                if before is not None and before is not views[2]:
+                    torch._foreach_copy_(views[2], before)  # a snapshot made by the caller
+                torch._foreach_copy_(views[1], ps)
+                pbuf[2].sub_(pbuf[1])  # before - after: the update, negated
+                p64 = pchunks.double()
+                sums = torch.linalg.vecdot(p64, p64).tolist()
+            # one stack per dtype (a mixed-dtype stack converts element by element)
+            if tensors and ext is not None:
+                lows, highs = ext.tolist()
+                vals = [v for pair in zip(lows, highs) for v in pair]
+            else:
+                vals = _stack_list(extremes)
+            alive_l = torch.stack(alive).tolist() if alive else []
+        row: dict[int, float] = {}
+        colset = self._colset
+        # activations and gradients: absmax (exact), headroom, sampled fractions
+        n_t = len(tensors)
+        for i in range(n_t):
+            lo, hi = vals[2 * i], vals[2 * i + 1]
+            am = -lo if -lo > hi else hi
+            if lo != lo or hi != hi:
+                am = math.nan
+            n = max(sizes[i], 1)
+            if i < n_acts:
+                a = am
+                head = act_fmt.headroom_log2(a)
+                names, keys = self._act_owners[i], _ACT_KEYS
+            else:
+                a = am / scale
+                head = grad_fmt.headroom_log2(a * scale)
+                names, keys = g_owners[i - n_acts], _GRAD_KEYS
+            nonzero, low = counts[0][i], counts[1][i] - pads[i]
+            zero = (sizes[i] - nonzero) / n
+            below = (low - (sizes[i] - nonzero)) / n
+            for name in names:
+                c0, c1, c2, c3 = colset(name, keys)
+                row[c0] = a
+                row[c1] = head
+                row[c2] = below
+                row[c3] = zero
+        for (name, t), n_alive in zip(self._relus, alive_l):
+            row[colset(name, ("dead_frac",))[0]] = 1.0 - n_alive / max(t.shape[-1], 1)
+        if self._recorder is not None:
+            for (name, which), (flushed, _b, _o, total) in self._recorder.counts.items():
+                c = colset(name, ("act_flush",) if which == "forward" else ("grad_flush",))[0]
+                row[c] = row.get(c, 0.0) + flushed / max(total, 1)
+        # parameter gradients and update ratios, per module
+        if ps:
+            _b, _c, _v, chunk_owner = self._param_buffer()
             agg: dict[str, list[float]] = {}
-            for (name, _), g, w, u in zip(flat_params, torch.stack(gn).tolist(),
-                                          torch.stack(wn).tolist(), torch.stack(un).tolist()):
-                a = agg.setdefault(name, [0.0, 0.0, 0.0])
-                a[0] += g * g / (grad_scale * grad_scale)
-                a[1] += w * w
-                a[2] += u * u
+            for name, g2, w2, u2 in zip(chunk_owner, *sums):
+                if name is None:
+                    continue
+                a3 = agg.get(name)
+                if a3 is None:
+                    agg[name] = [g2, w2, u2]
+                else:
+                    a3[0] += g2
+                    a3[1] += w2
+                    a3[2] += u2
+            s2 = scale * scale
             for name, (g2, w2, u2) in agg.items():
-                d = stats.setdefault(name, {})
-                d["grad_norm"] = math.sqrt(g2)
-                d["update_ratio"] = math.sqrt(u2) / math.sqrt(w2) if w2 > 0 else math.nan
-        self._before = None
+                c0, c1 = colset(name, _PARAM_KEYS)
+                row[c0] = math.sqrt(g2 / s2)
+                row[c1] = (math.sqrt(u2) / math.sqrt(w2) if before is not None else math.nan
+                           ) if w2 > 0 else math.nan
+        layout = tuple(row)
+        lid = self._layout_of.get(layout)
+        if lid is None:
+            lid = self._layout_of[layout] = len(self._layouts)
+            self._layouts.append(layout)
+        self._rows.append((lid, list(row.values())))
+        self._clear()
+
+    def _clear(self) -> None:
         self._acts.clear()
-        self._grads.clear()
+        self._act_owners.clear()
+        self._act_ix.clear()
+        self._gents.clear()
+        self._node_grads.clear()
+        self._relus.clear()
+        self._before = None
         self._recorder = None
-        for name, d in stats.items():
-            ser = self.series.setdefault(name, {})
-            for key, value in d.items():
-                lst = ser.setdefault(key, [])
-                lst.extend([math.nan] * (idx - len(lst)))
-                lst.append(float(value))
 
     def abort(self) -> None:
         """Drop a step's hooks and stash (the step was replayed or failed)."""
-        self.end_forward()
+        self._remove_hooks()
         P.RECORDER = None
-        self._acts.clear()
-        self._grads.clear()
-        self._before = None
+        self._clear()
 
     # -- results -------------------------------------------------------------------
     def arrays(self) -> dict[str, dict[str, np.ndarray]]:
-        n = len(self.steps)
-        out = {}
-        for name, ser in self.series.items():
-            out[name] = {k: np.asarray(v + [math.nan] * (n - len(v)), dtype=np.float64)
-                         for k, v in ser.items()}
+        """``{module: {stat: values over the attribution steps}}`` (nan: not measured)."""
+        n = len(self._rows)
+        table = np.full((n, len(self._cols)), np.nan)
+        groups: dict[int, tuple[list[int], list[list[float]]]] = {}
+        for i, (lid, values) in enumerate(self._rows):
+            g = groups.setdefault(lid, ([], []))
+            g[0].append(i)
+            g[1].append(values)
+        for lid, (idx, values) in groups.items():
+            table[np.ix_(idx, self._layouts[lid])] = np.asarray(values, dtype=np.float64)
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for c, (name, key) in enumerate(self._cols):
+            out.setdefault(name, {})[key] = table[:, c].copy()
         return out
+
+    @property
+    def series(self) -> dict[str, dict[str, list[float]]]:
+        """name -> stat -> list over attribution steps (nan where not measured)."""
+        return {name: {k: v.tolist() for k, v in ser.items()}
+                for name, ser in self.arrays().items()}
 
     def weighted_layers(self) -> list[str]:
         """Modules with their own parameters, in the order the forward ran them."""
