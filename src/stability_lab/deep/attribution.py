@@ -259,7 +259,7 @@ class Attributor:
             dtype = torch.float32
             for p in ps:
                 dtype = torch.promote_types(dtype, p.dtype)
-            offsets, owners, pos = [], [], 0
+            offsets, pos = [], 0
             last = None
             for name, p in zip(self._param_owner, ps):
                 if name != last:  # a module starts on a chunk boundary

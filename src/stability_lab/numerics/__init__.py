@@ -306,11 +306,13 @@ def log_loss_and_grad(logits: Any, targets: Any):
     Returns ``(softplus(x) - t x, sigmoid(x) - t)``, the element-wise
     :func:`binary_cross_entropy_with_logits` (reduction 'none', identical values) and its
     gradient with respect to the logits, sharing one ``exp(-|x|)``. The gradient is
-    formed in the compute precision and rounded once (so it is at least as accurate as
-    ``sigmoid(x) - t`` computed from a rounded sigmoid). ``targets`` may broadcast against ``logits`` (for example one
-    column of labels against a (samples x runs) block of logits) and must lie in [0, 1];
-    they are checked once, not broadcast. No autograd: outputs are plain values of the
-    logits' kind and dtype (16-bit formats computed in float32, rounded once).
+    (1 - t) - q for x >= 0 and q - t for x < 0 with q = sigmoid(-|x|), formed in the
+    compute precision and rounded once: no cancellation for labels 0 and 1, so a
+    saturated logit keeps its tiny gradient. ``targets`` may broadcast against
+    ``logits`` (for example one column of labels against a (samples x runs) block of
+    logits) and must lie in [0, 1]; they are checked once, not broadcast. No autograd:
+    outputs are plain values of the logits' kind and dtype (16-bit formats computed in
+    float32, rounded once).
     """
     fn = "log_loss_and_grad"
     logits, like = check_float(logits, fn, "logits")

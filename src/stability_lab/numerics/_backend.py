@@ -52,7 +52,8 @@ def _type_error(fn: str, arg: str, got: str, kind: str) -> TypeError:
     hint = f"{arg}.double()" if kind == "torch" else f"{arg}.astype(np.float64)"
     if "complex" in got:
         return TypeError(
-            f"{fn}: '{arg}' must be a real floating-point {'tensor' if kind == 'torch' else 'array'}"
+            f"{fn}: '{arg}' must be a real floating-point "
+            f"{'tensor' if kind == 'torch' else 'array'}"
             f" ({_NAMES}); got complex dtype {got}. These functions are defined for real"
             " inputs only."
         )
