@@ -135,11 +135,14 @@ def _verify(before_cfg: Any, recs: Sequence[Recommendation], target: str,
             ) -> tuple[RunResult, list[dict], list[RunResult]]:
     """Run the baseline and every mitigation (alone, then all together) and build rows."""
     from .diagnosis.signatures import attach_reference, detect_all
-    from .verify import Attempt, make_row, merge_deltas
+    from .verify import Attempt, make_row, merge_deltas, rebound_lr
 
     attempts = [(rec.action, dict(rec.delta)) for rec in recs]
     if len(recs) > 1:
-        attempts.append(("all", merge_deltas(recs)))
+        combined = merge_deltas(recs)
+        if isinstance(before_cfg, RunSpec):
+            rebound_lr(before_cfg, combined)
+        attempts.append(("all", combined))
     cfgs = [before_cfg] + [apply(before_cfg, d) for _, d in attempts]
     refs = [reference(c) for c in cfgs]
     extra = [r for r in refs if r is not None]
