@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import warnings
 import platform
 import time
 from contextlib import redirect_stdout
@@ -38,7 +39,8 @@ def median_ms(fn, repeats: int) -> float:
 
 def config() -> str:
     buf = io.StringIO()
-    with redirect_stdout(buf):
+    with redirect_stdout(buf), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "install pyyaml for better output"
         np.show_config()
     blas = [ln.strip() for ln in buf.getvalue().splitlines()
             if any(k in ln for k in ("name:", "openblas configuration", "version:"))]
