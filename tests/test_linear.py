@@ -267,7 +267,7 @@ def test_underdetermined_allowed_for_minimum_norm_solvers():
 
 
 def test_pandas_like_frame_names_the_bad_column():
-    pd = pytest.importorskip("pandas")
+    import pandas as pd  # a test dependency (pyproject [test])
     df = pd.DataFrame({"a": [1.0, 2.0, 3.0], "colour": ["r", "g", "b"]})
     with pytest.raises(DataError, match="'colour'"):
         solve(df, np.ones(3))

@@ -62,6 +62,11 @@ class Trace:
             return np.full(self.n_steps, np.nan)
         return np.asarray(value, dtype=np.float64)
 
+    def nonfinite_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per step: non-finite weights and gradients (0 where the task records none)."""
+        return (np.nan_to_num(self.metric("nonfinite_weights"), nan=0.0),
+                np.nan_to_num(self.metric("nonfinite_grads"), nan=0.0))
+
     @property
     def final_loss(self) -> float:
         loss = self.metrics.get("loss")

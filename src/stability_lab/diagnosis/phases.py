@@ -216,8 +216,7 @@ def segment(trace, **options: Any) -> list[Phase]:
     if loss.size == 0:
         return []
     grad = trace.metric("grad_norm")
-    nfw = np.nan_to_num(trace.metric("nonfinite_weights"), nan=0.0)
-    nfg = np.nan_to_num(trace.metric("nonfinite_grads"), nan=0.0)
+    nfw, nfg = trace.nonfinite_counts()
     bad = (nfw > 0) | (nfg > 0)
     if "noise_eps" not in options:
         from .signatures import trace_format

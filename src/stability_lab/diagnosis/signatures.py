@@ -127,8 +127,7 @@ def _window(n: int) -> int:
 def _first_nonfinite(trace: Trace) -> int:
     """0-based index of the first step with a non-finite loss, weight or gradient (or n)."""
     loss = trace.metric("loss")
-    nfw = np.nan_to_num(trace.metric("nonfinite_weights"), nan=0.0)
-    nfg = np.nan_to_num(trace.metric("nonfinite_grads"), nan=0.0)
+    nfw, nfg = trace.nonfinite_counts()
     bad = ~np.isfinite(loss) | (nfw > 0) | (nfg > 0)
     return int(np.argmax(bad)) if bad.any() else len(loss)
 
@@ -250,7 +249,7 @@ def detect_overflow(trace: Trace) -> list[Finding]:
         return []
     fmt = trace_format(trace)
     logit = trace.metric("max_abs_logit")
-    nfw = np.nan_to_num(trace.metric("nonfinite_weights"), nan=0.0)
+    nfw, _ = trace.nonfinite_counts()
     # loss=+inf with finite weights and logits is log(0), not an overflow (nan_creation)
     bad = np.isinf(logit) | (np.isposinf(loss) & ((nfw > 0) | ~np.isfinite(logit)))
     worst_head = np.full(loss.shape, np.inf)
@@ -289,8 +288,7 @@ def detect_nan(trace: Trace) -> list[Finding]:
     if loss.size == 0:
         return []
     logit = trace.metric("max_abs_logit")
-    nfg = np.nan_to_num(trace.metric("nonfinite_grads"), nan=0.0)
-    nfw = np.nan_to_num(trace.metric("nonfinite_weights"), nan=0.0)
+    nfw, nfg = trace.nonfinite_counts()
     # logits may be NaN when absent: only a recorded inf counts as a prior overflow
     forward_ok = ~np.isinf(logit) & (nfw == 0)
     created = (np.isnan(loss) | (np.isinf(loss) & forward_ok & np.isfinite(logit))

@@ -74,8 +74,7 @@ def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
     if len(loss) == 0:
         return Verdict("error", None, "no steps recorded")
     grad = trace.metric("grad_norm")
-    nfw = np.nan_to_num(trace.metric("nonfinite_weights"), nan=0.0)
-    nfg = np.nan_to_num(trace.metric("nonfinite_grads"), nan=0.0)
+    nfw, nfg = trace.nonfinite_counts()
     bad = ~np.isfinite(loss) | (nfw > 0) | (nfg > 0)
     rtol, gtol = tolerances(trace.spec.policy or trace.spec.precision, rules)
     W = max(2, min(rules.window, len(loss) // 2 or 1))
