@@ -51,6 +51,16 @@ def test_synthetic_condition_sweep_normal_equations_lose_twice(tmp_path, capsys)
     assert d[(1e3, "normal")] > d[(1e6, "normal")] + 3
 
 
+def test_wide_csv_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "wide.csv"
+    path.write_text("a,b,c,d,y\n1,2,3,4,5\n2,3,4,5,6\n")
+    rc = main(["run", "--task", "linear_regression", "--data", str(path), "--target", "y",
+               "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "has 2 rows and 5 columns" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--solver", "magic"], "Unknown solver 'magic'"),
     (["--precision", "bfloat16"], "linear_regression runs in"),

@@ -122,6 +122,15 @@ class LinearRegressionTask(Task):
 
     def prepare(self, spec: RunSpec) -> Prepared:
         name, X, y, certified, problem = _load(spec)
+        if X.shape[0] < X.shape[1]:
+            from ..errors import DataError
+
+            raise DataError(
+                f"{name!r} has {X.shape[0]} rows and {X.shape[1]} columns (with the "
+                "intercept): the least-squares fit is not unique and the lab's solvers are "
+                "compared on unique fits; add rows or drop features (in Python, "
+                "stability_lab.linear.solve(X, y, solver='svd') gives the minimum-norm fit)."
+            )
         X_lo = None
         if spec.scale != "raw":
             X = datasets.scale_features(X, spec.scale)
