@@ -25,6 +25,12 @@ mini-batches, the seed (which fixes the batch order). Their weights are stacked 
 lr, lambda, clip and epochs are per-run vectors, and a run is frozen (masked) from
 the epoch it fails. A cohort of one is the one-at-a-time path, so both agree.
 
+Per-epoch metrics, per run: loss, gradient/update/weight norms, update-to-weight ratio,
+non-finite counts in weights and gradients, the largest |logit|, the headroom to the
+format's max (``headroom_log2 = log2(max / max|logit|)``) and to its smallest normal
+(``grad_min_headroom_log2``: the smallest non-zero gradient entry, in powers of two
+above it), the fraction of weights a non-zero update left unchanged, the clip factor.
+
 Probes (float64, on the data the run sees, i.e. scaled and rounded to its format):
 cond(X^T X) of the features; the extreme eigenvalues of the Hessian of the
 regularized loss, H(w) = A^T diag(p(1-p)) A / n + lambda P with A = [X, 1] and P the
@@ -244,7 +250,7 @@ def _run_cohort(torch, specs: list[RunSpec], prep: Prepared) -> list[Trace]:
         E = int(epochs.max())
         names = ("loss", "grad_norm", "update_norm", "weight_norm", "update_ratio",
                  "nonfinite_weights", "nonfinite_grads", "max_abs_logit", "headroom_log2",
-                 "frac_unchanged", "clip_factor")
+                 "grad_min_headroom_log2", "frac_unchanged", "clip_factor")
         rec = {k: np.full((E, R), np.nan) for k in names}
         active = np.ones(R, dtype=bool)
         stopped_at = epochs.copy()  # number of epochs recorded per run
@@ -282,8 +288,13 @@ def _run_cohort(torch, specs: list[RunSpec], prep: Prepared) -> list[Trace]:
             rec["nonfinite_grads"][e] = (~torch.isfinite(g)).sum(1).numpy()
             amax = Z.abs().amax(0).double().numpy()
             rec["max_abs_logit"][e] = amax
+            # headroom to the format's smallest normal: the smallest non-zero gradient
+            # entry, in powers of two above it (negative: it is subnormal)
+            ga = gd.abs()
+            gmin = torch.where(ga > 0, ga, torch.full_like(ga, math.inf)).amin(1).numpy()
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 rec["headroom_log2"][e] = np.log2(fmt.max / amax)
+                rec["grad_min_headroom_log2"][e] = np.log2(gmin / fmt.tiny)
             failed = ~np.isfinite(loss_np) | (rec["nonfinite_weights"][e] > 0) | (
                 rec["nonfinite_grads"][e] > 0)
             newly = active & failed
