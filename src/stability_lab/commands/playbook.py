@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import sys
 
 HELP = "print (or --write FILE) the failure-signature playbook, regenerating its numbers"
@@ -54,7 +55,11 @@ def render(out: str | None = None) -> str:
                   "| digits vs float64 | fixed |", "|---|---|---|---|---|---|"]
         for row in r.verification:
             b, a = row["before"], row["after"]
-            change = ", ".join(f"{k}={v}" for k, v in row["delta"].items())
+            # a generated data file lives in a temporary workspace: name the file only,
+            # so that regenerating the playbook gives the same text
+            change = ", ".join(
+                f"{k}={Path(v).name if isinstance(v, str) and '/' in v else v}"
+                for k, v in row["delta"].items())
             if len(change) > 40:
                 change = change[:37] + "..."
             dig = (f"{'ref' if b['digits'] is None else format(b['digits'], '.1f')} -> "
