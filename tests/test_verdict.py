@@ -129,3 +129,14 @@ def test_stochastic_solved_task_and_still_learning():
     learning = make(np.linspace(2.8, 0.8, n), np.full(n, 0.5))
     learning.step_unit = "step"
     assert decide(learning).status == "not_converged"
+
+
+def test_minibatch_noise_is_not_oscillation():
+    rng = np.random.default_rng(1)
+    loss = 1.0 + 0.3 * rng.standard_normal(60)  # pure noise around a level
+    noisy = make(loss, np.full(60, 0.5))
+    noisy.step_unit = "step"
+    assert decide(noisy).status == "not_converged"
+    alternating = make(1.0 + 0.3 * (-1.0) ** np.arange(60), np.full(60, 0.5))
+    alternating.step_unit = "step"
+    assert decide(alternating).status == "oscillating"
