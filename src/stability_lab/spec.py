@@ -111,6 +111,8 @@ class RunSpec:
             value = self.get(name)
             if name in ("precision", "policy", "solver"):
                 parts.append(str(value))
+            elif name == "batch_size" and value is None:
+                parts.append("batch_size=full")
             else:
                 parts.append(f"{name}={format_value(value)}")
         return " ".join(parts)

@@ -8,8 +8,9 @@ Rules, applied in this order (``W`` is the window, 10 steps by default):
    value appeared without warning: *overflow* (inf) or *nan*. Printed as
    ``diverged (loss=inf at epoch 14)``.
 2. **diverged** (finite): the final loss is more than ``growth`` (4) times the initial
-   loss and above its running minimum by the same factor. Onset: the first step after
-   which the loss stays above twice its running minimum.
+   loss and above its running minimum by the same factor. Onset: the first step whose
+   loss exceeds twice the running minimum (a growing loss often swings on its way up,
+   so "stays above" would point at the last step).
 3. **stagnated**: over the last W steps at least half of the weights that had a
    non-zero update did not change at all, because the update was below half an ulp
    of the weight in this format, while the gradient is still large (above the
@@ -112,7 +113,7 @@ def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
     if (final > rules.growth * abs(loss[0]) and final > rules.growth * running_min[-1]
             and final > 0):
         above = loss > 2.0 * np.maximum(running_min, 1e-300)
-        onset = _first_of_final_stretch(above)
+        onset = int(np.argmax(above)) + 1  # first rise past twice the best so far
         return Verdict("diverged", onset,
                        f"loss {loss[0]:.3g} -> {final:.3g}, growing from {unit} {onset}",
                        {"initial_loss": float(loss[0]), "final_loss": float(final)})
