@@ -30,7 +30,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .diagnosis.findings import Finding, jsonable
+from .diagnosis.findings import Finding
+from .formatting import jsonable
 from .errors import UsageError
 from .recommend import Recommendation, RunResult
 from .spec import RunSpec, Sweep

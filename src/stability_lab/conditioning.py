@@ -90,9 +90,9 @@ class ConditionEstimate:
     time_s: float
 
     def to_dict(self) -> dict[str, Any]:
-        from stability_lab.linear import _jsonable
+        from stability_lab.formatting import jsonable
 
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
 
 def _validate(A: Any) -> Any:

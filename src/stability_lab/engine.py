@@ -26,7 +26,6 @@ class Prepared:
     def __init__(self) -> None:
         self.tasks: dict[str, Any] = {}
         self.variants: dict[tuple[str, Hashable], Any] = {}
-        self.datasets: dict[tuple[str, Hashable], Any] = {}
 
     def task(self, name: str):
         if name not in self.tasks:

@@ -46,7 +46,7 @@ class SweepResult:
     context: Context | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        from .diagnosis.findings import jsonable
+        from .formatting import jsonable
         from .diagnosis.phases import segment
 
         out = {

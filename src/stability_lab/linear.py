@@ -66,6 +66,8 @@ import scipy.sparse
 import scipy.sparse.linalg
 
 from stability_lab.errors import DataError, UsageError
+from stability_lab.formatting import jsonable
+from stability_lab.params import SOLVERS
 
 __all__ = [
     "SOLVERS",
@@ -78,21 +80,6 @@ __all__ = [
     "perturbation_digits",
     "validate_inputs",
 ]
-
-#: Every solver name accepted by :func:`solve`, in display order.
-SOLVERS: tuple[str, ...] = (
-    "normal",
-    "cholesky",
-    "qr",
-    "svd",
-    "pinv",
-    "lstsq",
-    "ridge",
-    "lsqr",
-    "cg",
-    "gd",
-    "auto",
-)
 
 #: Precisions accepted by :func:`solve`; ``float16`` only for the iterative solvers.
 PRECISIONS: tuple[str, ...] = ("float64", "float32", "float16")
@@ -173,7 +160,7 @@ class SolveDiagnostics:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (non-finite floats become strings ``"inf"``, ``"nan"``)."""
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
 
 @dataclass
@@ -189,28 +176,9 @@ class LinearSolution:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "coef": _jsonable([float(c) for c in np.asarray(self.coef, dtype=np.float64)]),
+            "coef": jsonable([float(c) for c in np.asarray(self.coef, dtype=np.float64)]),
             "diagnostics": self.diagnostics.to_dict(),
         }
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        if math.isfinite(f):
-            return f
-        return "nan" if math.isnan(f) else ("inf" if f > 0 else "-inf")
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
 
 
 # --------------------------------------------------------------------------------------
@@ -1043,7 +1011,7 @@ class PerturbationReport:
     failed_trials: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
 
 def perturbation_digits(X: Any, y: Any, solver: str = "auto", rel: float = 1e-12,

@@ -266,9 +266,9 @@ def run_nist(problems: Iterable[str] | None = None, solvers: Iterable[str] | Non
                 }
             entry["results"][sname] = res
         out["problems"].append(entry)
-    from stability_lab.linear import _jsonable
+    from stability_lab.formatting import jsonable
 
-    return _jsonable(out)
+    return jsonable(out)
 
 
 def _f1(v: Any) -> str:

@@ -35,7 +35,8 @@ import scipy.sparse
 
 from stability_lab.conditioning import condition_info
 from stability_lab.errors import UsageError
-from stability_lab.linear import _jsonable, solve
+from stability_lab.formatting import jsonable
+from stability_lab.linear import solve
 
 __all__ = ["OneHotData", "FitSummary", "OneHotReport", "make_onehot", "design_from_codes",
            "onehot_report"]
@@ -153,7 +154,7 @@ class FitSummary:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["blown_up"] = self.blown_up
-        return _jsonable(d)
+        return jsonable(d)
 
 
 @dataclass
@@ -172,9 +173,9 @@ class OneHotReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "scenario": _jsonable(self.scenario),
+            "scenario": jsonable(self.scenario),
             "before": self.before.to_dict(),
-            "diagnosis": _jsonable(self.diagnosis),
+            "diagnosis": jsonable(self.diagnosis),
             "fixes": [f.to_dict() for f in self.fixes],
             "verdict": self.verdict,
             "all_fixed": self.all_fixed,

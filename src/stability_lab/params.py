@@ -18,7 +18,8 @@ from typing import Any, Callable
 from .errors import UsageError
 
 PRECISIONS = ("float64", "float32", "bfloat16", "float16")
-#: least-squares solvers of the linear_regression task (see stability_lab.linear)
+#: every solver name accepted by stability_lab.linear.solve, in display order (declared
+#: here, in the torch- and scipy-free table, so the CLI can check it without importing them)
 SOLVERS = ("normal", "cholesky", "qr", "svd", "pinv", "lstsq", "ridge", "lsqr", "cg", "gd",
            "auto")
 

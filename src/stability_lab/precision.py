@@ -65,13 +65,3 @@ FORMATS = {
     )
 }
 
-
-def fmt(name: str) -> Format:
-    from .errors import UsageError
-
-    try:
-        return FORMATS[name]
-    except KeyError:
-        raise UsageError(
-            f"Unknown precision {name!r}; expected one of: {', '.join(FORMATS)}."
-        ) from None

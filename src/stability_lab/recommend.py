@@ -33,7 +33,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .diagnosis.findings import FAILED, Finding, Verdict, jsonable
+from .diagnosis.findings import FAILED, Finding, Verdict
+from .formatting import jsonable, sci
 from .precision import FORMATS
 from .spec import RunSpec, format_value
 from .trace import Trace
@@ -172,8 +173,8 @@ def scale_features(ctx: Context) -> list[Recommendation]:
                  "standardized" if rescued else "")
         out.append(Recommendation(
             "scale_features",
-            f"scale features (cond {_e(before)} -> {_e(after)})",
-            f"cond(X^T X) is {_e(before)} on the features as given and {_e(after)} after "
+            f"scale features (cond {sci(before)} -> {sci(after)})",
+            f"cond(X^T X) is {sci(before)} on the features as given and {sci(after)} after "
             f"standardizing; {len(runs)} run(s) on unscaled features failed or did not "
             f"converge{extra}",
             {"scale": "standardized"}, _ids(runs),
@@ -250,10 +251,10 @@ def add_l2(ctx: Context) -> list[Recommendation]:
         out.append(Recommendation(
             "add_l2",
             f"add L2 lambda >= {lam:g}",
-            f"cond(X^T X) = {_e(start['cond_XtX'])} is near-singular for {fmt.name} "
+            f"cond(X^T X) = {sci(start['cond_XtX'])} is near-singular for {fmt.name} "
             f"(cond * u = {start['cond_XtX'] * fmt.unit_roundoff:.2g} >= 0.01: fewer than 2 "
             f"digits survive); lambda >= {lam:g} brings cond(X^T X/n + lambda I) under "
-            f"{_e(target)} (scale={r.spec.scale})",
+            f"{sci(target)} (scale={r.spec.scale})",
             {"lambda": lam}, _ids(runs),
             {"cond": start["cond_XtX"], "target": target, "lambda": lam,
              "precision": fmt.name, "scale": r.spec.scale},
@@ -339,13 +340,3 @@ def clip(ctx: Context) -> list[Recommendation]:
         {"clip": level}, tuple(h[0].run_id for h in hits),
         {"initial_grad_norm": g0, "max_grad_norm": gmax},
     )]
-
-
-def _e(x: float) -> str:
-    """Compact scientific form, as the brief prints it: 2.4e7, 1.5e-06 -> 1.5e-6."""
-    if x is None or not math.isfinite(x):
-        return str(x)
-    if 1e-3 <= abs(x) < 1e4:
-        return f"{x:.2g}"
-    mant, _, exp = f"{x:.1e}".partition("e")
-    return f"{mant}e{int(exp)}"

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .diagnosis.findings import jsonable
+from .formatting import jsonable
 from .spec import RunSpec
 
 DB_NAME = "lab.sqlite"

@@ -16,18 +16,6 @@ import numpy as np
 
 from .spec import RunSpec
 
-#: metrics every linear task records per epoch (deep-net tasks record these per step)
-CORE_METRICS = (
-    "loss",
-    "grad_norm",
-    "update_norm",
-    "weight_norm",
-    "update_ratio",
-    "nonfinite_weights",
-    "nonfinite_grads",
-    "max_abs_logit",
-)
-
 
 @dataclass
 class Trace:

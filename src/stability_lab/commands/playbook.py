@@ -27,9 +27,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _num(x) -> str:
-    from ..report.verification import _num as num
+    from ..formatting import fmt_num
 
-    return num(x)
+    return fmt_num(x, 4)
 
 
 def render(out: str | None = None) -> str:

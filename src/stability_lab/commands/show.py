@@ -35,7 +35,7 @@ def _rows(n: int, onset: int | None, every_step: bool, limit: int = 40) -> list[
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..diagnosis.findings import jsonable
+    from ..formatting import jsonable
     from ..lab import trace_from_record
     from ..report.terminal import _num, table
     from ..store import Store

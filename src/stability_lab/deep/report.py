@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..deep_axes import POLICY_COST
-from ..diagnosis.findings import jsonable
+from ..formatting import jsonable
 from ..precision import FORMATS
 
 ACC_TOL = 0.01

@@ -67,7 +67,7 @@ class Phase:
         return self.end - self.start + 1
 
     def to_dict(self) -> dict[str, Any]:
-        from .findings import jsonable
+        from ..formatting import jsonable
 
         return jsonable({"name": self.name, "start": self.start, "end": self.end,
                          "evidence": self.evidence})

@@ -12,28 +12,10 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from typing import Any
 
-from ..recommend import _e
+from ..formatting import fmt_num, sci
 from ..spec import format_value
-
-
-def fmt_num(x: Any, sig: int = 3) -> str:
-    """A table cell: '-' for None, inf/nan spelled out, ``sig`` significant digits."""
-    if x is None:
-        return "-"
-    if isinstance(x, str):
-        return x
-    x = float(x)
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if x == 0:
-        return "0"
-    return f"{x:.{sig}g}" if 1e-3 <= abs(x) < 1e5 else f"{x:.{sig - 1}e}"
 
 
 _num = fmt_num
@@ -64,8 +46,8 @@ def conditioning_line(result) -> str | None:
         return None
     if len(seen) == 1:
         ((label, value),) = seen.items()
-        return f"Condition number(X^T X): {_e(value)} ({label})"
-    parts = [f"{_e(v)} ({k})" for k, v in seen.items()]
+        return f"Condition number(X^T X): {sci(value)} ({label})"
+    parts = [f"{sci(v)} ({k})" for k, v in seen.items()]
     return "Condition number(X^T X): " + ", ".join(parts)
 
 
@@ -139,7 +121,7 @@ def solve_table(result) -> str:
             "-" if s.get("predicted_digits_lost") is None
             else f"{float(s['predicted_digits_lost']):.1f}",
             _num(s.get("numerical_rank")), _num(s.get("rank_cutoff")),
-            _e(s.get("cond_XtX")), _num(e.get("residual_sd")),
+            sci(s.get("cond_XtX")), _num(e.get("residual_sd")),
             ",".join(sorted({f.signature for f in r.findings})) or "-",
         ])
     return table(headers, rows)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .terminal import fmt_num
+from ..formatting import fmt_num
 
 
 def _num(x: Any) -> str:

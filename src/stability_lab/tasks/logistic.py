@@ -47,7 +47,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import datasets
+from .. import datasets, numerics
+from ..numerics import naive
 from ..conditioning import gram_condition
 from ..precision import FORMATS, Format
 from ..spec import RunSpec
@@ -218,11 +219,7 @@ def _matmul(torch, a, b, fmt: Format):
 
 def _loss_and_dz(torch, Z, Y, loss_form: str, n: int):
     """Per-run mean loss (R,) and dL/dZ (n, R), in Z's format."""
-    from .. import numerics
-
     if loss_form == "naive":
-        from ..numerics import naive
-
         per, dz = naive.log_loss_and_grad(Z, Y)
     else:
         per, dz = numerics.log_loss_and_grad(Z, Y)
