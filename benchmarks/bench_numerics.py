@@ -5,8 +5,12 @@
 Cases: 1e7 float64 elements (1-D) and a 10000 x 1000 float32 matrix along the last dim.
 For each: this module on the NumPy array, scipy.special on the NumPy array, this module
 on the torch tensor (same memory, torch.from_numpy) and torch's native op on the tensor.
-Prints the median of ``--repeats`` timed runs after one warm-up, ratios, and the BLAS /
-thread configuration. Not part of the test-suite; nothing here is asserted.
+float32 rows go through the C kernel when it is built (the default); the float32 case
+also times this module with the kernel switched off (``use_kernel("numpy")``), the path
+of an install without a C compiler.
+Prints the median of ``--repeats`` timed runs after one warm-up (the implementations
+timed in turn, round by round), ratios, and the BLAS / thread configuration. Not part
+of the test-suite; nothing here is asserted.
 """
 
 from __future__ import annotations
@@ -25,16 +29,21 @@ import scipy.special
 import torch
 
 from stability_lab import numerics
+from stability_lab.numerics import _core
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def median_ms(impls: dict, repeats: int) -> dict[str, float]:
+    """Median time of each callable; the repeats are interleaved (one call of each per
+    round), so that drift in the machine's speed hits all of them alike."""
+    for fn in impls.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in impls}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
+        for name, fn in impls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(v)) * 1e3 for name, v in times.items()}
 
 
 def config() -> str:
@@ -55,6 +64,10 @@ def config() -> str:
         "env: " + ", ".join(f"{k}={v}" for k, v in env.items()),
         "numpy BLAS/LAPACK (np.show_config): " + "; ".join(blas[:8]),
         f"torch parallel info: {torch.__config__.parallel_info().splitlines()[0:4]}",
+        ("float32 log-sum-exp kernel: "
+         + (f"C, {_core.kernel_targets()[0]} copy (this CPU runs: "
+            f"{', '.join(_core.kernel_targets())})" if _core.kernel_targets()
+            else "NumPy (the C kernel is not built)")),
     ]
     return "\n".join(lines)
 
@@ -69,7 +82,7 @@ def main() -> None:
         "10000x1000 float32, dim=-1": rng.standard_normal((10_000, 1_000)).astype(np.float32),
     }
     print(config())
-    print(f"\nmedian of {args.repeats} runs after 1 warm-up, milliseconds")
+    print(f"\nmedian of {args.repeats} interleaved runs after 1 warm-up, milliseconds")
     for label, a in cases.items():
         t = torch.from_numpy(a)
         rows = {
@@ -86,13 +99,23 @@ def main() -> None:
                 "torch.log_softmax": lambda t=t: torch.log_softmax(t, -1),
             },
         }
+        if a.dtype == np.float32 and _core.kernel_targets():
+            # the other paths of an install on another CPU, or without a compiler
+            for op, fn in (("logsumexp", numerics.logsumexp),
+                           ("log_softmax", numerics.log_softmax)):
+                for path in (*_core.kernel_targets()[1:], "numpy"):
+                    def other(a=a, fn=fn, path=path):
+                        with _core.use_kernel(path):
+                            return fn(a, -1)
+                    name = "NumPy kernel" if path == "numpy" else f"{path} copy"
+                    rows[op][f"numerics, {name}"] = other
         print(f"\n== {label}")
         for op, impls in rows.items():
-            res = {name: median_ms(fn, args.repeats) for name, fn in impls.items()}
+            res = median_ms(impls, args.repeats)
             names = list(res)
             ref_scipy, ref_torch = res[names[1]], res[names[3]]
             for name, ms in res.items():
-                print(f"  {op:<12} {name:<28} {ms:8.2f} ms   "
+                print(f"  {op:<12} {name:<29} {ms:8.2f} ms   "
                       f"x{ms / ref_torch:5.2f} vs torch   x{ms / ref_scipy:5.2f} vs scipy")
             print(f"  {op:<12} scipy / numerics(numpy) = {ref_scipy / res[names[0]]:.2f}; "
                   f"numerics(torch) / torch = {res[names[2]] / ref_torch:.2f}")

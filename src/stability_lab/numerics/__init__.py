@@ -33,6 +33,7 @@ from ._backend import (
     ACCUMULATE,
     ELEMENTWISE,
     REDUCE,
+    SOFTMAX,
     Like,
     check_float,
     check_reduction,
@@ -161,7 +162,7 @@ def _fwd_log_softmax(x: Any, like: Like, dim: int):
 
 
 def _fwd_softmax(x: Any, like: Like, dim: int):
-    a = to_compute(x, like, REDUCE)
+    a = to_compute(x, like, SOFTMAX)
     shape = a.shape
     rows, mshape = _core.to_rows(a.reshape(shape or (1,)), dim)
     sm = _core.softmax_rows(rows)

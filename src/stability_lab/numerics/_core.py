@@ -12,9 +12,45 @@ reducing over a strided axis would fall back to recursive summation (error ~ n*u
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
+
+try:  # the fused float32 row kernel (C, built at install; optional)
+    from . import _lsekernel
+except ImportError:  # no compiler at install time, or running from an unbuilt tree
+    _lsekernel = None
+
+
+def kernel_targets() -> tuple[str, ...]:
+    """Instruction-set copies of the C float32 kernel this CPU runs, best first ((): none)."""
+    return tuple(_lsekernel.targets()) if _lsekernel is not None else ()
+
+
+# The implementation lse_rows uses for float32 rows by default: the best copy of the C
+# kernel, unless that is the portable "generic" one. Without AVX2 the compiler turns the
+# kernel's vector code into slow scalar sequences and the NumPy kernel is faster (36 vs
+# 10 ms for logsumexp of a 10000 x 1000 float32 matrix, benchmarks/bench_numerics.py).
+DEFAULT_KERNEL = next((t for t in kernel_targets() if t != "generic"), "numpy")
+# Override (None = DEFAULT_KERNEL): "numpy" or a name from kernel_targets(). Set through
+# use_kernel(); for tests and benchmarks.
+_KERNEL: str | None = None
+
+
+@contextlib.contextmanager
+def use_kernel(name: str | None):
+    """Within the block, float32 log-sum-exp rows use ``name`` ("numpy", a target from
+    :func:`kernel_targets`, or None for DEFAULT_KERNEL)."""
+    global _KERNEL
+    if name not in (None, "numpy") and name not in kernel_targets():
+        raise ValueError(f"kernel {name!r} is not available here: {kernel_targets()}")
+    old, _KERNEL = _KERNEL, name
+    try:
+        yield
+    finally:
+        _KERNEL = old
+
 
 # Elements per block in the blocked reductions. Intermediates (x - max, exp) of one block
 # live in a reused buffer of this many elements (512 KiB in float64), which stays in L2
@@ -203,12 +239,39 @@ def lse_rows(x: np.ndarray, lsm: np.ndarray | None = None) -> tuple[np.ndarray, 
         m.fill(-np.inf)
         big_l.fill(0)
         return m, big_l
+    path = _KERNEL or DEFAULT_KERNEL
+    if (path != "numpy" and x.dtype == np.float32 and x.flags.c_contiguous
+            and (lsm is None or lsm.flags.c_contiguous)):
+        _lse_kernel_rows(x, lsm, m, big_l, path)
+        return m, big_l
+    _lse_numpy_rows(x, lsm, m, big_l)
+    return m, big_l
+
+
+def _lse_numpy_rows(x, lsm, m, big_l):
     with np.errstate(all="ignore"):
-        if n <= BLOCK:
+        if x.shape[1] <= BLOCK:
             _lse_blocked_rows(x, lsm, m, big_l)
         else:
             _lse_long_rows(x, lsm, m, big_l)
-    return m, big_l
+
+
+def _lse_kernel_rows(x, lsm, m, big_l, target):
+    """The C kernel (one read of each row, exp and sum in registers; see _lsekernel.c);
+    rows with a NaN or a non-finite max come back flagged and go to the NumPy kernel,
+    which owns the special-value rules."""
+    rows, n = x.shape
+    special = np.empty(rows, np.uint8)
+    nspecial = _lsekernel.lse_rows_f32(x, rows, n, m, big_l, lsm, special, target)
+    if nspecial:
+        idx = np.flatnonzero(special)
+        xs = np.ascontiguousarray(x[idx])
+        ys = None if lsm is None else np.empty_like(xs)
+        ms, ls = np.empty(idx.size, x.dtype), np.empty(idx.size, x.dtype)
+        _lse_numpy_rows(xs, ys, ms, ls)
+        m[idx], big_l[idx] = ms, ls
+        if lsm is not None:
+            lsm[idx] = ys
 
 
 def _lse_blocked_rows(x, lsm, m, big_l):

@@ -305,6 +305,35 @@ def reduction_rows(fmt: str, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
+def kernel_rows(fmt: str, seed: int = 1) -> list[np.ndarray]:
+    """Rows that exercise the C kernel's vector lanes and tails (lengths 1-40 and 1000):
+    ties for the max, terms far below the format's normal range (x - max < -87 in
+    float32), terms past the kernel's e^-700 cut-off, and entries near -finfo.max."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in list(range(1, 41)) + [1000]:
+        a = rng.standard_normal(n) * rng.choice([0.1, 3.0, 40.0])
+        if n >= 3:
+            k = rng.integers(0, n, size=2)
+            a[k] = a.max()  # ties
+        rows.append(a)
+        if n >= 2:
+            b = np.full(n, -1e3)
+            b[rng.integers(0, n)] = 0.0
+            b[rng.integers(0, n)] = -95.0  # subnormal in float32: kept in float64
+            b[rng.integers(0, n)] = -699.5
+            rows.append(b)
+            c = -rng.random(n) * 20.0
+            c[rng.integers(0, n)] = -3e38
+            rows.append(c)
+    out = []
+    for r in rows:
+        a = _round_to(np.asarray(r, np.float64), fmt)
+        if np.isfinite(a).all():
+            out.append(a)
+    return out
+
+
 def _emin_sub(fmt):
     p, emin = FORMATS[fmt]
     return math.ldexp(1, emin - p + 1)
@@ -340,21 +369,20 @@ def reduction_errors(fmt: str, rows: list[np.ndarray], seed: int = 0) -> dict:
         bound = u * (abs(lse) + d + r) + tiny
         kappa = mp.fsum(sm[j] * abs(xs[j]) for j in range(n)) / abs(lse) if lse != 0 else mp.inf
         _upd(res["logsumexp"], err, bound, ulp_error(got_lse, lse, fmt), kappa)
+        wsum = mp.fsum(sm[j] * abs(xs[j]) for j in range(n))  # sum_j s_j |x_j|
         for i in range(n):
             err = abs_error(float(got_lsm[i]), lsm[i], fmt)
             bound = u * (abs(lsm[i]) + d + r) + tiny
-            kappa = (abs(xs[i]) + mp.fsum(sm[j] * abs(xs[j]) for j in range(n))) / abs(lsm[i]) \
-                if lsm[i] != 0 else mp.inf
+            kappa = (abs(xs[i]) + wsum) / abs(lsm[i]) if lsm[i] != 0 else mp.inf
             _upd(res["log_softmax"], err, bound, ulp_error(float(got_lsm[i]), lsm[i], fmt), kappa)
             err = abs_error(float(got_sm[i]), sm[i], fmt)
             bound = u * (abs(sh[i]) + d + math.log2(n) + 3) * sm[i] + tiny
-            kappa = (abs(xs[i]) * (1 - sm[i]) + mp.fsum(sm[j] * abs(xs[j])
-                                                        for j in range(n) if j != i))
+            # |x_i| (1 - s_i) + sum_{j != i} s_j |x_j|
+            kappa = abs(xs[i]) * (1 - sm[i]) + (wsum - sm[i] * abs(xs[i]))
             _upd(res["softmax"], err, bound, ulp_error(float(got_sm[i]), sm[i], fmt), kappa)
         err = abs_error(got_ce, -lsm[t], fmt)
         bound = u * (abs(lsm[t]) + d + r) + tiny
-        kappa = (abs(xs[t]) + mp.fsum(sm[j] * abs(xs[j]) for j in range(n))) / abs(lsm[t]) \
-            if lsm[t] != 0 else mp.inf
+        kappa = (abs(xs[t]) + wsum) / abs(lsm[t]) if lsm[t] != 0 else mp.inf
         _upd(res["cross_entropy"], err, bound, ulp_error(got_ce, -lsm[t], fmt), kappa)
     return res
 
@@ -369,6 +397,8 @@ def _upd(slot, err, bound, ulps, kappa):
 def main(n_random: int = 4000) -> None:
     import numpy
     import torch
+
+    from stability_lab import numerics
 
     fmts = ("float64", "float32", "float16", "bfloat16")
     print(f"mpmath dps={DPS}; numpy {numpy.__version__}; torch {torch.__version__}")
@@ -394,6 +424,37 @@ def main(n_random: int = 4000) -> None:
     for name in ("logsumexp", "log_softmax", "softmax", "cross_entropy"):
         cells = [f"{table[f][name][0]:.3f} | {table[f][name][1]:.3f}" for f in fmts]
         print(f"{name:<34}" + "".join(f"{c:>22}" for c in cells))
+    from stability_lab.numerics import _core
+
+    paths = ["numpy", *_core.kernel_targets()]
+    rows32 = reduction_rows("float32") + kernel_rows("float32")
+    print(f"\nfloat32 log-sum-exp family by implementation ({len(rows32)} rows: the rows "
+          "above plus rows of 1-40 and 1000 elements): worst ulp where kappa <= 1 | worst c")
+    names = ("logsumexp", "log_softmax", "softmax", "cross_entropy")
+    print(f"{'implementation':<34}" + "".join(f"{n:>22}" for n in names))
+    for path in paths:
+        with _core.use_kernel(path):
+            res = reduction_errors("float32", rows32)
+        label = "NumPy kernel" if path == "numpy" else f"C kernel, {path}"
+        print(f"{label:<34}" + "".join(f"{res[n][0]:.3f} | {res[n][1]:.3f}".rjust(22)
+                                       for n in names))
+    t = np.linspace(-103.0, 0.0, 2_000_001).astype(np.float32)
+    t = t[t < 0]
+    pair = np.stack([np.zeros_like(t), t], axis=1)
+    ref = np.log1p(np.exp(t.astype(np.float64)))
+    spacing = np.spacing(ref.astype(np.float32)).astype(np.float64)
+    cells = []
+    for path in paths:
+        with _core.use_kernel(path):
+            got = numerics.logsumexp(pair).astype(np.float64)
+        ulps = np.abs(got - ref) / spacing
+        cells.append(f"{path} {ulps.max():.2f} @ {t[ulps.argmax()]:.4g}")
+    print(f"lse([0, t]) = log1p(exp(t)), {t.size} float32 t in [-103, 0), worst ulp vs "
+          "float64 (exp's own error shows here): " + "; ".join(cells))
+    default = _core.DEFAULT_KERNEL
+    print("(the first table uses the default: "
+          + ("the NumPy kernel" if default == "numpy" else f"the C kernel, {default}")
+          + "; softmax always uses the NumPy kernel)")
     print("\nvalues tested per format: " + ", ".join(f"{f} {len(vals[f])}" for f in fmts))
 
 
