@@ -87,15 +87,15 @@ def main() -> None:
         t = torch.from_numpy(a)
         rows = {
             "logsumexp": {
-                "numerics (numpy)": lambda a=a: numerics.logsumexp(a, -1),
+                "numerics (ndarray)": lambda a=a: numerics.logsumexp(a, -1),
                 "scipy.special.logsumexp": lambda a=a: scipy.special.logsumexp(a, axis=-1),
-                "numerics (torch)": lambda t=t: numerics.logsumexp(t, -1),
+                "numerics (tensor)": lambda t=t: numerics.logsumexp(t, -1),
                 "torch.logsumexp": lambda t=t: torch.logsumexp(t, -1),
             },
             "log_softmax": {
-                "numerics (numpy)": lambda a=a: numerics.log_softmax(a, -1),
+                "numerics (ndarray)": lambda a=a: numerics.log_softmax(a, -1),
                 "scipy.special.log_softmax": lambda a=a: scipy.special.log_softmax(a, axis=-1),
-                "numerics (torch)": lambda t=t: numerics.log_softmax(t, -1),
+                "numerics (tensor)": lambda t=t: numerics.log_softmax(t, -1),
                 "torch.log_softmax": lambda t=t: torch.log_softmax(t, -1),
             },
         }
@@ -108,17 +108,17 @@ def main() -> None:
                         with _core.use_kernel(path):
                             return fn(a, -1)
                     name = "NumPy kernel" if path == "numpy" else f"{path} copy"
-                    rows[op][f"numerics, {name}"] = other
+                    rows[op][f"numerics (ndarray), {name}"] = other
         print(f"\n== {label}")
         for op, impls in rows.items():
             res = median_ms(impls, args.repeats)
             names = list(res)
             ref_scipy, ref_torch = res[names[1]], res[names[3]]
             for name, ms in res.items():
-                print(f"  {op:<12} {name:<29} {ms:8.2f} ms   "
+                print(f"  {op:<12} {name:<38} {ms:8.2f} ms   "
                       f"x{ms / ref_torch:5.2f} vs torch   x{ms / ref_scipy:5.2f} vs scipy")
-            print(f"  {op:<12} scipy / numerics(numpy) = {ref_scipy / res[names[0]]:.2f}; "
-                  f"numerics(torch) / torch = {res[names[2]] / ref_torch:.2f}")
+            print(f"  {op:<12} scipy / numerics(ndarray) = {ref_scipy / res[names[0]]:.2f}; "
+                  f"numerics(tensor) / torch = {res[names[2]] / ref_torch:.2f}")
 
 
 if __name__ == "__main__":
