@@ -347,3 +347,22 @@ def test_headroom_projection_finds_steady_shrink_and_its_zero():
     (p,) = headroom_projections(steps, arr)
     assert p["module"] == "l3" and p["projected_step"] == 51
     assert p["slope_per_step"] == pytest.approx(-0.2)
+
+
+def test_a_run_that_raises_mid_attribution_step_leaves_no_hooks_behind():
+    """The attributor's hooks are global during a forward; a model that raises there must
+    not leave them installed for the runs that follow in the same sweep."""
+    from torch.nn.modules import module as M
+
+    from stability_lab.tasks import get_task
+
+    before = (len(M._global_forward_hooks), len(M._global_forward_pre_hooks))
+    target = user("build_fails_at_step_3")
+    task = get_task(target)
+    spec = RunSpec(task=target).replace(attribute_every=1, epochs=2)
+    task.validate(spec)
+    with pytest.raises(RuntimeError, match="simulated"):
+        task.run(spec, task.prepare(spec))
+    assert (len(M._global_forward_hooks), len(M._global_forward_pre_hooks)) == before
+    _, tr = run("mlp", policy="float32", epochs=2, attribute_every=1)  # next run is clean
+    assert tr.extras["attribution"]["modules"]

@@ -3,22 +3,33 @@
 Two mechanisms, both keyed by the qualified names of ``model.named_modules()``
 (the root module is called ``<model>``):
 
-**Statistics every k steps** (:class:`Attributor`). On an attribution step forward
-hooks are attached to every module (and removed after the forward, so other steps pay
-nothing). A hook keeps a reference to the module's output and calls ``retain_grad`` on
-it (no Python call in the backward pass; an output modified in place later in the
-forward instead gets a pre-hook on its own autograd node, so the gradient is the one of
-the value the module produced). All reductions are done once at the end of the step over
-the stashed tensors together: ``aminmax`` per tensor into one buffer, the strided samples
-copied into one zero-padded buffer and counted with float kernels, parameters, gradients
-and updates in one flat buffer reduced per chunk in float64; four ``tolist`` transfers.
-Per module and step:
+**Statistics every k steps** (:class:`Attributor`). On an attribution step one global
+module forward hook, filtered to the model's modules, is installed for the forward pass
+(and removed after it, so other steps pay nothing); it notes each module's output with
+its version and autograd node. After the forward each output is stashed and a pre-hook on
+the autograd node the output had when its module returned it keeps a reference to the
+gradient arriving there (no copy, no Python frame in the backward pass; the gradient of
+the value the module produced, also when the output is modified in place later in the
+forward). The statistics of an output are those of its value at the end of the step.
+At the end of the step, per stashed tensor: ``amin`` and ``amax`` (exact; NaN
+propagates); for an ``nn.ReLU`` output still as the ReLU returned it, the per-unit
+maxima instead, which give the dead units and the absmax at once, and, for the ReLU's
+input when it is unchanged since, its maximum where positive, so that input only needs
+``amin``; the strided sample copied into one zero-padded buffer and counted with float
+kernels. Parameters, gradients and updates go into one flat buffer, summed per chunk in
+float64. The step's numbers are kept as a few small tensors and decoded into
+per-module values when the results are read (:meth:`Attributor.arrays`), or every
+:attr:`Attributor.DECODE_EVERY` steps. Per module and step:
 
 - activation and gradient absmax, and headroom ``log2(fmax / absmax)`` in powers of two
   to the largest finite value of the format the policy holds them in;
-- the fraction of non-zero values below the format's smallest normal (subnormal range)
-  and, where the lab does the rounding (emulated GEMMs), the fraction flushed to zero
-  (non-zero before rounding, zero after); the fraction of dead units for ReLU outputs;
+- the fraction of non-zero values below the format's smallest normal (subnormal range),
+  and the fraction of zeros (NaN counts as zero), both over a deterministic strided
+  sample of ``SAMPLE`` to ``2 * SAMPLE - 1`` values per tensor (``reshape(-1)[::s]`` with
+  ``s = numel // SAMPLE``; every value of smaller tensors); where the lab does the
+  rounding (emulated GEMMs), the fraction flushed to zero (non-zero before rounding, zero
+  after); the fraction of dead units (zero in every row of the batch; NaN counts as
+  alive) for ReLU outputs;
 - gradient norm of the module's own parameters and the update-to-weight ratio
   ``||dW|| / ||W||``.
 
@@ -53,6 +64,8 @@ import torch
 from . import policies as P
 
 ROOT = "<model>"
+_TENSOR = torch.Tensor
+_NUMEL = torch.Tensor.numel
 #: values per tensor sampled for the below-normal and zero fractions
 SAMPLE = 2048
 
@@ -101,27 +114,22 @@ def _rounded(value: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(value, dtype=torch.float64).to(dtype))
 
 
-def _stack_list(ts: list[torch.Tensor]) -> list[float]:
-    """Values of 0-dim tensors as floats: one stack and transfer per dtype present."""
-    if not ts:
-        return []
-    dtype = ts[0].dtype
-    if all(t.dtype == dtype for t in ts):
-        return torch.stack(ts).tolist()
-    return [float(t) for t in ts]
-
-
 class Attributor:
     """Per-module statistics on every ``every``-th step (steps 1, 1+k, 1+2k, ...).
 
-    Cost model (the digits MLP, 8 modules): one forward hook per module on attribution
-    steps only (pre-hooks too where the lab rounds); the hook stashes the output and asks
-    autograd to keep its gradient (``retain_grad``, no Python call in the backward pass;
-    outputs modified in place later in the forward get a pre-hook on their own autograd
-    node instead, so the gradient is the one of the value the module produced). At the end
-    of the step every statistic comes from a fixed, small number of torch calls over all
-    tensors together and two ``tolist`` transfers; rows are stored as flat value lists.
+    Use per attribution step: :meth:`begin` before the forward pass, :meth:`end_forward`
+    after it (loss included), :meth:`before_update` before the optimizer step (or set
+    ``_before`` to a snapshot), :meth:`end_step` after it; :meth:`abort` drops a step.
+
+    Cost model (the digits MLP, 8 modules, 14 tensors): one global forward hook call per
+    module and one autograd-node pre-hook (a C-level ``list.__setitem__``) per output;
+    at the end of the step one or two reductions per tensor plus one strided copy, a
+    fixed number of torch calls over all tensors together, no ``tolist`` (the numbers
+    are decoded in :meth:`arrays`).
     """
+
+    #: undecoded steps kept before they are decoded (bounds the memory they take)
+    DECODE_EVERY = 4096
 
     def __init__(self, model: torch.nn.Module, policy: P.Policy, every: int) -> None:
         self.model = model
@@ -137,23 +145,35 @@ class Attributor:
         self.steps: list[int] = []
         self._flat_params = [p for ps in self.params.values() for p in ps]
         self._param_owner = [name for name, ps in self.params.items() for _ in ps]
-        # ReLU outputs are >= 0 (or NaN): a unit is alive iff its column max is not 0
-        self._relu_fast = {name for m, name in self.names.items()
-                           if isinstance(m, torch.nn.ReLU)}
         self._relu = {name for name, kind in self.kinds.items() if kind == "ReLU"}
-        self._handles: list[Any] = []
+        #: module -> (name, dead fraction measured, an ``nn.ReLU`` (outputs >= 0 or NaN),
+        #: exactly ``nn.ReLU``: its output is ``max(input, 0)`` elementwise)
+        self._info = {m: (name, name in self._relu, isinstance(m, torch.nn.ReLU),
+                          type(m) is torch.nn.ReLU)
+                      for m, name in self.names.items()}
+        self._handles: list[Any] = []       # global module hooks, during a watched forward
+        self._grad_handles: list[Any] = []  # autograd node pre-hooks, until end_step
         # one step's stash
         self._acts: list[torch.Tensor] = []          # unique outputs, forward order
         self._act_owners: list[list[str]] = []
         self._act_ix: dict[int, int] = {}
-        #: (module, output, its version when stashed, its autograd node, output_nr)
-        self._gents: list[tuple[str, torch.Tensor, int, Any, int]] = []
-        self._node_grads: dict[int, torch.Tensor] = {}
-        self._relus: list[tuple[str, torch.Tensor]] = []
+        #: per ReLU-kind call: (module, output, output index, its version then, an
+        #: nn.ReLU, (input's output index, its version) for an exact nn.ReLU or None)
+        self._relus: list[tuple[str, torch.Tensor, int, int, bool, Any]] = []
+        #: gradient slots, one per (output, version): the ``grad_outputs`` of the output's
+        #: autograd node (set by its pre-hook) and the output's index among them
+        self._gslots: list[Any] = []
+        self._gnr: list[int] = []
+        self._gslot_of: dict[tuple[int, int], int] = {}
+        self._gcalls: list[tuple[int, str]] = []     # (slot, module) per module call
+        #: per call of a module of the model: (its info, output, output version, autograd
+        #: node, ReLU input, input version), until the forward is over
+        self._calls: list[tuple] = []
+        self._gleaf: dict[int, tuple[torch.Tensor, int]] = {}  # slots of leaf outputs
         self._recorder: P.Recorder | None = None
         self._record_order = False
         self._before: list[torch.Tensor] | None = None
-        self._pbuf: tuple | None = None  # flat parameter buffer, made on first use
+        self._pbuf: tuple | None = None  # flat parameter buffers, made on first use
         self._step = 0
         # storage: columns (module, stat); one row per attribution step
         self._cols: list[tuple[str, str]] = []
@@ -162,92 +182,132 @@ class Attributor:
         self._layouts: list[tuple[int, ...]] = []
         self._layout_of: dict[tuple[int, ...], int] = {}
         self._rows: list[tuple[int, list[float]]] = []
+        #: steps not decoded yet: (program, values, grad scale, snapshot taken, GEMM counts)
+        self._pending: list[tuple] = []
+        self._programs: dict[tuple, tuple] = {}
+        self._last: tuple | None = None  # the last step's program and what it was made of
         self._plans: dict[tuple, tuple] = {}
+        self._relu_plans: dict[tuple, tuple] = {}
         self._thr: dict[tuple[float, torch.dtype], float] = {}
-        self._hooks = {name: (self._make_pre(name), self._make_post(name))
-                       for name in self.names.values()}
 
     def wants(self, step: int) -> bool:
         return self.every > 0 and (step - 1) % self.every == 0
 
-    # -- hooks (made once) -----------------------------------------------------------
-    def _make_pre(self, name: str) -> Callable:
-        def hook(module, args):
+    # -- hooks (global, filtered to this model's modules) ----------------------------
+    def _pre(self, module, args) -> None:
+        info = self._info.get(module)
+        if info is not None:
             rec = self._recorder
             if rec is not None:
-                rec.stack.append(name)
-        return hook
+                rec.stack.append(info[0])
 
-    def _make_post(self, name: str) -> Callable:
+    def _post(self, module, args, output) -> None:
+        info = self._info.get(module)
+        if info is None:
+            return
+        rec = self._recorder
+        if rec is not None and rec.stack:
+            rec.stack.pop()
+        if self._record_order:
+            self.order.append(info[0])
+        out = output if type(output) is _TENSOR else _first_tensor(output)
+        if out is None:
+            return
+        # what changes later in the forward (versions, autograd node) is read now; the
+        # rest is done once after the forward (_watch)
+        if info[3] and args and not module.inplace:
+            inp = args[0]
+            self._calls.append((info, out, out._version, out.grad_fn, inp,
+                                getattr(inp, "_version", None)))
+        else:
+            self._calls.append((info, out, out._version, out.grad_fn, None, None))
+
+    def _watch(self) -> None:
+        """Stash this forward's outputs and ask autograd for their gradients."""
         acts, owners, act_ix = self._acts, self._act_owners, self._act_ix
-        gents, relus, order = self._gents, self._relus, self.order
-        relu = name in self._relu
-        tensor = torch.Tensor
-
-        def hook(module, args, output):
-            rec = self._recorder
-            if rec is not None and rec.stack:
-                rec.stack.pop()
-            if self._record_order:
-                order.append(name)
-            out = output if type(output) is tensor else _first_tensor(output)
-            if out is None or not out.is_floating_point() or out.numel() == 0:
-                return
+        relus, slots, gslot_of = self._relus, self._gslots, self._gslot_of
+        gcalls, handles = self._gcalls, self._grad_handles
+        for (name, relu, relu_nn, _exact), out, version, node, inp, inp_version in \
+                self._calls:
+            if not out.is_floating_point() or out.numel() == 0:
+                continue
             key = id(out)
             i = act_ix.get(key)
             if i is None:
-                act_ix[key] = len(acts)
+                i = act_ix[key] = len(acts)
                 acts.append(out)
                 owners.append([name])
             else:
                 owners[i].append(name)
             if relu and out.dim() >= 1:
-                relus.append((name, out))
+                link = None
+                if inp is not None:
+                    # max(input, 0): the input's largest value where it is positive
+                    ii = act_ix.get(id(inp))
+                    if ii is not None and acts[ii] is inp and inp.shape == out.shape:
+                        link = (ii, inp_version)
+                relus.append((name, out, i, version, relu_nn, link))
             if out.requires_grad:
-                gents.append((name, out, out._version, out.grad_fn, out.output_nr))
-                out.retain_grad()
-        return hook
-
-    def _keep_grad(self, j: int, nr: int, grad_outputs) -> None:
-        self._node_grads[j] = grad_outputs[nr]
+                # the gradient of the value the module produced: an output modified in
+                # place later in the forward has a new autograd node, the pre-hook goes
+                # on the node it had when its module returned it
+                gkey = (key, version)
+                j = gslot_of.get(gkey)
+                if j is None:
+                    j = gslot_of[gkey] = len(slots)
+                    slots.append(None)
+                    self._gnr.append(out.output_nr)
+                    if node is not None:
+                        # slots[j] = grad_outputs, no Python frame in the backward pass
+                        handles.append(node.register_prehook(
+                            functools.partial(slots.__setitem__, j)))
+                    else:  # a leaf: autograd accumulates its gradient in .grad
+                        self._gleaf[j] = (out, version)
+                gcalls.append((j, name))
+        self._calls.clear()
 
     # -- one attribution step ------------------------------------------------------
     def begin(self, step: int) -> None:
+        if self._handles:
+            self._remove_hooks()
+        if self._grad_handles:
+            self._remove_grad_hooks()
         self._step = step
         self._clear()
         rec = P.Recorder() if self.policy.emulated else None
         self._recorder = rec
         P.RECORDER = rec
         self._record_order = not self.order
-        handles = self._handles
-        for module, name in self.names.items():
-            pre, post = self._hooks[name]
-            if rec is not None:
-                handles.append(module.register_forward_pre_hook(pre))
-            handles.append(module.register_forward_hook(post))
+        if rec is not None:
+            self._handles.append(torch.nn.modules.module.register_module_forward_pre_hook(
+                self._pre))
+        self._handles.append(torch.nn.modules.module.register_module_forward_hook(self._post))
 
     def _remove_hooks(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
 
+    def _remove_grad_hooks(self) -> None:
+        for h in self._grad_handles:
+            h.remove()
+        self._grad_handles.clear()
+
     def end_forward(self) -> None:
         # the recorder stays installed through the backward pass (its GEMMs know their
         # module from the forward); end_step uninstalls it
         self._remove_hooks()
-        # an output modified in place after its module returned (e.g. by ReLU(inplace))
-        # would retain the gradient of the modified value: take the gradient reaching the
-        # module's own autograd node instead
-        for j, (_name, out, version, node, nr) in enumerate(self._gents):
-            if out._version != version and node is not None:
-                node.register_prehook(functools.partial(self._keep_grad, j, nr))
+        self._watch()
 
     def _param_buffer(self) -> tuple:
-        """A zero-padded ``(3, chunks, C)`` buffer: gradients, weights, weights before.
+        """Flat, zero-padded ``(3, chunks, C)`` parameter buffers, made on first use.
 
-        Each module's parameters lie one after the other from a chunk boundary on, so the
-        per-chunk sums of squares add up, in Python, to the module's sums of squares (the
-        padding stays zero).
+        Rows: gradients, weights, and the weights before the update, turned in place into
+        the update ``before - after`` (all in the parameters' promoted dtype, at least
+        float32); then copied into a float64 twin for the sums of squares. Each module's
+        parameters lie one after the other from a chunk boundary on, so the per-chunk sums
+        of squares add up, in Python, to the module's sums of squares (the padding stays
+        zero).
         """
         if self._pbuf is None:
             ps = self._flat_params
@@ -271,11 +331,18 @@ class Attributor:
             buf = torch.zeros(3, n_chunks * chunk, dtype=dtype)
             views = [[buf[r, o:o + p.numel()].view(p.shape) for o, p in zip(offsets, ps)]
                      for r in range(3)]
+            flat64 = torch.zeros(3, n_chunks, chunk, dtype=torch.float64)
             chunk_owner = [None] * n_chunks
             for name, o, p in zip(self._param_owner, offsets, ps):
                 for c in range(o // chunk, -(-(o + p.numel()) // chunk)):
                     chunk_owner[c] = name
-            self._pbuf = (buf, buf.view(3, n_chunks, chunk), views, chunk_owner)
+            # chunks of each module, in parameter order
+            groups: dict[str, list[int]] = {}
+            for c, name in enumerate(chunk_owner):
+                if name is not None:
+                    groups.setdefault(name, []).append(c)
+            self._pbuf = (buf, views, buf[1], buf[2], buf.view(3, n_chunks, chunk), flat64,
+                          n_chunks, list(groups.items()))
         return self._pbuf
 
     def before_update(self) -> None:
@@ -283,19 +350,22 @@ class Attributor:
         ps = self._flat_params
         if not ps:
             return
-        _buf, _chunks, views, _owner = self._param_buffer()
+        snap_views = self._param_buffer()[1][2]
         with torch.no_grad():
-            torch._foreach_copy_(views[2], ps)
-        self._before = views[2]
+            torch._foreach_copy_(snap_views, ps)
+        self._before = snap_views
 
     def _plan(self, tensors: list[torch.Tensor], n_acts: int, thr_act: float,
               thr_grad: float) -> tuple:
-        """Sample strides and sizes, scratch buffer and thresholds for these shapes.
+        """Sample strides and sizes, scratch buffers and thresholds for these shapes.
 
         The samples go, one row per tensor, into a zero-padded ``(2, tensors, longest)``
         buffer: row block 0 holds ``|x|``, block 1 ``thr - |x|`` (thresholds per row).
+        The minimum and maximum of every tensor go into one ``(2, tensors)`` buffer of the
+        promoted dtype (values of a narrower dtype convert exactly).
         """
-        key = (n_acts, thr_act, thr_grad) + tuple((t.numel(), t.dtype) for t in tensors)
+        key = (n_acts, thr_act, thr_grad, tuple(map(_NUMEL, tensors)),
+               tuple(t.dtype for t in tensors))
         plan = self._plans.get(key)
         if plan is None:
             strides, sizes, thrs = [], [], []
@@ -316,14 +386,28 @@ class Attributor:
             rows = [buf[0, i, :n] for i, n in enumerate(sizes)]
             thr_col = torch.tensor(thrs, dtype=dtype).reshape(-1, 1)
             pads = [longest - n for n in sizes]
-            # min and max of every tensor written straight into one buffer (one dtype)
-            dtypes = {t.dtype for t in tensors}
-            ext = torch.zeros(2, len(tensors), dtype=tensors[0].dtype) if len(dtypes) == 1 \
-                else None
-            outs = ([(ext[0, i], ext[1, i]) for i in range(len(tensors))]
-                    if ext is not None else None)
-            plan = (strides, sizes, buf, rows, thr_col, pads, ext, outs)
+            ext_dtype = tensors[0].dtype
+            for t in tensors:
+                ext_dtype = torch.promote_types(ext_dtype, t.dtype)
+            ext = torch.zeros(2, len(tensors), dtype=ext_dtype)
+            slots = [(ext[0, i], ext[1, i], t.dtype == ext_dtype)
+                     for i, t in enumerate(tensors)]
+            plan = (strides, sizes, buf, rows, thr_col, pads, ext, slots, buf[0], buf[1],
+                    ext.view(-1))
             self._plans[key] = plan
+        return plan
+
+    def _relu_plan(self, relus: list) -> tuple:
+        """A zero-padded ``(ReLU calls, widest)`` buffer for the per-unit maxima."""
+        key = tuple((r[1].shape[-1], r[1].dtype) for r in relus)
+        plan = self._relu_plans.get(key)
+        if plan is None:
+            dtype = relus[0][1].dtype
+            for r in relus:
+                dtype = torch.promote_types(dtype, r[1].dtype)
+            buf = torch.zeros(len(relus), max(w for w, _d in key), dtype=dtype)
+            plan = (buf, [buf[k, :w] for k, (w, _d) in enumerate(key)])
+            self._relu_plans[key] = plan
         return plan
 
     def _colset(self, name: str, keys: tuple[str, ...]) -> tuple[int, ...]:
@@ -340,22 +424,28 @@ class Attributor:
         return cs
 
     def end_step(self, grad_scale: float = 1.0) -> None:
-        """Reduce everything stashed on this step into a row (after the update)."""
+        """Reduce everything stashed on this step into a few small tensors (after the update)."""
         P.RECORDER = None
+        if self._calls:  # end_forward was not called
+            self._remove_hooks()
+            self._watch()
+        if self._grad_handles:
+            self._remove_grad_hooks()
         self.steps.append(self._step)
-        act_fmt, grad_fmt = self.policy.act_format, self.policy.grad_format
         scale = grad_scale
         # unique gradients, in backward order (the earliest call of a module called
         # twice is the last to receive its gradient, as with a tensor hook)
         grads: list[torch.Tensor] = []
         g_owners: list[list[str]] = []
         g_ix: dict[int, int] = {}
-        node_grads = self._node_grads
-        gents = self._gents
-        for j in range(len(gents) - 1, -1, -1):
-            name, out, version, _node, _nr = gents[j]
-            g = node_grads.get(j) if j in node_grads else (
-                out.grad if out._version == version else None)
+        slots, nrs, leaves = self._gslots, self._gnr, self._gleaf
+        for j, name in reversed(self._gcalls):
+            g = slots[j]
+            if g is not None:
+                g = g[nrs[j]]
+            elif j in leaves:
+                out, version = leaves[j]
+                g = out.grad if out._version == version else None
             if g is None or not g.is_floating_point() or g.numel() == 0:
                 continue
             i = g_ix.get(id(g))
@@ -367,146 +457,232 @@ class Attributor:
                 g_owners[i].append(name)
         acts = self._acts
         tensors = acts + grads
-        n_acts = len(acts)
         ps = self._flat_params
         before = self._before
+        relus = self._relus
+        # ReLU outputs still as their module returned them are >= 0 (or NaN): a unit is
+        # alive iff its maximum over the batch is not 0, and the largest unit maximum is
+        # the output's maximum and absmax (exact, as amax/amin would give); for an
+        # unchanged input of an nn.ReLU it is the input's maximum where that is positive,
+        # so the input's absmax is max(-min, that) (0 <= -min where the maximum is <= 0)
+        relu_max: dict[int, int] = {}  # output index -> ReLU call whose maxima give it
+        input_max: dict[int, int] = {}  # output index -> ReLU call that had it as input
+        pieces: list[torch.Tensor] = []
+        plan = None
+        unit_rows: dict[int, list[int]] = {}  # output index -> ReLU calls measured on it
+        if relus:
+            for k, (_name, t, i, version, fast, link) in enumerate(relus):
+                unit_rows.setdefault(i, []).append(k)
+                if fast and t._version == version:
+                    relu_max.setdefault(i, k)
+                    if link is not None and acts[link[0]]._version == link[1]:
+                        input_max.setdefault(link[0], k)
         with torch.no_grad():
-            extremes: list[torch.Tensor] = []
-            alive: list[torch.Tensor] = []
-            counts: list[list[float]] = []
-            sizes: list[int] = []
-            pads: list[int] = []
+            if relus:
+                rbuf, rrows = self._relu_plan(relus)
             if tensors:
-                strides, sizes, buf, rows, thr_col, pads, ext, outs = self._plan(
-                    tensors, n_acts, act_fmt.tiny, grad_fmt.tiny * scale)
-                if outs is not None:
-                    for t, o in zip(tensors, outs):
-                        torch.aminmax(t, out=o)
-                else:
-                    for t in tensors:
-                        extremes.extend(torch.aminmax(t))
-                # the same deterministic strided sample as a per-tensor reshape(-1)[::s];
+                plan = self._plan(tensors, len(acts), self.policy.act_format.tiny,
+                                  self.policy.grad_format.tiny * scale)
+                strides, sizes, _buf, rows, thr_col, _pads, _ext, xslots, a, b, ext_flat = \
+                    plan
+                # per tensor, in one visit: the exact minimum and maximum (both propagate
+                # NaN) or the ReLU unit maxima, and the same deterministic strided sample as
+                # a per-tensor reshape(-1)[::s]
+                for i, (t, (lo, hi, same), s, n, row) in enumerate(
+                        zip(tensors, xslots, strides, sizes, rows)):
+                    ks = unit_rows.get(i)
+                    if ks is not None:
+                        for k in ks:
+                            r = relus[k]
+                            units = t if t.dim() == 2 else (
+                                t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t.reshape(1, -1))
+                            if r[4] and t._version == r[3]:
+                                if t.dtype == rbuf.dtype:
+                                    torch.amax(units, 0, out=rrows[k])
+                                else:
+                                    rrows[k].copy_(units.amax(0))
+                            else:
+                                rrows[k].copy_(units.ne(0).any(0))
+                    if i not in relu_max:
+                        if same:
+                            torch.amin(t, (), out=lo)
+                            if i not in input_max:
+                                torch.amax(t, (), out=hi)
+                        else:
+                            lo.copy_(t.amin())
+                            if i not in input_max:
+                                hi.copy_(t.amax())
+                    row.copy_(torch.as_strided(t, (n,), (s,), t.storage_offset())
+                              if t.is_contiguous() else t.reshape(-1)[::s])
+                if relus:
+                    # unit maxima (or alive flags): alive units and maxima counted in _decode
+                    pieces.append(rbuf.clone())
                 # indicators as 0/1 floats (sign) summed per row: no bool kernels
-                samples = [torch.as_strided(t, (n,), (s,), t.storage_offset())
-                           if t.is_contiguous() else t.reshape(-1)[::s]
-                           for t, s, n in zip(tensors, strides, sizes)]
-                torch._foreach_copy_(rows, samples)
-                a = buf[0]
                 a.abs_()
                 a.nan_to_num_(nan=0.0, posinf=math.inf)  # NaN counts as zero, as before
-                torch.sub(thr_col, a, out=buf[1])
-                buf[1].clamp_(min=0)
-                buf.sign_()
-                counts = buf.sum(-1).tolist()
-            relus = self._relus
-            for name, t in relus:
-                units = t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t.reshape(1, -1)
-                alive.append(torch.count_nonzero(
-                    units.amax(0) if name in self._relu_fast else units.ne(0).any(0)))
-            sums: list[list[float]] = []
+                torch.sub(thr_col, a, out=b)
+                b.clamp_(min=0)
+                _buf.sign_()
+                pieces.append(ext_flat.clone())
+                pieces.append(_buf.sum(-1).view(-1))
             if ps:
-                # gradients, weights and the update of every parameter in one flat buffer;
-                # per-chunk sums of squares in float64, one transfer
-                pbuf, pchunks, views, _owner = self._param_buffer()
+                # gradients, weights and the update of every parameter in one flat buffer
+                # (the update in the parameters' dtype); sums of squares per chunk in float64
+                _pb, views, w_row, u_row, chunks, flat64, _n, _groups = self._param_buffer()
                 gl = [p.grad for p in ps]
                 if all(g is not None for g in gl):
                     torch._foreach_copy_(views[0], gl)
                 else:
                     for v, g in zip(views[0], gl):
                         v.copy_(g) if g is not None else v.zero_()
-                if before is not None and before is not views[2]:
-                    torch._foreach_copy_(views[2], before)  # a snapshot made by the caller
                 torch._foreach_copy_(views[1], ps)
-                pbuf[2].sub_(pbuf[1])  # before - after: the update, negated
-                p64 = pchunks.double()
-                sums = torch.linalg.vecdot(p64, p64).tolist()
-            # one stack per dtype (a mixed-dtype stack converts element by element)
-            if tensors and ext is not None:
-                lows, highs = ext.tolist()
-                vals = [v for pair in zip(lows, highs) for v in pair]
-            else:
-                vals = _stack_list(extremes)
-            alive_l = torch.stack(alive).tolist() if alive else []
-        row: dict[int, float] = {}
-        colset = self._colset
-        # activations and gradients: absmax (exact), headroom, sampled fractions
-        n_t = len(tensors)
-        for i in range(n_t):
-            lo, hi = vals[2 * i], vals[2 * i + 1]
-            am = -lo if -lo > hi else hi
-            if lo != lo or hi != hi:
-                am = math.nan
-            n = max(sizes[i], 1)
-            if i < n_acts:
-                a = am
-                head = act_fmt.headroom_log2(a)
-                names, keys = self._act_owners[i], _ACT_KEYS
-            else:
-                a = am / scale
-                head = grad_fmt.headroom_log2(a * scale)
-                names, keys = g_owners[i - n_acts], _GRAD_KEYS
-            nonzero, low = counts[0][i], counts[1][i] - pads[i]
-            zero = (sizes[i] - nonzero) / n
-            below = (low - (sizes[i] - nonzero)) / n
-            for name in names:
-                c0, c1, c2, c3 = colset(name, keys)
-                row[c0] = a
-                row[c1] = head
-                row[c2] = below
-                row[c3] = zero
-        for (name, t), n_alive in zip(self._relus, alive_l):
-            row[colset(name, ("dead_frac",))[0]] = 1.0 - n_alive / max(t.shape[-1], 1)
-        if self._recorder is not None:
-            for (name, which), (flushed, _b, _o, total) in self._recorder.counts.items():
-                c = colset(name, ("act_flush",) if which == "forward" else ("grad_flush",))[0]
-                row[c] = row.get(c, 0.0) + flushed / max(total, 1)
-        # parameter gradients and update ratios, per module
-        if ps:
-            _b, _c, _v, chunk_owner = self._param_buffer()
-            agg: dict[str, list[float]] = {}
-            for name, g2, w2, u2 in zip(chunk_owner, *sums):
-                if name is None:
-                    continue
-                a3 = agg.get(name)
-                if a3 is None:
-                    agg[name] = [g2, w2, u2]
-                else:
-                    a3[0] += g2
-                    a3[1] += w2
-                    a3[2] += u2
-            s2 = scale * scale
-            for name, (g2, w2, u2) in agg.items():
-                c0, c1 = colset(name, _PARAM_KEYS)
-                row[c0] = math.sqrt(g2 / s2)
-                row[c1] = (math.sqrt(u2) / math.sqrt(w2) if before is not None else math.nan
-                           ) if w2 > 0 else math.nan
-        layout = tuple(row)
-        lid = self._layout_of.get(layout)
-        if lid is None:
-            lid = self._layout_of[layout] = len(self._layouts)
-            self._layouts.append(layout)
-        self._rows.append((lid, list(row.values())))
+                if before is not None:
+                    if before is not views[2]:  # a snapshot made by the caller
+                        torch._foreach_copy_(views[2], before)
+                    u_row.sub_(w_row)  # before - after: the update, negated
+                flat64.copy_(chunks)
+                pieces.append(flat64.square_().sum(-1).view(-1))
+        last = self._last
+        if (last is not None and last[0] is plan and last[1] == self._act_owners
+                and last[2] == g_owners and last[3] == relu_max and last[4] == input_max
+                and last[5] == [(r[0], r[1].shape[-1]) for r in relus]):
+            program = last[6]
+        else:
+            relu_meta = [(r[0], r[1].shape[-1]) for r in relus]
+            key = (id(plan), tuple(map(tuple, self._act_owners)), tuple(map(tuple, g_owners)),
+                   tuple(relu_meta), tuple(relu_max.items()), tuple(input_max.items()))
+            program = self._programs.get(key)
+            if program is None:
+                program = self._programs[key] = key[1:] + (plan,)
+            self._last = (plan, [list(o) for o in self._act_owners], g_owners, relu_max,
+                          input_max, relu_meta, program)
+        rec = self._recorder
+        self._pending.append((program, pieces, scale, before is not None,
+                              rec.counts if rec is not None else None))
         self._clear()
+        if len(self._pending) >= self.DECODE_EVERY:
+            self._decode()
+
+    def _decode(self) -> None:
+        """Turn the undecoded steps into rows of per-module values."""
+        act_fmt, grad_fmt = self.policy.act_format, self.policy.grad_format
+        act_head, grad_head = act_fmt.headroom_log2, grad_fmt.headroom_log2
+        colset = self._colset
+        pending, self._pending = self._pending, []
+        for program, values, scale, measured_update, counts in pending:
+            act_owners, g_owners, relu_meta, relu_max, input_max, plan = program
+            alive: list[int] = []
+            rmax: list[float] = []
+            if relu_meta:
+                # per ReLU call: units whose maximum (or alive flag) is not 0 (NaN: alive),
+                # the largest maximum (NaN if any is NaN; the zero padding changes nothing)
+                unit_max = values[0].double().numpy()
+                alive = np.count_nonzero(unit_max, axis=1).tolist()
+                rmax = unit_max.max(axis=1).tolist()
+                values = values[1:]
+            vals = [v for t in values for v in t.tolist()]
+            pos = 0
+            relu_max, input_max = dict(relu_max), dict(input_max)
+            row: dict[int, float] = {}
+            # activations and gradients: absmax (exact), headroom, sampled fractions
+            if plan is not None:
+                sizes, pads = plan[1], plan[5]
+                n_t = len(sizes)
+                n_acts = len(act_owners)
+                lows = vals[pos:pos + n_t]
+                highs = vals[pos + n_t:pos + 2 * n_t]
+                nonzeros = vals[pos + 2 * n_t:pos + 3 * n_t]
+                lows_thr = vals[pos + 3 * n_t:pos + 4 * n_t]
+                pos += 4 * n_t
+                for i in range(n_t):
+                    k = relu_max.get(i)
+                    if k is None:
+                        lo = lows[i]
+                        k = input_max.get(i)
+                        hi = highs[i] if k is None else rmax[k]
+                        am = -lo if -lo > hi else hi
+                        if lo != lo or hi != hi:
+                            am = math.nan
+                    else:
+                        am = rmax[k]
+                    size = sizes[i]
+                    n = max(size, 1)
+                    if i < n_acts:
+                        av = am
+                        head = act_head(av)
+                        names, keys = act_owners[i], _ACT_KEYS
+                    else:
+                        av = am / scale
+                        head = grad_head(av * scale)
+                        names, keys = g_owners[i - n_acts], _GRAD_KEYS
+                    nonzero = nonzeros[i]
+                    zero = (size - nonzero) / n
+                    below = (lows_thr[i] - pads[i] - (size - nonzero)) / n
+                    for name in names:
+                        c0, c1, c2, c3 = colset(name, keys)
+                        row[c0] = av
+                        row[c1] = head
+                        row[c2] = below
+                        row[c3] = zero
+            for (name, width), n_alive in zip(relu_meta, alive):
+                row[colset(name, ("dead_frac",))[0]] = 1.0 - n_alive / max(width, 1)
+            if counts is not None:
+                for (name, which), (flushed, _b, _o, total) in counts.items():
+                    c = colset(name, ("act_flush",) if which == "forward" else
+                               ("grad_flush",))[0]
+                    row[c] = row.get(c, 0.0) + flushed / max(total, 1)
+            # parameter gradients and update ratios, per module
+            if self._flat_params:
+                n_chunks, groups = self._param_buffer()[6:]
+                gs = vals[pos:pos + n_chunks]
+                ws = vals[pos + n_chunks:pos + 2 * n_chunks]
+                us = vals[pos + 2 * n_chunks:pos + 3 * n_chunks]
+                s2 = scale * scale
+                for name, cs in groups:
+                    g2 = w2 = u2 = 0.0
+                    for c in cs:
+                        g2 += gs[c]
+                        w2 += ws[c]
+                        u2 += us[c]
+                    c0, c1 = colset(name, _PARAM_KEYS)
+                    row[c0] = math.sqrt(g2 / s2)
+                    row[c1] = (math.sqrt(u2) / math.sqrt(w2) if measured_update else math.nan
+                               ) if w2 > 0 else math.nan
+            layout = tuple(row)
+            lid = self._layout_of.get(layout)
+            if lid is None:
+                lid = self._layout_of[layout] = len(self._layouts)
+                self._layouts.append(layout)
+            self._rows.append((lid, list(row.values())))
 
     def _clear(self) -> None:
+        # the step's owners are kept (by value) in its program; the pre-hooks writing into
+        # the gradient slots are removed before the slots are cleared
+        self._calls.clear()
         self._acts.clear()
         self._act_owners.clear()
         self._act_ix.clear()
-        self._gents.clear()
-        self._node_grads.clear()
         self._relus.clear()
+        self._gslots.clear()
+        self._gnr.clear()
+        self._gslot_of.clear()
+        self._gcalls.clear()
+        self._gleaf.clear()
         self._before = None
         self._recorder = None
 
     def abort(self) -> None:
         """Drop a step's hooks and stash (the step was replayed or failed)."""
         self._remove_hooks()
+        self._remove_grad_hooks()
         P.RECORDER = None
         self._clear()
 
     # -- results -------------------------------------------------------------------
     def arrays(self) -> dict[str, dict[str, np.ndarray]]:
         """``{module: {stat: values over the attribution steps}}`` (nan: not measured)."""
+        if self._pending:
+            self._decode()
         n = len(self._rows)
         table = np.full((n, len(self._cols)), np.nan)
         groups: dict[int, tuple[list[int], list[list[float]]]] = {}

@@ -115,8 +115,14 @@ def train(spec: RunSpec, problem: Problem) -> Trace:
         return _train(spec, problem)
     finally:
         torch.set_num_threads(saved)
+        while _LIVE:  # a run that raised mid-step leaves its global hooks installed
+            _LIVE.pop().abort()
         P.RECORDER = None
         P.FP8 = None
+
+
+# the attributor of the run in progress (train removes its hooks however the run ends)
+_LIVE: list[Attributor] = []
 
 
 def _train(spec: RunSpec, problem: Problem) -> Trace:
@@ -132,6 +138,8 @@ def _train(spec: RunSpec, problem: Problem) -> Trace:
     scaler = DynamicLossScaler() if policy.loss_scaling else None
     every = int(spec.param("attribute_every") or 0)
     attributor = Attributor(model, policy, every) if every > 0 else None
+    if attributor is not None:
+        _LIVE.append(attributor)
     mode = P.PolicyMode(policy) if policy.emulated else None
     P.FP8 = P.Fp8State() if policy.compute == "fp8" else None
     P.UNDERFLOW.reset()
