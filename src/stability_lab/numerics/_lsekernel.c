@@ -239,7 +239,6 @@ static PyObject *lse_rows_f32(PyObject *self, PyObject *args)
     const char *want = NULL;
     if (!PyArg_ParseTuple(args, "OnnOOOO|z", &xo, &rows, &n, &mo, &lo, &lsmo, &so, &want))
         return NULL;
-    init_targets();
     kernel_fn fn = target_fns[0];
     if (want != NULL) {
         int found = 0;
@@ -295,7 +294,6 @@ fail_x:
 
 static PyObject *targets(PyObject *self, PyObject *noargs)
 {
-    init_targets();
     PyObject *out = PyTuple_New(n_targets);
     if (out == NULL)
         return NULL;
@@ -327,5 +325,6 @@ static struct PyModuleDef moddef = {
 
 PyMODINIT_FUNC PyInit__lsekernel(void)
 {
+    init_targets(); /* once, under the import lock: the calls only read the table */
     return PyModule_Create(&moddef);
 }
