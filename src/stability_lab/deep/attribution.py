@@ -11,6 +11,9 @@ the autograd node the output had when its module returned it keeps a reference t
 gradient arriving there (no copy, no Python frame in the backward pass; the gradient of
 the value the module produced, also when the output is modified in place later in the
 forward). The statistics of an output are those of its value at the end of the step.
+The global hook runs before a module's own forward hooks, so where user code registered a
+hook that replaces a module's output, the statistics are those of what ``forward``
+returned.
 At the end of the step, per stashed tensor: ``amin`` and ``amax`` (exact; NaN
 propagates); for an ``nn.ReLU`` output still as the ReLU returned it, the per-unit
 maxima instead, which give the dead units and the absmax at once, and, for the ReLU's
