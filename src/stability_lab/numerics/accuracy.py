@@ -65,29 +65,33 @@ def overflow_threshold(fmt: str) -> float:
     return mp.ldexp(2 - mp.ldexp(1, -p), emax)
 
 
-def abs_error(c: float, y, fmt: str):
-    """|c - y| as mpf; 0 if y overflows the format and c is the matching infinity."""
+def _error_or_verdict(c: float, y, fmt: str):
+    """(y, None) when |c - y| is a finite question, else (y, 0 or inf): c NaN, or an
+    infinity on either side (a y that overflows the format counts as its infinity)."""
     mp = _mp()
     if math.isnan(c):
-        return mp.inf
+        return y, math.inf
     if not mp.isinf(y) and abs(y) >= overflow_threshold(fmt):
         y = mp.inf if y > 0 else mp.ninf
     if mp.isinf(y) or math.isinf(c):
-        return mp.mpf(0) if (math.isinf(c) and mp.isinf(y) and (c > 0) == (y > 0)) else mp.inf
-    return abs(mp.mpf(c) - y)
+        same = math.isinf(c) and mp.isinf(y) and (c > 0) == (y > 0)
+        return y, 0.0 if same else math.inf
+    return y, None
+
+
+def abs_error(c: float, y, fmt: str):
+    """|c - y| as mpf; 0 if y overflows the format and c is the matching infinity."""
+    mp = _mp()
+    y, verdict = _error_or_verdict(c, y, fmt)
+    return abs(mp.mpf(c) - y) if verdict is None else mp.mpf(verdict)
 
 
 def ulp_error(c: float, y, fmt: str) -> float:
     """|c - y| in ulps of y (inf if c is NaN or a wrong infinity; results that overflow
     the format are expected to be the infinity of their sign)."""
     mp = _mp()
-    if math.isnan(c):
-        return math.inf
-    if not mp.isinf(y) and abs(y) >= overflow_threshold(fmt):
-        y = mp.inf if y > 0 else mp.ninf
-    if mp.isinf(y) or math.isinf(c):
-        return 0.0 if (math.isinf(c) and mp.isinf(y) and (c > 0) == (y > 0)) else math.inf
-    return float(abs(mp.mpf(c) - y) / ulp(y, fmt))
+    y, verdict = _error_or_verdict(c, y, fmt)
+    return float(abs(mp.mpf(c) - y) / ulp(y, fmt)) if verdict is None else verdict
 
 
 # --------------------------------------------------------------------------- references
