@@ -20,15 +20,6 @@ import os
 import statistics
 import time
 
-import numpy as np
-import torch
-from sklearn.datasets import load_digits
-
-from stability_lab.deep import policies as P
-from stability_lab.deep.attribution import Attributor
-from stability_lab.spec import RunSpec
-from stability_lab.tasks.mlp import build_mlp
-
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -39,6 +30,16 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--width", type=int, default=64)
     args = ap.parse_args()
+
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+
+    from stability_lab.deep import policies as P
+    from stability_lab.deep.attribution import Attributor
+    from stability_lab.spec import RunSpec
+    from stability_lab.tasks.mlp import build_mlp
+
     torch.set_num_threads(args.threads)
     X, y = load_digits(return_X_y=True)
     X = torch.as_tensor(X / 16.0, dtype=torch.float32)

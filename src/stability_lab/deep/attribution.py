@@ -142,8 +142,6 @@ class Attributor:
         self.kinds = {name: type(m).__name__ for m, name in self.names.items()}
         self.params = {name: [p for p in m.parameters(recurse=False)]
                        for m, name in self.names.items()}
-        self.children = {name: [self.names[c] for c in m.modules() if c is not m]
-                         for m, name in self.names.items()}
         self.order: list[str] = []
         self.steps: list[int] = []
         self._flat_params = [p for ps in self.params.values() for p in ps]

@@ -113,7 +113,7 @@ def gradients_by_depth(trace: Trace) -> list[Finding]:
             f"({r:.3g}x over {len(layers)} layers) at step {steps[k]}",
             {"ratio_first_to_last": r, "factor_per_layer": factor, "layers": layers,
              "grad_norms": [float(v) for v in norms[:, k]], "step": int(steps[k])},
-            "warning", layers[0] if sig == "exploding_gradients" else layers[0]))
+            "warning", layers[0]))
     return out
 
 
@@ -138,8 +138,8 @@ def dying_relu(trace: Trace) -> list[Finding]:
     return out
 
 
-def _growth(values: np.ndarray, fmt_max: float, name: str, sig: str, where: str,
-            trace: Trace) -> list[Finding]:
+def _growth(values: np.ndarray, fmt_max: float, name: str, sig: str,
+            where: str) -> list[Finding]:
     if values.size < 2:
         return []
     finite = np.isfinite(values)
@@ -171,10 +171,10 @@ def logit_growth(trace: Trace) -> list[Finding]:
     fmt_name = (trace.extras.get("format") or {}).get("outputs", "float32")
     fmt = FORMATS.get(fmt_name, FORMATS["float32"])
     out = _growth(trace.metric("max_abs_logit"), fmt.max, "max_abs_logit", "logit_growth",
-                  "output", trace)
+                  "output")
     if "attn_logit_max" in trace.metrics:
         out += _growth(trace.metric("attn_logit_max"), fmt.max, "attn_logit_max",
-                       "attention_logit_growth", "attention", trace)
+                       "attention_logit_growth", "attention")
     return out
 
 

@@ -23,6 +23,7 @@ The run stops after the first step that leaves a non-finite weight, or after
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from ..errors import UsageError
 from ..spec import RunSpec
 from ..trace import Trace, environment
 from . import policies as P
-from .attribution import Attributor, find_creators, headroom_projections
+from .attribution import Attributor, _first_tensor, find_creators, headroom_projections
 from .scaler import DynamicLossScaler
 
 MAX_CONSECUTIVE_SKIPS = 30
@@ -144,16 +145,16 @@ def _train(spec: RunSpec, problem: Problem) -> Trace:
     P.FP8 = P.Fp8State() if policy.compute == "fp8" else None
     P.UNDERFLOW.reset()
 
+    policy_ctx = mode if mode is not None else contextlib.nullcontext()
+
     def forward(inputs):
-        if mode is None:
-            return call_model(model, inputs)
-        with mode:
+        # floating inputs to the parameter dtype (float32 for the master-weight policies)
+        inputs = P.cast_inputs(inputs, policy)
+        with policy_ctx:
             return call_model(model, inputs)
 
     def loss_of(outputs, targets):
-        if mode is None:
-            return problem.loss_fn(outputs, targets)
-        with mode:
+        with policy_ctx:
             return problem.loss_fn(outputs, targets)
 
     names = ("loss", "grad_norm", "update_norm", "weight_norm", "update_ratio",
@@ -166,11 +167,10 @@ def _train(spec: RunSpec, problem: Problem) -> Trace:
     consecutive_skips = 0
     stopped = None
     t_run = time.perf_counter()
+    before = [torch.empty_like(p) for p in params]  # the weights before each update
     model.train()
     for step in range(1, problem.n_steps + 1):
         inputs, targets = problem.batch_at(step - 1)
-        inputs = P.cast_inputs(inputs, policy) if not policy.master else P.cast_inputs(
-            inputs, P.get_policy("float32"))
         t0 = time.perf_counter()
         fp8_snap = P.FP8.snapshot() if P.FP8 is not None else None
         if P.FP8 is not None:
@@ -188,11 +188,10 @@ def _train(spec: RunSpec, problem: Problem) -> Trace:
             check_loss(loss)
         scale = scaler.scale if scaler is not None else 1.0
         (loss.float() * scale if scaler is not None else loss).backward()
-        out_t = outputs if isinstance(outputs, torch.Tensor) else _first(outputs)
+        out_t = outputs if isinstance(outputs, torch.Tensor) else _first_tensor(outputs)
         with torch.no_grad():
             grads = [p.grad for p in params if p.grad is not None]
-            gnorm_scaled = (float(torch.linalg.vector_norm(torch.stack(
-                torch._foreach_norm(grads, 2, dtype=torch.float64)))) if grads else 0.0)
+            gnorm_scaled = _norm(grads)
             loss_v = float(loss.detach().double())
             logit_max = float(out_t.detach().abs().max().double()) if out_t is not None \
                 and out_t.numel() else math.nan
@@ -218,13 +217,14 @@ def _train(spec: RunSpec, problem: Problem) -> Trace:
                     torch._foreach_mul_(grads, 1.0 / scale)
                 if spec.clip is not None and math.isfinite(gnorm) and gnorm > spec.clip:
                     torch._foreach_mul_(grads, spec.clip / gnorm)
-            before = [p.detach().clone() for p in params]
+            with torch.no_grad():
+                torch._foreach_copy_(before, params)
             if attributing:
-                attributor._before = [p.detach().clone() for ps in attributor.params.values()
-                                      for p in ps]
+                attributor.before_update()
             opt.step()
             with torch.no_grad():
-                un = _norm(torch._foreach_sub([p.detach() for p in params], before))
+                torch._foreach_sub_(before, params)  # before - after: the update, negated
+                un = _norm(before)
         else:
             un = 0.0
         with torch.no_grad():
@@ -271,13 +271,12 @@ def _train(spec: RunSpec, problem: Problem) -> Trace:
     if scaler is None:
         del metrics["loss_scale"]
     end: dict[str, Any] = {}
-    if problem.eval_fn is not None and n_bad_w == 0 and n:
+    if problem.eval_fn is not None and n and n_bad_w == 0:
         model.eval()
         with torch.no_grad():
             end = {k: float(v) for k, v in problem.eval_fn(model, forward).items()}
     meta = environment()
-    meta.update({"policy": policy.name, "semantics": policy.semantics(),
-                 "torch_threads": torch.get_num_threads(), **problem.meta})
+    meta.update({"policy": policy.name, "semantics": policy.semantics(), **problem.meta})
     trace = Trace(spec=spec, metrics=metrics, probes={"end": end}, meta=meta, step_unit="step")
     steady = np.asarray(rec["step_time"][1:] or rec["step_time"], dtype=np.float64)
     trace.extras.update({
@@ -295,22 +294,16 @@ def _train(spec: RunSpec, problem: Problem) -> Trace:
                    "max": policy.act_format.max, "tiny": policy.act_format.tiny},
     })
     if scaler is not None:
+        used = metrics["loss_scale"]  # empty for a run of zero steps
         trace.extras["loss_scaler"] = {"skipped_steps": scaler.state.skipped,
                                        "final_scale": scaler.scale,
-                                       "min_scale": float(np.nanmin(metrics["loss_scale"])),
-                                       "max_scale": float(np.nanmax(metrics["loss_scale"]))}
+                                       "min_scale": float(np.nanmin(used)) if n else math.nan,
+                                       "max_scale": float(np.nanmax(used)) if n else math.nan}
     if P.FP8 is not None:
         trace.extras["fp8"] = {"saturated_values": P.FP8.saturated,
                                "amax_history": P.AMAX_HISTORY, "margin": P.FP8_MARGIN}
     trace.extras["attribution"] = attribution_summary(attributor, creators)
-    P.FP8 = None
     return trace
-
-
-def _first(value: Any) -> torch.Tensor | None:
-    from .attribution import _first_tensor
-
-    return _first_tensor(value)
 
 
 def _norm(tensors: list[torch.Tensor]) -> float:

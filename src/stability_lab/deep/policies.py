@@ -58,7 +58,6 @@ class Policy:
     autocast: bool = False
     #: dynamic loss scaling
     loss_scaling: bool = False
-    description: str = ""
 
     @property
     def dtype(self) -> torch.dtype:
@@ -96,24 +95,17 @@ class Policy:
 
 
 _TABLE = {
-    "float64": Policy("float64", "float64", "float64", "float64",
-                      description="everything in float64 (reference)"),
-    "float32": Policy("float32", "float32", "float32", "float32",
-                      description="everything in float32 (reference)"),
-    "bfloat16": Policy("bfloat16", "bfloat16", "bfloat16", "bfloat16",
-                       description="pure bfloat16: parameters, data, optimizer state"),
-    "float16": Policy("float16", "float16", "float16", "float16",
-                      description="pure float16: parameters, data, optimizer state"),
+    "float64": Policy("float64", "float64", "float64", "float64"),
+    "float32": Policy("float32", "float32", "float32", "float32"),
+    "bfloat16": Policy("bfloat16", "bfloat16", "bfloat16", "bfloat16"),
+    "float16": Policy("float16", "float16", "float16", "float16"),
     "mixed-bf16": Policy("mixed-bf16", "float32", "bfloat16", "bfloat16", master=True,
-                         autocast=True, description="fp32 master weights, bf16 autocast"),
+                         autocast=True),
     "mixed-fp16": Policy("mixed-fp16", "float32", "float16", "float16", master=True,
-                         autocast=True, loss_scaling=True,
-                         description="fp32 master weights, fp16 autocast, dynamic loss scaling"),
+                         autocast=True, loss_scaling=True),
     "mixed-fp16-noscale": Policy("mixed-fp16-noscale", "float32", "float16", "float16",
-                                 master=True, autocast=True,
-                                 description="fp32 master weights, fp16 autocast, no loss scaling"),
-    "fp8": Policy("fp8", "float32", "fp8", "float32", master=True,
-                  description="E4M3 forward / E5M2 backward GEMMs, delayed per-tensor scaling"),
+                                 master=True, autocast=True),
+    "fp8": Policy("fp8", "float32", "fp8", "float32", master=True),
 }
 assert set(_TABLE) == set(POLICIES)
 
@@ -234,21 +226,29 @@ def _to_compute(x: torch.Tensor, policy: Policy, slot: int, role: str) -> torch.
     return x.to(low).float() if x.dtype != low else x.float()
 
 
+def _noted(exact: torch.Tensor, rounded: torch.Tensor, module: str, which: str,
+           fmt: Format, underflow: bool) -> torch.Tensor:
+    """``rounded``, after counting the gradient values its rounding flushed to zero into
+    :data:`UNDERFLOW` (when ``underflow``) and reporting the rounding to :data:`RECORDER`."""
+    if underflow:
+        with torch.no_grad():
+            nz = exact != 0
+            UNDERFLOW.flushed += int((nz & (rounded == 0)).sum())
+            UNDERFLOW.total += int(nz.sum())
+    rec = RECORDER
+    if rec is not None:
+        rec.note(module, which, exact, rounded, fmt)
+    return rounded
+
+
 def _to_output(x32: torch.Tensor, policy: Policy, module: str, which: str,
                grad: bool = False) -> torch.Tensor:
     """Round a float32 GEMM result once to the policy's output format."""
     out_fmt = policy.output
     rounded = _round(x32, out_fmt) if out_fmt != "float32" else x32
-    if grad and out_fmt != "float32":
-        with torch.no_grad():
-            nz = x32 != 0
-            UNDERFLOW.flushed += int((nz & (rounded == 0)).sum())
-            UNDERFLOW.total += int(nz.sum())
-    rec = RECORDER
-    if rec is not None:
-        fmt = policy.grad_format if grad else policy.act_format
-        rec.note(module, which, x32, rounded if out_fmt != "float32" else x32, fmt)
-    return rounded
+    return _noted(x32, rounded, module, which,
+                  policy.grad_format if grad else policy.act_format,
+                  underflow=grad and out_fmt != "float32")
 
 
 class EmulatedLinear(torch.autograd.Function):
@@ -346,16 +346,8 @@ class Upcast(torch.autograd.Function):
     def backward(ctx, g):
         dtype, module = ctx.meta
         g32 = g.float()
-        rounded = g32.to(dtype)
-        with torch.no_grad():
-            nz = g32 != 0
-            UNDERFLOW.flushed += int((nz & (rounded == 0)).sum())
-            UNDERFLOW.total += int(nz.sum())
-        rec = RECORDER
-        if rec is not None:
-            fmt = FORMATS["float16" if dtype == torch.float16 else "bfloat16"]
-            rec.note(module, "backward", g32, rounded, fmt)
-        return rounded, None
+        fmt = FORMATS["float16" if dtype == torch.float16 else "bfloat16"]
+        return _noted(g32, g32.to(dtype), module, "backward", fmt, underflow=True), None
 
 
 def _fp32(value: Any, module: str = "") -> Any:

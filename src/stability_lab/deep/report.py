@@ -26,6 +26,7 @@ import numpy as np
 from ..deep_axes import POLICY_COST
 from ..formatting import jsonable
 from ..precision import FORMATS
+from ..report.terminal import table
 
 ACC_TOL = 0.01
 LOSS_RTOL = 0.10
@@ -184,15 +185,6 @@ def _f(v: Any, spec: str = ".3g", none: str = "-") -> str:
     return format(v, spec)
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return lines
-
-
 def format_report(report: dict[str, Any]) -> str:
     tol = report["tolerance"]
     lines = [f"Policy evaluation (tolerance: accuracy within {tol['accuracy_drop']:.0%} and "
@@ -219,9 +211,9 @@ def format_report(report: dict[str, Any]) -> str:
                 _f(p["step_time_ms"], ".2f"), _f(p["cost"], "g"),
                 "yes" if p.get("within_tolerance") else "no",
             ])
-        lines += _table(["policy", "verdict", "loss", "dloss", "acc", "dacc(pt)", "skipped",
+        lines += table(["policy", "verdict", "loss", "dloss", "acc", "dacc(pt)", "skipped",
                          "loss scale", "underflow", "headroom(2^)", "step ms", "cost",
-                         "ok"], rows)
+                         "ok"], rows).splitlines()
         for p in g["policies"]:
             fc = p.get("first_nonfinite")
             if fc:
@@ -240,9 +232,10 @@ def format_report(report: dict[str, Any]) -> str:
                          _f(m.get("grad_flush_max"), ".1%"), _f(m.get("grad_norm_last")),
                          _f(m.get("update_ratio_median")), _f(m.get("dead_frac_last"), ".0%")]
                         for name, m in mods.items()]
-                lines += ["    " + s for s in _table(
+                lines += ["    " + s for s in table(
                     ["module", "type", "act max", "act hr", "grad max", "grad hr",
-                     "grad<normal", "grad flush", "grad norm", "upd/w", "dead"], rows)]
+                     "grad<normal", "grad flush", "grad norm", "upd/w", "dead"],
+                    rows).splitlines()]
             # warn only when the projected run-out is near: within twice the steps run
             # (a float64 layer losing 3 of 1023 powers of two is no news)
             near = [pr for pr in tab["projections"]

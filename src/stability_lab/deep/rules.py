@@ -23,22 +23,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..params import DEEP_TASKS
 from ..recommend import Context, Recommendation, RunResult, register_rule
-
-DEEP = ("mlp", "attention")
+from ..tasks import is_user_task
+from .report import _policy
 
 
 def _is_deep(r: RunResult) -> bool:
-    return r.spec.task in DEEP or ":" in r.spec.task
+    return r.spec.task in DEEP_TASKS or is_user_task(r.spec.task)
 
 
 def _findings(r: RunResult, signature: str) -> list[dict[str, Any]]:
     return [f for f in (r.trace.extras.get("deep_findings") or [])
             if f.get("signature") == signature]
-
-
-def _policy(r: RunResult) -> str:
-    return r.spec.policy or r.spec.precision
 
 
 def _twin_text(ctx: Context, r: RunResult, **delta: Any) -> str:

@@ -38,10 +38,6 @@ class DynamicLossScaler:
     def scale(self) -> float:
         return self.state.scale
 
-    @property
-    def inv_scale(self) -> float:
-        return 1.0 / self.state.scale  # Python floats are float64
-
     def update(self, found_nonfinite: bool) -> bool:
         """Advance the state after a backward pass; True when the step must be skipped."""
         st = self.state

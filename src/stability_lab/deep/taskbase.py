@@ -8,6 +8,7 @@ from ..errors import UsageError
 from ..spec import RunSpec
 from ..tasks.base import Task
 from ..trace import Trace
+from . import rules  # noqa: F401  (registers the deep-net recommendation rules)
 
 
 class DeepTask(Task):
@@ -26,7 +27,6 @@ class DeepTask(Task):
             raise UsageError(f"The 'lr' value must be positive. Got {spec.lr!r} instead.")
 
     def run(self, spec: RunSpec, prepared: Any) -> Trace:
-        from . import rules  # noqa: F401  (registers the deep-net recommendation rules)
         from .detectors import detect
         from .loop import train
 

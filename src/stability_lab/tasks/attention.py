@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..deep import rules  # noqa: F401  (registers the deep-net recommendation rules)
 from ..deep.taskbase import DeepTask
 from ..errors import UsageError
 from ..spec import RunSpec
@@ -62,9 +61,6 @@ class AttentionTask(DeepTask):
 
     def prepare(self, spec: RunSpec):
         return {"seq_len": int(_p(spec, "seq_len")), "vocab": VOCAB}
-
-    def conditioning(self, prepared) -> dict[str, Any]:
-        return {}
 
     def problem(self, spec: RunSpec, prepared):
         import torch

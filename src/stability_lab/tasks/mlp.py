@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from ..deep import rules  # noqa: F401  (registers the deep-net recommendation rules)
 from ..deep.taskbase import DeepTask
 from ..errors import UsageError
 from ..spec import RunSpec
@@ -100,7 +99,7 @@ class MLPTask(DeepTask):
             return ce_with_z_loss(logits, targets, z)
 
         def eval_fn(model, forward):
-            logits = forward(Xte.to(next(model.parameters()).dtype))
+            logits = forward(Xte)
             loss = torch.nn.functional.cross_entropy(logits.float(), yte)
             acc = (logits.float().argmax(1) == yte).double().mean()
             return {"accuracy": float(acc), "eval_loss": float(loss)}

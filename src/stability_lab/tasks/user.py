@@ -21,7 +21,6 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Callable
 
-from ..deep import rules  # noqa: F401  (registers the deep-net recommendation rules)
 from ..deep.taskbase import DeepTask
 from ..errors import UsageError
 from ..spec import RunSpec
@@ -165,13 +164,9 @@ class UserTask(DeepTask):
             return state["loss_fn"](outputs, targets)
 
         def eval_fn(model, forward):
-            from ..deep.policies import cast_inputs, get_policy
-
-            policy = get_policy(spec.policy or spec.precision)
-            dtype_policy = policy if not policy.master else get_policy("float32")
             total = 0.0
             for inputs, targets in state["batches"]:
-                out = forward(cast_inputs(inputs, dtype_policy))
+                out = forward(inputs)
                 total += float(state["loss_fn"](_float(out), targets).double())
             return {"eval_loss": total / len(state["batches"])}
 
