@@ -31,9 +31,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .diagnosis.findings import Finding
-from .formatting import jsonable
+from .formatting import jsonable, round_sig
 from .errors import UsageError
-from .recommend import Recommendation, RunResult
+from .recommend import Recommendation, RunResult, safe_lr
 from .spec import RunSpec, Sweep
 
 # =========================================================================== containers
@@ -48,15 +48,10 @@ class Repro:
     recommendations: list[Recommendation]
     verification: list[dict[str, Any]]
     results: list[RunResult] = field(default_factory=list)
-    command: str = ""
 
     @property
     def reproduced(self) -> bool:
         return any(f.signature == self.signature for f in self.findings)
-
-    @property
-    def verified_fix(self) -> bool:
-        return any(r["fixed"] for r in self.verification)
 
     def to_dict(self) -> dict[str, Any]:
         rows = [{"mitigation": r["mitigation"], "delta": r["delta"], "before": r["before"],
@@ -114,13 +109,10 @@ def repro(name: str, workdir: str | Path | None = None) -> Repro:
     sc = get(name)
     if workdir is None:
         with tempfile.TemporaryDirectory() as tmp:
-            out = sc.build(Path(tmp))
-    else:
-        path = Path(workdir) / "catalogue-data"
-        path.mkdir(parents=True, exist_ok=True)
-        out = sc.build(path)
-    out.command = f"stability-lab repro {name}"
-    return out
+            return sc.build(Path(tmp))
+    path = Path(workdir) / "catalogue-data"
+    path.mkdir(parents=True, exist_ok=True)
+    return sc.build(path)
 
 
 # =========================================================================== verification core
@@ -135,8 +127,8 @@ def _verify(before_cfg: Any, recs: Sequence[Recommendation], target: str,
             reference: Callable[[Any], Any | None],
             ) -> tuple[RunResult, list[dict], list[RunResult]]:
     """Run the baseline and every mitigation (alone, then all together) and build rows."""
-    from .diagnosis.signatures import attach_reference, detect_all
-    from .verify import Attempt, make_row, merge_deltas, rebound_lr
+    from .diagnosis.signatures import attach_reference
+    from .verify import Attempt, make_row, merge_deltas, rebound_lr, rediagnose
 
     attempts = [(rec.action, dict(rec.delta)) for rec in recs]
     if len(recs) > 1:
@@ -157,8 +149,7 @@ def _verify(before_cfg: Any, recs: Sequence[Recommendation], target: str,
         info = attach_reference(res.trace, next(ref_results).trace)
         digits.append(info["lre_loss"])
     for res in main:
-        if not res.trace.error:
-            res.findings = detect_all(res.trace)
+        rediagnose(res)
     before = main[0]
     rows = []
     for (name, delta), after, d in zip(attempts, main[1:], digits[1:]):
@@ -167,10 +158,14 @@ def _verify(before_cfg: Any, recs: Sequence[Recommendation], target: str,
     return before, rows, results
 
 
-def _spec_scenario(name: str, description: str, base: RunSpec, axes: list, target: str,
+def _spec_scenario(name: str, base: RunSpec, axes: list,
                    extra: Callable[[RunResult], list[Recommendation]] | None = None,
                    post: Callable[[Any], None] | None = None) -> Repro:
-    """A scenario on a lab task: a small matched sweep for the rules, then verification."""
+    """A scenario on a lab task: a small matched sweep for the rules, then verification.
+
+    ``name`` is the scenario's (its description comes from :data:`SCENARIOS`) and the
+    target signature the fixes must remove.
+    """
     from . import engine
     from .lab import run_sweep
 
@@ -189,14 +184,15 @@ def _spec_scenario(name: str, description: str, base: RunSpec, axes: list, targe
         return traces
 
     before, rows, results = _verify(
-        base, recs, target, runner, lambda s, d: s.replace(**d),
+        base, recs, name, runner, lambda s, d: s.replace(**d),
         lambda s: s.replace(precision="float64") if s.precision != "float64" else None)
-    return Repro(name, description, before, before.findings, recs, rows, results)
+    return Repro(name, SCENARIOS[name].description, before, before.findings, recs, rows, results)
 
 
-def _fn_scenario(name: str, description: str, run: Callable[[dict], Any], base: dict,
-                 recs: list[Recommendation], target: str) -> Repro:
-    """A scenario on this module's own trainer: configs are dicts."""
+def _fn_scenario(name: str, run: Callable[[dict], Any], base: dict,
+                 recs: list[Recommendation]) -> Repro:
+    """A scenario on this module's own trainer: configs are dicts (``name`` as in
+    :func:`_spec_scenario`)."""
 
     def runner(cfgs):
         return [run(c) for c in cfgs]
@@ -205,20 +201,16 @@ def _fn_scenario(name: str, description: str, run: Callable[[dict], Any], base: 
         p = c.get("precision")
         return {**c, "precision": "float64"} if p not in (None, "float64") else None
 
-    before, rows, results = _verify(base, recs, target, runner, lambda c, d: {**c, **d},
+    before, rows, results = _verify(base, recs, name, runner, lambda c, d: {**c, **d},
                                     reference)
-    return Repro(name, description, before, before.findings, recs, rows, results)
+    return Repro(name, SCENARIOS[name].description, before, before.findings, recs, rows, results)
 
 
 def _lr_bound(spec: RunSpec) -> float:
-    from .tasks.logistic import LogisticRegression, curvature_bound
+    from .tasks.logistic import LogisticRegression
 
-    prep = LogisticRegression().prepare(spec)
-    return 2.0 / curvature_bound(prep.gram, spec.lam)
-
-
-def _sig(x: float) -> float:
-    return float(f"{x:.2g}")
+    task = LogisticRegression()
+    return task.lr_bound(spec, task.prepare(spec))
 
 
 # =========================================================================== small trainer
@@ -365,15 +357,14 @@ def _write_csv(path: Path, X: np.ndarray, y: np.ndarray, names: Sequence[str]) -
 )
 def _overflow(ws: Path) -> Repro:
     base = RunSpec(precision="float16", lr=0.2, lam=0.1)
-    return _spec_scenario("overflow", SCENARIOS["overflow"].description, base,
-                          [("precision", ["float16", "float32"])], "overflow")
+    return _spec_scenario("overflow", base, [("precision", ["float16", "float32"])])
 
 
 @scenario(
     "nan_creation",
     "naive sigmoid-then-log loss in float32: log(1 - p) with p rounded to 1 gives inf, "
     "its gradient NaN",
-    "loss=nan (verdict nan) from finite weights and logits",
+    "loss=inf (verdict overflow) and NaN gradients from finite weights and logits",
     "sigmoid(z) rounds to exactly 1 for z > 16.6 in float32; log(1 - p) = -inf and the "
     "chain rule multiplies inf by p(1 - p) = 0",
     ("use the fused log-loss (BCE with logits): no extra cost",
@@ -381,8 +372,7 @@ def _overflow(ws: Path) -> Repro:
 )
 def _nan(ws: Path) -> Repro:
     base = RunSpec(precision="float32", scale="standardized", lr=5.0, lam=0.01, loss="naive")
-    return _spec_scenario("nan_creation", SCENARIOS["nan_creation"].description, base,
-                          [("loss", ["naive", "stable"])], "nan_creation")
+    return _spec_scenario("nan_creation", base, [("loss", ["naive", "stable"])])
 
 
 @scenario(
@@ -397,9 +387,8 @@ def _nan(ws: Path) -> Repro:
 def _divergence(ws: Path) -> Repro:
     base = RunSpec(data="synthetic:n=500,d=10,kappa=10,seed=0", scale="standardized",
                    lam=1.0)
-    base = base.replace(lr=_sig(2.5 * _lr_bound(base)))
-    return _spec_scenario("divergence", SCENARIOS["divergence"].description, base, [],
-                          "divergence")
+    base = base.replace(lr=round_sig(2.5 * _lr_bound(base)))
+    return _spec_scenario("divergence", base, [])
 
 
 @scenario(
@@ -412,9 +401,8 @@ def _divergence(ws: Path) -> Repro:
 )
 def _eos(ws: Path) -> Repro:
     base = RunSpec(scale="standardized", lam=0.1)
-    base = base.replace(lr=_sig(6.0 * _lr_bound(base)))
-    return _spec_scenario("edge_of_stability", SCENARIOS["edge_of_stability"].description,
-                          base, [], "edge_of_stability")
+    base = base.replace(lr=round_sig(6.0 * _lr_bound(base)))
+    return _spec_scenario("edge_of_stability", base, [])
 
 
 def _spike_run(cfg: dict):
@@ -441,20 +429,19 @@ def _spike_run(cfg: dict):
 )
 def _spike(ws: Path) -> Repro:
     B = _lr_bound(RunSpec(scale="standardized", lam=0.01))
-    base = {"data": "breast_cancer standardized", "precision": "float64", "lr": _sig(0.5 * B),
-            "lam": 0.01, "epochs": 200, "restart_at": 60, "restart_lr": _sig(30 * B),
-            "warmup": 0}
+    base = {"data": "breast_cancer standardized", "precision": "float64",
+            "lr": round_sig(0.5 * B), "lam": 0.01, "epochs": 200, "restart_at": 60,
+            "restart_lr": round_sig(30 * B), "warmup": 0}
     recs = [
         Recommendation("warmup", "warm the restarted lr up over 20 epochs",
                        "the spike starts the epoch the lr jumps to 30x 2/L; a ramp lets the "
                        "weights move to flatter regions before the full step",
                        {"warmup": 20}, (), {"restart_lr": base["restart_lr"]}),
-        Recommendation("lower_lr", f"cap the restarted lr at {_sig(0.9 * B):g}",
+        Recommendation("lower_lr", f"cap the restarted lr at {safe_lr(B):g}",
                        f"2/L = {B:.3g}: no step above it can overshoot the valley",
-                       {"restart_lr": _sig(0.9 * B)}, (), {"lr_bound": B}),
+                       {"restart_lr": safe_lr(B)}, (), {"lr_bound": B}),
     ]
-    return _fn_scenario("loss_spike", SCENARIOS["loss_spike"].description, _spike_run, base,
-                        recs, "loss_spike")
+    return _fn_scenario("loss_spike", _spike_run, base, recs)
 
 
 @scenario(
@@ -474,14 +461,13 @@ def _stagnation(ws: Path) -> Repro:
     def extra(first: RunResult) -> list[Recommendation]:
         ratio = first.trace.metric("update_ratio")
         return [Recommendation(
-            "raise_lr", f"raise lr to {_sig(0.5 * B):g} (half of 2/L)",
+            "raise_lr", f"raise lr to {round_sig(0.5 * B):g} (half of 2/L)",
             f"the update/weight ratio is {ratio[-1]:.2g}, below half a bfloat16 ulp "
             f"({2.0 ** -9:.2g}); lr {base.lr:g} is {base.lr / B:.2g} of the stability bound "
-            f"2/L = {B:.3g}", {"lr": _sig(0.5 * B)}, (first.run_id,),
+            f"2/L = {B:.3g}", {"lr": round_sig(0.5 * B)}, (first.run_id,),
             {"update_ratio": float(ratio[-1]), "lr_bound": B})]
 
-    return _spec_scenario("stagnation", SCENARIOS["stagnation"].description, base,
-                          [("precision", ["bfloat16", "float32"])], "stagnation", extra)
+    return _spec_scenario("stagnation", base, [("precision", ["bfloat16", "float32"])], extra)
 
 
 def _underflow_data() -> tuple[np.ndarray, np.ndarray]:
@@ -499,8 +485,7 @@ def _underflow_run(cfg: dict):
     out = train_gd(X, y, lr=cfg["lr"], epochs=cfg["epochs"], precision="float32"
                    if cfg["precision"] != "float64" else "float64", grad_format=fmt,
                    loss_scale=cfg.get("loss_scale"))
-    cfg2 = dict(cfg)
-    tr = _trace("gradient_underflow", cfg2, out)
+    tr = _trace("gradient_underflow", cfg, out)
     tr.extras["format"] = {"name": "float16" if fmt else "float64"}
     return tr
 
@@ -523,8 +508,7 @@ def _underflow(ws: Path) -> Repro:
                            "samples; 2^12 moves it into the normal range, and unscaling in "
                            "float32 restores the value", {"loss_scale": 4096.0}, (),
                            {"format_subnormal": 2.0 ** -24})]
-    return _fn_scenario("gradient_underflow", SCENARIOS["gradient_underflow"].description,
-                        _underflow_run, base, recs, "gradient_underflow")
+    return _fn_scenario("gradient_underflow", _underflow_run, base, recs)
 
 
 def _cancellation_data() -> tuple[np.ndarray, np.ndarray]:
@@ -582,9 +566,7 @@ def _cancellation(ws: Path) -> Repro:
                            "the one-pass formula subtracts two numbers that agree to "
                            "~(mean/std)^2 = 1e10 relative; the two-pass form subtracts the "
                            "mean first", {"variance": "two-pass"}, (), {})]
-    return _fn_scenario("catastrophic_cancellation",
-                        SCENARIOS["catastrophic_cancellation"].description, _cancellation_run,
-                        base, recs, "catastrophic_cancellation")
+    return _fn_scenario("catastrophic_cancellation", _cancellation_run, base, recs)
 
 
 def _onehot_design(intercept: bool = True, drop_reference: bool = False):
@@ -651,8 +633,7 @@ def _blowup(ws: Path) -> Repro:
         Recommendation("ridge", "add a ridge penalty lambda = 1e-6",
                        "a penalty makes the solution unique", {"ridge": 1e-6}, (), {}),
     ]
-    return _fn_scenario("ill_conditioned_blowup", SCENARIOS["ill_conditioned_blowup"].description,
-                        _blowup_run, base, recs, "ill_conditioned_blowup")
+    return _fn_scenario("ill_conditioned_blowup", _blowup_run, base, recs)
 
 
 def _design_probe(trace) -> None:
@@ -704,8 +685,7 @@ def _rank(ws: Path) -> Repro:
                            {"lambda": 1e-3}, (first.run_id,), {}),
         ]
 
-    return _spec_scenario("rank_deficiency", SCENARIOS["rank_deficiency"].description, base, [],
-                          "rank_deficiency", extra, post=_design_probe)
+    return _spec_scenario("rank_deficiency", base, [], extra, post=_design_probe)
 
 
 @scenario(
@@ -725,8 +705,7 @@ def _silent(ws: Path) -> Repro:
                                "float32 carries 7.2 digits", {"precision": "float32"},
                                (first.run_id,), {})]
 
-    return _spec_scenario("silent_digit_loss", SCENARIOS["silent_digit_loss"].description, base,
-                          [], "silent_digit_loss", extra)
+    return _spec_scenario("silent_digit_loss", base, [], extra)
 
 
 def _nondet_run(cfg: dict):
@@ -773,12 +752,11 @@ def _nondet_run(cfg: dict):
 def _nondet(ws: Path) -> Repro:
     B = _lr_bound(RunSpec(scale="standardized", lam=0.1))
     base = {"data": "breast_cancer standardized", "precision": "float32", "lam": 0.1,
-            "lr": _sig(10 * B), "epochs": 200}
-    recs = [Recommendation("lower_lr", f"lower lr to {_sig(0.9 * B):g}",
+            "lr": round_sig(10 * B), "epochs": 200}
+    recs = [Recommendation("lower_lr", f"lower lr to {safe_lr(B):g}",
                            f"lr {base['lr']:g} is {base['lr'] / B:.3g}x 2/L = {B:.3g}",
-                           {"lr": _sig(0.9 * B)}, (), {"lr_bound": B})]
-    return _fn_scenario("nondeterminism", SCENARIOS["nondeterminism"].description, _nondet_run,
-                        base, recs, "nondeterminism")
+                           {"lr": safe_lr(B)}, (), {"lr_bound": B})]
+    return _fn_scenario("nondeterminism", _nondet_run, base, recs)
 
 
 def _saturation_run(cfg: dict):
@@ -815,13 +793,7 @@ def _saturation(ws: Path) -> Repro:
                        "logits start near 0, far from saturation", {"scale": "standardized"},
                        (), {}),
     ]
-    return _fn_scenario("saturation", SCENARIOS["saturation"].description, _saturation_run,
-                        base, recs, "saturation")
-
-
-def run_all(names_: Sequence[str] | None = None, workdir: str | Path | None = None
-            ) -> list[Repro]:
-    return [repro(n, workdir) for n in (names_ or names())]
+    return _fn_scenario("saturation", _saturation_run, base, recs)
 
 
 def evidence_line(f: Finding) -> str:

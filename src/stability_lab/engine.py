@@ -21,11 +21,17 @@ Progress = Callable[[int, int], None]
 
 
 class Prepared:
-    """Data variants prepared for a list of specs (validation happens here)."""
+    """Data variants prepared for a list of specs (validation happens here).
+
+    A task with ``dataset_key(spec)`` and ``load_dataset(spec)`` has its raw data loaded
+    once per dataset key and passed to ``prepare(spec, dataset=...)`` for each variant
+    (scale x precision) built from it.
+    """
 
     def __init__(self) -> None:
         self.tasks: dict[str, Any] = {}
         self.variants: dict[tuple[str, Hashable], Any] = {}
+        self.datasets: dict[tuple[str, Hashable], Any] = {}
 
     def task(self, name: str):
         if name not in self.tasks:
@@ -36,7 +42,13 @@ class Prepared:
         task = self.task(spec.task)
         key = (spec.task, task.data_key(spec))
         if key not in self.variants:
-            self.variants[key] = task.prepare(spec)
+            if hasattr(task, "dataset_key"):
+                dkey = (spec.task, task.dataset_key(spec))
+                if dkey not in self.datasets:
+                    self.datasets[dkey] = task.load_dataset(spec)
+                self.variants[key] = task.prepare(spec, dataset=self.datasets[dkey])
+            else:
+                self.variants[key] = task.prepare(spec)
         return self.variants[key]
 
 

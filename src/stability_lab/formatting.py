@@ -1,10 +1,11 @@
 """Presenting numbers: JSON-safe values and short text forms.
 
-One home for the three conversions every report needs, so that the store, the JSON
+One home for the conversions every report needs, so that the store, the JSON
 output, the tables and the recommendation texts write numbers the same way:
 
 - :func:`jsonable`: plain JSON types; non-finite floats become ``"inf"``, ``"-inf"``,
-  ``"nan"`` (JSON has no spelling for them);
+  ``"nan"`` (JSON has no spelling for them); :func:`from_jsonable` undoes that;
+- :func:`round_sig`: a number rounded to a few significant digits (recommended values);
 - :func:`fmt_num`: a table cell with ``sig`` significant digits;
 - :func:`sci`: the compact scientific form the brief prints (``2.4e7``).
 """
@@ -37,6 +38,22 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, np.bool_):
         return bool(value)
     return value
+
+
+def from_jsonable(value: Any) -> Any:
+    """Undo :func:`jsonable`'s encoding of non-finite floats ('inf', '-inf', 'nan')."""
+    if isinstance(value, dict):
+        return {k: from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_jsonable(v) for v in value]
+    if value in ("inf", "-inf", "nan"):
+        return float(value)
+    return value
+
+
+def round_sig(x: float, digits: int = 2) -> float:
+    """``x`` rounded to ``digits`` significant digits (as ``%g`` prints it), as a float."""
+    return float(f"{x:.{digits}g}")
 
 
 def fmt_num(x: Any, sig: int = 3) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 from . import engine
 from .diagnosis import diagnose
 from .diagnosis.findings import Finding, Verdict
+from .formatting import from_jsonable, jsonable
 from .recommend import Context, Recommendation, RunResult, recommend
 from .spec import RunSpec, Sweep
 from .store import Store
@@ -44,10 +45,11 @@ class SweepResult:
     #: before/after rows of mitigation re-runs (``--verify``)
     verification: list[dict[str, Any]] = field(default_factory=list)
     context: Context | None = None
+    #: the sweep's prepared data variants (``--verify`` re-runs reuse them)
+    prepared: engine.Prepared | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        from .formatting import jsonable
-        from .diagnosis.phases import segment
+        from .diagnosis.phases import phase_dicts
 
         out = {
             "sweep": {"id": self.sweep_id, "axes": self.sweep.axis_names,
@@ -59,7 +61,7 @@ class SweepResult:
                  "verdict_text": str(r.verdict), "onset_epoch": r.verdict.onset,
                  "final_loss": r.trace.final_loss,
                  "findings": [f.to_dict() for f in r.findings],
-                 "phases": [p.to_dict() for p in segment(r.trace)] if r.trace.n_steps else [],
+                 "phases": phase_dicts(r.trace),
                  "probes": r.trace.probes, "error": r.trace.error, "reused": r.reused,
                  **({"policy": r.spec.policy} if r.spec.policy else {}),
                  **({"attribution": r.trace.extras["attribution"]}
@@ -83,24 +85,14 @@ def trace_from_record(rec: dict[str, Any]) -> Trace:
     return Trace(
         spec=RunSpec.from_dict(rec["spec"]),
         metrics={k: np.asarray(v, dtype=np.float64) for k, v in rec["metrics"].items()},
-        probes=_floats(rec.get("probes") or {}),
+        probes=from_jsonable(rec.get("probes") or {}),
         meta=rec.get("meta") or {},
         step_unit=rec.get("step_unit") or "epoch",
         error=rec.get("error"),
         extras=extras,
-        final_params=None if params is None else np.asarray(_floats(params), dtype=np.float64),
+        final_params=None if params is None else np.asarray(from_jsonable(params),
+                                                            dtype=np.float64),
     )
-
-
-def _floats(value: Any) -> Any:
-    """Undo the JSON encoding of non-finite floats."""
-    if isinstance(value, dict):
-        return {k: _floats(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_floats(v) for v in value]
-    if value in ("inf", "-inf", "nan"):
-        return float(value)
-    return value
 
 
 def diagnose_trace(trace: Trace) -> RunResult:
@@ -135,7 +127,7 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
                         rec = store.load_run(spec.run_id)
                         res = RunResult(spec, trace_from_record(rec),
                                         Verdict(**_verdict_fields(rec)),
-                                        [Finding(**f) for f in _floats(rec["findings"])],
+                                        [Finding(**f) for f in from_jsonable(rec["findings"])],
                                         reused=True)
                         results[i] = res
                         store.link(sweep_id, spec.run_id, i)
@@ -163,7 +155,8 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
         task = prepared.task(sweep.base.task)
         report = task.sweep_report(final) if hasattr(task, "sweep_report") else None
         result = SweepResult(sweep, final, conditioning, recs, sweep_id,
-                             str(store.path) if store else None, report, context=ctx)
+                             str(store.path) if store else None, report, context=ctx,
+                             prepared=prepared)
         if store is not None:
             store.finish_sweep(sweep_id, conditioning, [r.to_dict() for r in recs])
         return result
@@ -181,22 +174,31 @@ def _context(results: list[RunResult], prepared: engine.Prepared,
     conditioning: dict[str, dict[str, Any]] = {}
     grams: dict[tuple, np.ndarray] = {}
     standardized: dict[str, float] = {}
+    #: variant key -> its conditioning facts, each variant computed once
+    facts_of: dict[tuple, dict[str, Any]] = {}
     for (task_name, _key), variant in prepared.variants.items():
         task = prepared.task(task_name)
-        facts = task.conditioning(variant)
+        facts = facts_of[(task_name, _key)] = task.conditioning(variant)
         if facts:
             conditioning[getattr(variant, "variant", str(_key))] = facts
         gram = getattr(variant, "gram", None)
         if gram is not None:
             grams[(variant.source, variant.scale, variant.fmt.name)] = gram
+    #: standardized float64 variants already looked at (their value finite or not)
+    tried: set[tuple] = set()
     for r in results:
         source = r.spec.data
         if source in standardized or "cond_XtX" not in r.trace.probes.get("start", {}):
             continue
         task = prepared.task(r.spec.task)
         std_spec = r.spec.replace(scale="standardized", precision="float64")
-        facts = task.conditioning(prepared.get(std_spec))
-        value = facts.get("cond_XtX")
+        key = (std_spec.task, task.data_key(std_spec))
+        if key in tried:
+            continue
+        tried.add(key)
+        if key not in facts_of:
+            facts_of[key] = task.conditioning(prepared.get(std_spec))
+        value = facts_of[key].get("cond_XtX")
         if value is not None and math.isfinite(value):
             standardized[source] = float(value)
     return conditioning, Context(results, conditioning, standardized, sweep.axis_names, grams)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import UsageError
+from .tasks import is_user_task
 
 PRECISIONS = ("float64", "float32", "bfloat16", "float16")
 #: every solver name accepted by stability_lab.linear.solve, in display order (declared
@@ -152,7 +153,8 @@ class Axis:
     param: bool = False
 
 
-LINEAR_TASKS = ("logistic_regression", "softmax_regression")
+#: the axes that label a run when its sweep has none
+DEFAULT_LABEL_AXES = ("precision", "lr", "lambda")
 DEEP_TASKS = ("mlp", "attention", "user")
 
 AXES: dict[str, Axis] = {}
@@ -193,23 +195,20 @@ for _axis in (
 def axis(name: str, task: str | None = None) -> Axis:
     """Look an axis up by name, with an error that lists the valid ones."""
     found = AXES.get(name)
+    user = task is not None and is_user_task(task)
     valid = sorted(a.name for a in AXES.values() if task is None or a.tasks is None
-                   or task in a.tasks or (a.tasks == DEEP_TASKS and _is_user_task(task)))
+                   or task in a.tasks or (a.tasks == DEEP_TASKS and user))
     if found is None:
         raise UsageError(
             f"Unknown sweep axis {name!r}; expected one of: {', '.join(valid)}."
         )
     if task is not None and found.tasks is not None and task not in found.tasks:
-        if not (_is_user_task(task) and "user" in found.tasks):
+        if not (user and "user" in found.tasks):
             raise UsageError(
                 f"The axis {name!r} does not apply to task {task!r}; "
                 f"its axes are: {', '.join(valid)}."
             )
     return found
-
-
-def _is_user_task(task: str | None) -> bool:
-    return bool(task) and (":" in task or task.endswith(".py"))
 
 
 def parse_sweep_arg(text: str, task: str | None = None) -> list[tuple[str, list[Any]]]:

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .diagnosis.findings import FAILED, Finding, Verdict
-from .formatting import jsonable, sci
+from .formatting import jsonable, round_sig, sci
 from .precision import FORMATS
 from .spec import RunSpec, format_value
 from .trace import Trace
@@ -119,14 +119,17 @@ class Context:
     axes: list[str] = field(default_factory=list)
     #: (data, scale, precision) -> A^T A / n of the design [X, 1] the runs saw
     grams: dict[tuple, np.ndarray] = field(default_factory=dict)
+    #: run id -> the first result with that id (built on first use)
+    _by_id: dict[str, RunResult] | None = field(default=None, init=False, repr=False,
+                                                compare=False)
 
     def matched(self, result: RunResult, **changes: Any) -> RunResult | None:
         """The run of this sweep that differs from ``result`` only by ``changes``."""
-        want = result.spec.replace(**changes).run_id
-        for other in self.results:
-            if other.run_id == want:
-                return other
-        return None
+        if self._by_id is None:
+            self._by_id = {}
+            for other in self.results:
+                self._by_id.setdefault(other.run_id, other)
+        return self._by_id.get(result.spec.replace(**changes).run_id)
 
 
 Rule = Callable[[Context], list[Recommendation]]
@@ -152,6 +155,11 @@ def _unhealthy(r: RunResult) -> bool:
 
 def _ids(results: list[RunResult]) -> tuple[str, ...]:
     return tuple(r.run_id for r in results)
+
+
+def safe_lr(bound: float) -> float:
+    """The lr recommended under a stability bound 2/L: 0.9 * 2/L, to 2 significant digits."""
+    return round_sig(0.9 * bound)
 
 
 @register_rule
@@ -196,7 +204,7 @@ def lower_lr(ctx: Context) -> list[Recommendation]:
     for (_data, scale), runs in groups.items():
         # the smallest bound over the runs' lambdas is safe for all of them
         bound = min(r.trace.probes["start"]["lr_bound"] for r in runs)
-        safe = float(f"{0.9 * bound:.2g}")
+        safe = safe_lr(bound)
         worst = max(r.spec.lr for r in runs)
         out.append(Recommendation(
             "lower_lr",
@@ -217,7 +225,11 @@ def l2_for_condition(gram: np.ndarray, target: float) -> float:
     (s_max + lambda) / (s_min + lambda), which falls monotonically in lambda, so
     lambda = (s_max - target * s_min) / (target - 1), or 0 if G already meets it.
     """
-    ev = np.linalg.eigvalsh(gram)
+    return _l2_for_eigenvalues(np.linalg.eigvalsh(gram), target)
+
+
+def _l2_for_eigenvalues(ev: np.ndarray, target: float) -> float:
+    """:func:`l2_for_condition` from the ascending eigenvalues of G."""
     s_min, s_max = max(float(ev[0]), 0.0), float(ev[-1])
     if s_min > 0 and s_max / s_min <= target:
         return 0.0
@@ -240,8 +252,9 @@ def add_l2(ctx: Context) -> list[Recommendation]:
         if start["cond_XtX"] <= target or key in seen:
             continue
         features = np.asarray(gram)[:-1, :-1]  # the intercept is not penalized
-        s_max = float(np.linalg.eigvalsh(features)[-1])
-        lam = float(f"{l2_for_condition(features, target):.2g}")
+        ev = np.linalg.eigvalsh(features)
+        s_max = float(ev[-1])
+        lam = round_sig(_l2_for_eigenvalues(ev, target))
         # a penalty that swamps the data's largest direction is no fix: the format is
         if r.spec.lam >= lam or lam > 0.01 * s_max:
             continue
@@ -331,7 +344,7 @@ def clip(ctx: Context) -> list[Recommendation]:
     if not hits:
         return []
     r, g0, gmax = hits[0]
-    level = float(f"{g0:.2g}")
+    level = round_sig(g0)
     return [Recommendation(
         "clip",
         f"clip gradients to norm {level:g}",

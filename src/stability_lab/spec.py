@@ -13,9 +13,11 @@ seed unless ``seed`` is itself an axis: comparisons are always between matched r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -70,8 +72,10 @@ class RunSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
+        # cached in the instance __dict__ (fields are frozen, so it cannot go stale;
+        # dataclasses.replace builds a new instance and hashes afresh)
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -85,8 +89,6 @@ class RunSpec:
                 params[name] = value
             elif ax is not None:
                 direct[ax.field] = value
-            elif name == "lambda":
-                direct["lam"] = value
             elif name == "params":
                 params.update(value)
             else:
@@ -100,8 +102,6 @@ class RunSpec:
             return self.param(axis_name)
         if ax is not None:
             return getattr(self, ax.field)
-        if axis_name == "lambda":
-            return self.lam
         return getattr(self, axis_name, self.param(axis_name))
 
     def label(self, axes: Iterable[str]) -> str:
@@ -140,6 +140,11 @@ class Sweep:
     @property
     def specs(self) -> list[RunSpec]:
         return expand(self.base, self.axes)
+
+    @property
+    def size(self) -> int:
+        """Number of specs, ``len(self.specs)``, without expanding the product."""
+        return math.prod(len(values) for _, values in self.axes)
 
 
 def expand(base: RunSpec, axes: list[tuple[str, list[Any]]]) -> list[RunSpec]:

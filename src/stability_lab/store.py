@@ -22,7 +22,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -239,8 +239,3 @@ class Store:
                 "SELECT run_id FROM sweep_runs WHERE sweep_id=? ORDER BY position", (sweep_id,)
             )
         return [r[0] for r in rows]
-
-    def sweeps(self) -> Iterator[dict[str, Any]]:
-        cur = self.conn.execute("SELECT id, created, command, task FROM sweeps ORDER BY id")
-        for row in cur:
-            yield dict(zip(("id", "created", "command", "task"), row))

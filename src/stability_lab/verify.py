@@ -25,19 +25,19 @@ A row is ``fixed`` when the re-run converged and none of the failing run's signa
 re-run no longer fails but has not converged in the epochs given) or ``not fixed``. A
 mitigation that does not fix the run is kept in the table with ``fixed: false``.
 
-The same machinery serves the signature catalogue (:mod:`stability_lab.catalogue`),
-whose scenarios pass their own runner and target signature to :func:`verify_pairs`.
+The signature catalogue (:mod:`stability_lab.catalogue`) builds its rows with the same
+:func:`make_row`, :func:`merge_deltas`, :func:`rebound_lr` and :func:`rediagnose`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from .diagnosis.findings import FAILED
-from .recommend import Recommendation, RunResult
+from .params import DEFAULT_LABEL_AXES
+from .recommend import Recommendation, RunResult, safe_lr
 
 MAX_GROUPS = 8
 #: exhaustive verification (every failing run) up to this many re-runs
@@ -125,14 +125,16 @@ def plan(results: Sequence[RunResult], recommendations: Sequence[Recommendation]
     """The re-runs to make for a sweep: every failing run (``exhaustive``, if the re-runs
     fit in MAX_RERUNS) or one representative per (recommendations, verdict) group."""
     groups: dict[tuple, list[RunResult]] = {}
+    recs_of: dict[str, list[Recommendation]] = {}
     unrecommended = 0
     for r in results:
         if not r.failed or r.trace.error:
             continue
-        recs = tuple(rec for rec in recommendations if r.run_id in rec.runs)
+        recs = [rec for rec in recommendations if r.run_id in rec.runs]
         if not recs:
             unrecommended += 1
             continue
+        recs_of[r.run_id] = recs
         key = (tuple(rec.action for rec in recs), r.verdict.status)
         groups.setdefault(key, []).append(r)
     keys = list(groups)
@@ -143,7 +145,7 @@ def plan(results: Sequence[RunResult], recommendations: Sequence[Recommendation]
         members = groups[key]
         for rep in (members if exhaustive else members[:1]):
             size = 1 if exhaustive else len(members)
-            recs = [rec for rec in recommendations if rep.run_id in rec.runs]
+            recs = recs_of[rep.run_id]
             for rec in recs:
                 attempts.append(Attempt(rep, rec.action, dict(rec.delta), size))
             if len(recs) > 1:
@@ -182,8 +184,7 @@ def rebound_lr(before, delta: dict[str, Any], prepared=None) -> None:
     bound = getattr(prepared.task(spec.task), "lr_bound", None)
     if bound is None:
         return
-    safe = float(f"{0.9 * bound(spec, prepared.get(spec)):.2g}")
-    delta["lr"] = min(before.lr, safe)
+    delta["lr"] = min(before.lr, safe_lr(bound(spec, prepared.get(spec))))
 
 
 def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GROUPS,
@@ -193,7 +194,8 @@ def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GR
     from .lab import diagnose_trace, record_of
     from .store import Store
 
-    prepared = engine.Prepared()
+    # the sweep's data variants (identical for the same data_key) are reused, not reloaded
+    prepared = getattr(result, "prepared", None) or engine.Prepared()
     task = prepared.task(result.sweep.base.task)
     attempts, info = plan(result.results, result.recommendations, max_groups,
                           exhaustive=task.supports_cohort)
@@ -230,17 +232,18 @@ def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GR
         return info_ref["lre_loss"]
 
     rows = []
-    refreshed: set[str] = set()
+    #: run id -> digits against its float64 run, computed once (the reference attached,
+    #: then the run re-diagnosed with it)
+    digits_of: dict[str, float | None] = {}
+    axes = result.sweep.axis_names or DEFAULT_LABEL_AXES
     for attempt, spec in zip(attempts, fixed_specs):
         after = pool[spec.run_id]
         for res in (attempt.before, after):
-            if res.run_id not in refreshed:
-                digits(res)
-                _rediagnose(res)
-                refreshed.add(res.run_id)
-        axes = result.sweep.axis_names or ["precision", "lr", "lambda"]
-        row = make_row(attempt, after, digits(attempt.before), digits(after),
-                       label=attempt.before.spec.label(axes))
+            if res.run_id not in digits_of:
+                digits_of[res.run_id] = digits(res)
+                rediagnose(res)
+        row = make_row(attempt, after, digits_of[attempt.before.run_id],
+                       digits_of[after.run_id], label=attempt.before.spec.label(axes))
         row["plan"] = info
         rows.append(row)
     if out is not None and rows:
@@ -254,50 +257,9 @@ def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GR
     return rows
 
 
-def _rediagnose(res: RunResult) -> None:
+def rediagnose(res: RunResult) -> None:
     """Detect again now that the float64 reference is attached (silent digit loss)."""
     from .diagnosis.signatures import detect_all
 
     if not res.trace.error:
         res.findings = detect_all(res.trace)
-
-
-# -- generic runners (the catalogue) --------------------------------------------------------
-Runner = Callable[[Sequence[Any]], list[RunResult]]
-
-
-def verify_pairs(before: RunResult, attempts: Sequence[tuple[str, dict[str, Any], Any]],
-                 runner: Runner, target: str | None = None,
-                 reference: Callable[[Any], Any] | None = None,
-                 digits: Callable[[RunResult, RunResult | None], float | None] | None = None,
-                 ) -> list[dict[str, Any]]:
-    """Rows for ``before`` re-run with each ``(mitigation, delta, config)`` attempt.
-
-    ``runner`` turns configs into diagnosed results; ``reference(config)`` gives the
-    float64 config to compare digits with (or None), ``digits(result, reference)`` the
-    digits; both optional.
-    """
-    configs = [cfg for _, _, cfg in attempts]
-    afters = runner(configs)
-    rows = []
-    ref_of: dict[int, RunResult | None] = {}
-    if reference is not None and digits is not None:
-        ref_cfgs = [reference(before_cfg) for before_cfg in configs]
-        ref_results = runner([c for c in ref_cfgs if c is not None])
-        it = iter(ref_results)
-        for i, c in enumerate(ref_cfgs):
-            ref_of[i] = next(it) if c is not None else None
-    for i, ((name, delta, _cfg), after) in enumerate(zip(attempts, afters)):
-        d_after = digits(after, ref_of.get(i)) if digits is not None else None
-        d_before = before.trace.extras.get("reference", {}).get("lre_loss") if isinstance(
-            before.trace.extras.get("reference"), dict) else None
-        rows.append(make_row(Attempt(before, name, delta), after, d_before, d_after, target))
-    return rows
-
-
-def finite_or_none(x: Any) -> float | None:
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None

@@ -41,18 +41,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..nist import format_nist, run_nist
 
-    perturb = getattr(args, "perturb", None)
+    perturb = args.perturb
     if perturb is not None and not (math.isfinite(perturb) and 0 < perturb < 1):
         raise UsageError(f"--perturb must be a relative size in (0, 1), e.g. 1e-12; got "
                          f"{perturb!r}.")
-    trials = getattr(args, "trials", 20)
+    trials = args.trials
     if trials < 1:
         raise UsageError(f"--trials must be an integer >= 1; got {trials}.")
-    report = run_nist(problems=getattr(args, "problem", None),
-                      solvers=getattr(args, "solver", None),
-                      perturb=perturb, trials=trials, seed=getattr(args, "seed", 0),
-                      extended_design=getattr(args, "extended_design", False))
-    if getattr(args, "json", False):
+    report = run_nist(problems=args.problem, solvers=args.solver, perturb=perturb,
+                      trials=trials, seed=args.seed, extended_design=args.extended_design)
+    if args.json:
         print(json.dumps(report, indent=1))
     else:
         print(format_nist(report))
@@ -62,12 +60,6 @@ def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":  # python -m stability_lab.commands.nist
     import sys
 
-    from ..errors import LabError
+    from .. import cli
 
-    parser = argparse.ArgumentParser(prog="stability-lab nist", description=HELP)
-    add_arguments(parser)
-    try:
-        sys.exit(main(parser.parse_args()))
-    except LabError as exc:
-        print(f"stability-lab nist: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli.main(["nist", *sys.argv[1:]]))

@@ -105,7 +105,7 @@ def build_sweep(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> int:
     sweep, note = build_sweep(args)
-    n = len(sweep.specs)
+    n = sweep.size  # counted from the axes: the product is not expanded here
     if n > 100_000:
         raise UsageError(f"The sweep has {n} runs; the limit is 100000. Sweep fewer values.")
     from ..lab import run_sweep  # heavy imports start here

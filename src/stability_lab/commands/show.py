@@ -35,9 +35,10 @@ def _rows(n: int, onset: int | None, every_step: bool, limit: int = 40) -> list[
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..formatting import jsonable
+    from ..diagnosis.phases import phase_dicts
+    from ..formatting import fmt_num, jsonable
     from ..lab import trace_from_record
-    from ..report.terminal import _num, table
+    from ..report.terminal import table
     from ..store import Store
 
     with Store(args.out, create=False) as store:
@@ -48,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
             "'stability-lab run' (a unique prefix is enough) or the right --out."
         )
     trace = trace_from_record(rec)
-    phases = _phases(trace)
+    phases = phase_dicts(trace)
     if args.json:
         doc = {k: v for k, v in rec.items() if k != "metrics"}
         doc["metrics"] = {k: v for k, v in rec["metrics"].items()}
@@ -70,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
         w(f"Finding: {f['signature']}{onset}: {f['message']}\n")
     for group, values in (rec["probes"] or {}).items():
         if isinstance(values, dict):
-            w(f"Probes ({group}): " + ", ".join(f"{k}={_num(v) if not isinstance(v, str) else v}"
+            w(f"Probes ({group}): " + ", ".join(f"{k}={fmt_num(v) if not isinstance(v, str) else v}"
                                                for k, v in values.items()) + "\n")
     if phases:
         w("Phases: " + "; ".join(
@@ -89,16 +90,8 @@ def main(args: argparse.Namespace) -> int:
     n = trace.n_steps
     rows = []
     for i in _rows(n, rec.get("onset"), args.all):
-        rows.append([str(i + 1), *[_num(metrics[name][i]) if i < len(metrics[name]) else "-"
+        rows.append([str(i + 1), *[fmt_num(metrics[name][i]) if i < len(metrics[name]) else "-"
                                    for name in names]])
     w(f"\nTrace ({n} {rec['step_unit']}s):\n")
     w(table([rec["step_unit"], *names], rows) + "\n")
     return 0
-
-
-def _phases(trace) -> list[dict]:
-    from ..diagnosis.phases import segment
-
-    if trace.n_steps == 0:
-        return []
-    return [p.to_dict() for p in segment(trace)]

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from ..formatting import round_sig
 from ..spec import RunSpec
 from ..trace import Trace, environment
 from . import policies as P
@@ -359,7 +360,7 @@ def _replay(model, forward, loss_of, inputs, targets, scale, scaler, fp8_snap,
 def _compact(values: np.ndarray, digits: int = 4) -> list[float | None]:
     out = []
     for v in values.tolist():
-        out.append(float(f"{v:.{digits}g}") if math.isfinite(v) else
+        out.append(round_sig(v, digits) if math.isfinite(v) else
                    (None if math.isnan(v) else v))
     return out
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..formatting import round_sig
 from ..params import DEEP_TASKS
 from ..recommend import Context, Recommendation, RunResult, register_rule
 from ..tasks import is_user_task
@@ -147,12 +148,12 @@ def depth_init(ctx: Context) -> list[Recommendation]:
                 delta: dict[str, Any] = {"norm": "layernorm"}
                 text = "add layer normalization after each hidden layer"
             else:
-                new = float(f"{scale / factor:.2g}")
+                new = round_sig(scale / factor)
                 delta = {"init_scale": new}
                 text = f"set init_scale to {new:g}"
         else:
             g = r.trace.metric("grad_norm")
-            level = float(f"{g[0]:.2g}") if g.size and g[0] > 0 else 1.0
+            level = round_sig(g[0]) if g.size and g[0] > 0 else 1.0
             delta = {"clip": level}
             text = f"clip gradients to norm {level:g}"
         out.append(Recommendation(
@@ -170,7 +171,7 @@ def dying_relu_lr(ctx: Context) -> list[Recommendation]:
     if not hits:
         return []
     r, f = hits[0]
-    lr = float(f"{r.spec.lr / 10:.2g}")
+    lr = round_sig(r.spec.lr / 10)
     delta = {"lr": lr}
     return [Recommendation(
         "dying_relu_lr", f"lower lr to {lr:g}",

@@ -14,8 +14,6 @@ from . import rules  # noqa: F401  (registers the deep-net recommendation rules)
 class DeepTask(Task):
     step_unit = "step"
     supports_cohort = False
-    axes = ("policy", "lr", "epochs", "batch_size", "clip", "seed", "optimizer",
-            "attribute_every", "z_loss")
 
     def validate(self, spec: RunSpec) -> None:
         from ..deep_axes import POLICIES

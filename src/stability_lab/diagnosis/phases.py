@@ -228,6 +228,11 @@ def segment(trace, **options: Any) -> list[Phase]:
     return tracker.phases
 
 
+def phase_dicts(trace) -> list[dict[str, Any]]:
+    """The phases of a trace as JSON-able dicts (``[]`` for a trace without steps)."""
+    return [p.to_dict() for p in segment(trace)]
+
+
 def segment_values(loss, grad_norm=None, **options: Any) -> list[Phase]:
     """Phases of bare arrays (for hand-made traces and other tools)."""
     loss = np.asarray(loss, dtype=np.float64)

@@ -45,6 +45,7 @@ import numpy as np
 from ..precision import FORMATS
 from ..trace import Trace
 from .findings import Verdict
+from .signatures import _final_stretch
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
     if unchanged.size and np.isfinite(unchanged[-W:]).all():
         stuck = (unchanged >= rules.stagnant_fraction) & ~grad_small
         if stuck[-W:].all():
-            onset = _first_of_final_stretch(stuck)
+            onset = _final_stretch(stuck) + 1
             return Verdict(
                 "stagnated", onset,
                 f"{unchanged[-1]:.0%} of weights unchanged from {unit} {onset}: updates below "
@@ -141,7 +142,7 @@ def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
     plateau = np.abs(rel) <= rtol
     conv = plateau & grad_small & (loss <= loss[0] * (1 + rtol))
     if conv[-1]:
-        onset = _first_of_final_stretch(conv)
+        onset = _final_stretch(conv) + 1
         return Verdict("converged", onset, "",
                        {"rel_improvement": float(rel[-1]), "grad_ratio": float(grad[-1] / g0)})
 
@@ -228,14 +229,6 @@ def _relative_improvement(loss: np.ndarray, window: int) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             rel[window:] = (prev - cur) / np.maximum(np.abs(cur), 1e-300)
     return rel
-
-
-def _first_of_final_stretch(flags: np.ndarray) -> int:
-    """1-based index where the last run of True values that reaches the end begins."""
-    if not flags[-1]:
-        return len(flags)
-    false = np.flatnonzero(~flags)
-    return int(false[-1] + 2) if false.size else 1
 
 
 def _at(trace: Trace, name: str, k: int):

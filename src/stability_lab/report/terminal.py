@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..formatting import fmt_num, sci
+from ..params import DEFAULT_LABEL_AXES
 from ..spec import format_value
 
 
@@ -34,12 +35,13 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 def conditioning_line(result) -> str | None:
     """``Condition number(X^T X): ...`` for each data variant the sweep saw."""
     seen: dict[str, float] = {}
+    several_sources = len({x.spec.data for x in result.results}) > 1
     for r in result.results:
         start = r.trace.probes.get("start", {})
         if "cond_XtX" not in start:
             continue
         label = f"scale={r.spec.scale}"
-        if len({x.spec.data for x in result.results}) > 1:
+        if several_sources:
             label = f"{r.spec.data} {label}"
         seen.setdefault(label, start["cond_XtX"])
     if not seen:
@@ -55,7 +57,7 @@ def format_sweep(result, note: str | None = None) -> str:
     axes = result.sweep.axis_names
     out = []
     for r in result.results:
-        label = r.spec.label(axes) if axes else r.spec.label(["precision", "lr", "lambda"])
+        label = r.spec.label(axes or DEFAULT_LABEL_AXES)
         out.append(f"Run {label}: {r.verdict}")
     line = conditioning_line(result)
     if line:
@@ -65,8 +67,8 @@ def format_sweep(result, note: str | None = None) -> str:
         names = []
         for rec in recs:
             short = rec.action.replace("_", " ")
-            short = {"lower lr": "lower lr", "add l2": "add L2", "fused logloss":
-                     "fused log-loss", "higher precision": "wider precision",
+            short = {"add l2": "add L2", "fused logloss": "fused log-loss",
+                     "higher precision": "wider precision",
                      "clip": "clip gradients"}.get(short, short)
             if short not in names:
                 names.append(short)
@@ -130,7 +132,7 @@ def solve_table(result) -> str:
 def run_table(result) -> str:
     if result.results and all(r.trace.step_unit == "solve" for r in result.results):
         return solve_table(result)
-    axes = result.sweep.axis_names or ["precision", "lr", "lambda"]
+    axes = result.sweep.axis_names or DEFAULT_LABEL_AXES
     headers = ["id", *axes, "verdict", "onset", "final loss", "grad norm", "max|logit|",
                "2/L", "findings"]
     rows = []

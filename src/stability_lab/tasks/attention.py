@@ -47,7 +47,6 @@ def _p(spec: RunSpec, name: str) -> Any:
 
 class AttentionTask(DeepTask):
     name = "attention"
-    axes = DeepTask.axes + ("depth", "width", "heads", "seq_len", "qk_layernorm")
 
     def validate(self, spec: RunSpec) -> None:
         super().validate(spec)

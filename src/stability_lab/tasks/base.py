@@ -4,7 +4,10 @@ A task turns specs into traces. The engine calls, in order:
 
 1. ``validate(spec)``: cheap checks that need no heavy import (raise UsageError).
 2. ``prepare(spec)``: load and transform the data a spec sees (raise DataError);
-   the engine caches the result per ``data_key(spec)``.
+   the engine caches the result per ``data_key(spec)``. A task whose variants (scale,
+   precision) are built from the same raw data may also define ``dataset_key(spec)``
+   and ``load_dataset(spec)``: the engine then loads each dataset once and calls
+   ``prepare(spec, dataset=...)`` for every variant of it.
 3. ``run(spec, prepared)`` for one spec, or ``run_cohort(specs, prepared)`` for specs
    that share ``cohort_key(spec)`` when ``supports_cohort`` is true: linear models
    run many configurations in lockstep with a leading config axis.
@@ -24,8 +27,6 @@ class Task:
     name: str = ""
     step_unit: str = "epoch"
     supports_cohort: bool = False
-    #: axes this task understands (for the report's labels and checks)
-    axes: tuple[str, ...] = ()
 
     def validate(self, spec: RunSpec) -> None:  # pragma: no cover - default is no checks
         return None

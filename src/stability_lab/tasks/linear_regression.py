@@ -99,7 +99,6 @@ def _load_csv_regression(path: str, target: str | None) -> datasets.Dataset:
 class LinearRegressionTask(Task):
     name = "linear_regression"
     step_unit = "solve"
-    axes = ("solver", "precision", "scale", "kappa")
 
     def validate(self, spec: RunSpec) -> None:
         solver = spec.solver or "auto"

@@ -105,12 +105,19 @@ def hessian_extremes(A: np.ndarray, w: np.ndarray, lam: float) -> dict[str, floa
     return hessian_extremes_batch(A, w[None, :], np.array([lam]))[0]
 
 
-def hessian_extremes_batch(A: np.ndarray, W: np.ndarray,
-                           lams: np.ndarray) -> list[dict[str, float]]:
+def design_outer(A: np.ndarray) -> np.ndarray:
+    """The (n, p*p) matrix of products A[k, i] A[k, j] that every Hessian is built from."""
+    n, p = A.shape
+    return (A[:, :, None] * A[:, None, :]).reshape(n, p * p)
+
+
+def hessian_extremes_batch(A: np.ndarray, W: np.ndarray, lams: np.ndarray,
+                           outer: np.ndarray | None = None) -> list[dict[str, float]]:
     """:func:`hessian_extremes` for many weight vectors (rows of W) at once.
 
     All Hessians come from one matrix product: the (p*p, n) matrix of products
-    A[k, i] A[k, j] times the (n, R) curvature weights p(1-p).
+    A[k, i] A[k, j] (``outer``, :func:`design_outer` of A, built here if not given)
+    times the (n, R) curvature weights p(1-p).
     """
     n, p = A.shape
     ok = np.all(np.isfinite(W), axis=1)
@@ -120,7 +127,8 @@ def hessian_extremes_batch(A: np.ndarray, W: np.ndarray,
         return out
     Z = A @ W[ok].T
     D = 0.25 * (1.0 - np.tanh(0.5 * Z) ** 2)  # p(1-p) = sigmoid'(z), without overflow
-    outer = (A[:, :, None] * A[:, None, :]).reshape(n, p * p)
+    if outer is None:
+        outer = design_outer(A)
     H = (outer.T @ D / n).T.reshape(-1, p, p) + lams[ok, None, None] * _penalty(p)
     ev = np.linalg.eigvalsh(H)
     for k, r in enumerate(np.flatnonzero(ok)):
@@ -133,12 +141,14 @@ def hessian_extremes_batch(A: np.ndarray, W: np.ndarray,
 class LogisticRegression(Task):
     name = "logistic_regression"
     supports_cohort = True
-    axes = ("precision", "lr", "lambda", "epochs", "scale", "clip", "seed", "loss",
-            "batch_size", "kappa")
 
     # -- data ----------------------------------------------------------------------
     def data_key(self, spec: RunSpec):
-        return (spec.data, spec.target, spec.param("kappa"), spec.scale, spec.precision)
+        return self.dataset_key(spec) + (spec.scale, spec.precision)
+
+    def dataset_key(self, spec: RunSpec):
+        """What :meth:`load_dataset` reads: the engine loads it once for every variant."""
+        return (spec.data, spec.target, spec.param("kappa"))
 
     def load_dataset(self, spec: RunSpec) -> datasets.Dataset:
         ds = datasets.load(spec.data, spec.target, spec.param("kappa"))
@@ -340,8 +350,9 @@ def _run_cohort(torch, specs: list[RunSpec], prep: Prepared) -> list[Trace]:
                            "float32 and round once")
     Wf = W.double().numpy()
     lams = np.array([s.lam for s in specs], dtype=np.float64)
-    h_start = hessian_extremes_batch(A, W0, lams)
-    h_end = hessian_extremes_batch(A, Wf, lams)
+    outer = design_outer(A)  # shared by the start and end Hessians
+    h_start = hessian_extremes_batch(A, W0, lams, outer)
+    h_end = hessian_extremes_batch(A, Wf, lams, outer)
     bounds = {lam: curvature_bound(prep.gram, lam) for lam in set(lams.tolist())}
     traces = []
     for r, spec in enumerate(specs):

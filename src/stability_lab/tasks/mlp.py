@@ -38,7 +38,6 @@ def _p(spec: RunSpec, name: str) -> Any:
 
 class MLPTask(DeepTask):
     name = "mlp"
-    axes = DeepTask.axes + ("depth", "width", "activation", "init_scale", "norm", "scale")
 
     def validate(self, spec: RunSpec) -> None:
         super().validate(spec)
