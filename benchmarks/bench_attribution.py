@@ -16,9 +16,10 @@ Usage: ``python benchmarks/bench_attribution.py [--batch 1437] [--steps 200] [--
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
+
+from _settings import settings
 
 
 def main() -> None:
@@ -94,11 +95,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"MLP 64-{'-'.join([str(args.width)] * args.depth)}-10, batch {args.batch}, "
           f"{args.steps} steps x {args.repeats} repeats (median step time)")
-    env = ", ".join(f"{k}={os.environ.get(k, '-')}" for k in (
-        "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE"))
-    print(f"torch threads {torch.get_num_threads()} (interop "
-          f"{torch.get_num_interop_threads()}), cpu {torch.backends.cpu.get_cpu_capability()}, "
-          f"mkl {torch.backends.mkl.is_available()}, {env}")
+    print(settings())
     print(f"{'variant':<9} {'step us':>9} {'ratio':>7}")
     for name in names:
         print(f"{name:<9} {1e6 * med[name]:>9.1f} {med[name] / med['plain']:>7.3f}")

@@ -4,19 +4,20 @@
 
 Sweep: lr x lambda x seed on the default data (breast_cancer, raw features),
 float32, full-batch gradient descent. The same specs are run once as lockstep cohorts
-and once one spec at a time (each a cohort of one). Prints wall times (median of
-``--repeat`` runs), the ratio, the agreement of verdicts, and the thread/BLAS settings.
+and once one spec at a time (each a cohort of one), after an untimed warm-up of both
+paths. Prints wall times (median of ``--repeat`` runs), the ratio, the agreement of
+verdicts, and the thread/BLAS settings.
 Nothing is stored (engine only), so the store's I/O is not part of either time.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
 import numpy as np
+from _settings import settings
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
 
-    import torch
+    import torch  # noqa: F401  (imported here so that its threads are printed)
 
     from stability_lab import engine
     from stability_lab.diagnosis import decide
@@ -40,9 +41,7 @@ def main() -> None:
                           ("seed", list(range(seeds)))])
     prepared = engine.prepare(specs)
     print(f"{len(specs)} runs, {args.epochs} epochs, float32, breast_cancer raw (569 x 30)")
-    print(f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, cpus {os.cpu_count()}")
+    print(settings())
 
     def timed(cohorts: bool):
         times, traces = [], None
@@ -52,6 +51,10 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         return statistics.median(times), traces
 
+    # warm-up, untimed: torch's first kernels and allocations would otherwise be charged
+    # to whichever path runs first
+    engine.run_specs(specs[:20], prepared, cohorts=True)
+    engine.run_specs(specs[:20], prepared, cohorts=False)
     t_cohort, a = timed(True)
     t_single, b = timed(False)
     same = sum(decide(x).status == decide(y).status for x, y in zip(a, b))

@@ -13,26 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
-
-
-def _env() -> str:
-    try:
-        import threadpoolctl
-
-        info = threadpoolctl.threadpool_info()
-        blas = ", ".join(f"{i['internal_api']} {i['version']} ({i['num_threads']} threads, "
-                         f"{i.get('architecture')})" for i in info)
-    except ImportError:  # pragma: no cover
-        blas = "unknown"
-    return (f"numpy {np.__version__}; BLAS: {blas}; OPENBLAS_CORETYPE="
-            f"{os.environ.get('OPENBLAS_CORETYPE', '')}; cores {os.cpu_count()}")
+from _settings import settings
 
 
 def big_case(kind: str) -> dict:
@@ -99,7 +86,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(big_case(args.child)))
         return 0
-    print(_env())
+    print(settings())
     if not args.skip_big:
         print("\n1,000,000 x 10,000 one-hot designs (10 features x 1000 levels, 50,000 "
               "distinct rows), each in a fresh process:")

@@ -3,15 +3,16 @@
     python benchmarks/bench_default_command.py [--repeat 3]
 
 Runs ``python stability_lab.py --task logistic_regression --sweep precision,lr,lambda``
-in a fresh process (fresh store each time) and prints the median wall time, plus the
-time of ``stability-lab --help`` (which must not import torch) and of a bare
-``import torch`` for comparison.
+in a fresh process (fresh store each time) and prints the median wall time and the
+number of runs it printed; the same with ``--verify`` (every failing run re-run with each
+fix) and the number of re-runs its table lists; the time of ``stability-lab --help``
+(which must not import torch) and of a bare ``import torch`` for comparison.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import re
 import statistics
 import subprocess
 import sys
@@ -19,13 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from _settings import settings
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def wall(cmd: list[str]) -> float:
+def wall(cmd: list[str]) -> tuple[float, str]:
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
+    return time.perf_counter() - t0, out
 
 
 def main() -> None:
@@ -33,18 +36,29 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     py = sys.executable
-    runs, helps, imports = [], [], []
+    job = [py, "stability_lab.py", "--task", "logistic_regression",
+           "--sweep", "precision,lr,lambda"]
+    runs, verifies, helps, imports = [], [], [], []
+    n_runs = n_reruns = 0
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as out:
-            runs.append(wall([py, "stability_lab.py", "--task", "logistic_regression",
-                              "--sweep", "precision,lr,lambda", "--out", out]))
-        helps.append(wall([py, "stability_lab.py", "--help"]))
-        imports.append(wall([py, "-c", "import torch"]))
-    print(f"cpus {os.cpu_count()}, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
-    print(f"default command (72 runs): median {statistics.median(runs):.2f} s  {runs}")
-    print(f"--help:                    median {statistics.median(helps):.2f} s")
-    print(f"python -c 'import torch':  median {statistics.median(imports):.2f} s")
+            t, text = wall(job + ["--out", out])
+            runs.append(t)
+            n_runs = sum(line.startswith("Run ") for line in text.splitlines())
+        with tempfile.TemporaryDirectory() as out:
+            t, text = wall(job + ["--verify", "--out", out])
+            verifies.append(t)
+            found = re.search(r"of (\d+) re-runs", text)  # "K of N re-runs fixed the failure"
+            n_reruns = int(found.group(1)) if found else 0
+        helps.append(wall([py, "stability_lab.py", "--help"])[0])
+        imports.append(wall([py, "-c", "import torch"])[0])
+    print(settings())
+    print(f"default command ({n_runs} runs):  median {statistics.median(runs):.2f} s  "
+          f"{[round(t, 2) for t in runs]}")
+    print(f"with --verify ({n_reruns} re-runs): median {statistics.median(verifies):.2f} s  "
+          f"{[round(t, 2) for t in verifies]}")
+    print(f"--help:                     median {statistics.median(helps):.2f} s")
+    print(f"python -c 'import torch':   median {statistics.median(imports):.2f} s")
 
 
 if __name__ == "__main__":

@@ -16,17 +16,14 @@ of the test-suite; nothing here is asserted.
 from __future__ import annotations
 
 import argparse
-import io
-import os
-import warnings
-import platform
 import time
-from contextlib import redirect_stdout
 
 import numpy as np
 import scipy
 import scipy.special
 import torch
+
+from _settings import settings
 
 from stability_lab import numerics
 from stability_lab.numerics import _core
@@ -47,29 +44,13 @@ def median_ms(impls: dict, repeats: int) -> dict[str, float]:
 
 
 def config() -> str:
-    buf = io.StringIO()
-    with redirect_stdout(buf), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "install pyyaml for better output"
-        np.show_config()
-    blas = [ln.strip() for ln in buf.getvalue().splitlines()
-            if any(k in ln for k in ("name:", "openblas configuration", "version:"))]
-    env = {k: os.environ.get(k, "<unset>") for k in
-           ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    lines = [
-        (f"python {platform.python_version()}, numpy {np.__version__}, "
-         f"scipy {scipy.__version__}, torch {torch.__version__}"),
-        f"cpu: {platform.processor() or platform.machine()}, os.cpu_count()={os.cpu_count()}",
-        (f"torch.get_num_threads()={torch.get_num_threads()}, "
-         f"torch.get_num_interop_threads()={torch.get_num_interop_threads()}"),
-        "env: " + ", ".join(f"{k}={v}" for k, v in env.items()),
-        "numpy BLAS/LAPACK (np.show_config): " + "; ".join(blas[:8]),
-        f"torch parallel info: {torch.__config__.parallel_info().splitlines()[0:4]}",
+    return "\n".join([
+        settings(),
         ("float32 log-sum-exp kernel: "
          + (f"C, {_core.kernel_targets()[0]} copy (this CPU runs: "
             f"{', '.join(_core.kernel_targets())})" if _core.kernel_targets()
             else "NumPy (the C kernel is not built)")),
-    ]
-    return "\n".join(lines)
+    ])
 
 
 def main() -> None:

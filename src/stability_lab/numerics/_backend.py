@@ -24,9 +24,9 @@ _NAMES = "float16, bfloat16, float32 or float64"
 #  REDUCE (log-sum-exp family): half formats in float32, float32 and float64 as they are
 #    (the speed of these matters; their accuracy is governed by conditioning anyway);
 #  SOFTMAX: as ELEMENTWISE. Each output is exp(x_i - a) / (1 + s): float32 arithmetic
-#    there stacks exp's error, the sum's and the division's to 2.3-3.2 ulp on flat rows
-#    of 9-1000 small values, where softmax is well conditioned; in float64 it is rounded
-#    once (python -m stability_lab.numerics.accuracy, the rows of 1-40 and 1000);
+#    there stacks exp's error, the sum's and the division's to more than 2 ulp on flat
+#    rows of 9-1000 small values, where softmax is well conditioned; in float64 it is
+#    rounded once (python -m stability_lab.numerics.accuracy, the rows of 1-40 and 1000);
 #  ACCUMULATE (stable_sum, mean_and_variance, l2_norm): everything in float64.
 ELEMENTWISE = {"float16": _F32, "bfloat16": _F32, "float32": _F64, "float64": _F64}
 REDUCE = {"float16": _F32, "bfloat16": _F32, "float32": _F32, "float64": _F64}
