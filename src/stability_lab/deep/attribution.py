@@ -361,7 +361,7 @@ class Attributor:
         """Sample strides and sizes, scratch buffers and thresholds for these shapes.
 
         The samples go, one row per tensor, into a zero-padded ``(2, tensors, longest)``
-        buffer: row block 0 holds ``|x|``, block 1 ``thr - |x|`` (thresholds per row).
+        buffer: row block 0 holds ``|x|``, block 1 ``|x| >= thr`` (thresholds per row).
         The minimum and maximum of every tensor go into one ``(2, tensors)`` buffer of the
         promoted dtype (values of a narrower dtype convert exactly).
         """
@@ -386,14 +386,13 @@ class Attributor:
             buf = torch.zeros(2, len(tensors), longest, dtype=dtype)
             rows = [buf[0, i, :n] for i, n in enumerate(sizes)]
             thr_col = torch.tensor(thrs, dtype=dtype).reshape(-1, 1)
-            pads = [longest - n for n in sizes]
             ext_dtype = tensors[0].dtype
             for t in tensors:
                 ext_dtype = torch.promote_types(ext_dtype, t.dtype)
             ext = torch.zeros(2, len(tensors), dtype=ext_dtype)
             slots = [(ext[0, i], ext[1, i], t.dtype == ext_dtype)
                      for i, t in enumerate(tensors)]
-            plan = (strides, sizes, buf, rows, thr_col, pads, ext, slots, buf[0], buf[1],
+            plan = (strides, sizes, buf, rows, thr_col, ext, slots, buf[0], buf[1],
                     ext.view(-1))
             self._plans[key] = plan
         return plan
@@ -484,7 +483,7 @@ class Attributor:
             if tensors:
                 plan = self._plan(tensors, len(acts), self.policy.act_format.tiny,
                                   self.policy.grad_format.tiny * scale)
-                strides, sizes, _buf, rows, thr_col, _pads, _ext, xslots, a, b, ext_flat = \
+                strides, sizes, _buf, rows, thr_col, _ext, xslots, a, b, ext_flat = \
                     plan
                 # per tensor, in one visit: the exact minimum and maximum (both propagate
                 # NaN) or the ReLU unit maxima, and the same deterministic strided sample as
@@ -513,17 +512,21 @@ class Attributor:
                             lo.copy_(t.amin())
                             if i not in input_max:
                                 hi.copy_(t.amax())
-                    row.copy_(torch.as_strided(t, (n,), (s,), t.storage_offset())
-                              if t.is_contiguous() else t.reshape(-1)[::s])
+                    # |x| of the sample, read while the tensor is still in cache
+                    src = (torch.as_strided(t, (n,), (s,), t.storage_offset())
+                           if t.is_contiguous() else t.reshape(-1)[::s])
+                    if t.dtype == row.dtype:
+                        torch.abs(src, out=row)
+                    else:  # a narrower dtype converts exactly
+                        row.copy_(src).abs_()
                 if relus:
                     # unit maxima (or alive flags): alive units and maxima counted in _decode
                     pieces.append(rbuf.clone())
-                # indicators as 0/1 floats (sign) summed per row: no bool kernels
-                a.abs_()
-                a.nan_to_num_(nan=0.0, posinf=math.inf)  # NaN counts as zero, as before
-                torch.sub(thr_col, a, out=b)
-                b.clamp_(min=0)
-                _buf.sign_()
+                # indicators as 0/1 floats summed per row (comparisons written as floats, no
+                # bool kernels): |x| >= thr (normal or infinite) and |x| > 0; NaN is false in
+                # both, so it counts as zero; the zero padding counts in neither
+                torch.ge(a, thr_col, out=b)
+                torch.gt(a, 0, out=a)
                 pieces.append(ext_flat.clone())
                 pieces.append(_buf.sum(-1).view(-1))
             if ps:
@@ -587,13 +590,13 @@ class Attributor:
             row: dict[int, float] = {}
             # activations and gradients: absmax (exact), headroom, sampled fractions
             if plan is not None:
-                sizes, pads = plan[1], plan[5]
+                sizes = plan[1]
                 n_t = len(sizes)
                 n_acts = len(act_owners)
                 lows = vals[pos:pos + n_t]
                 highs = vals[pos + n_t:pos + 2 * n_t]
                 nonzeros = vals[pos + 2 * n_t:pos + 3 * n_t]
-                lows_thr = vals[pos + 3 * n_t:pos + 4 * n_t]
+                normals = vals[pos + 3 * n_t:pos + 4 * n_t]
                 pos += 4 * n_t
                 for i in range(n_t):
                     k = relu_max.get(i)
@@ -618,7 +621,7 @@ class Attributor:
                         names, keys = g_owners[i - n_acts], _GRAD_KEYS
                     nonzero = nonzeros[i]
                     zero = (size - nonzero) / n
-                    below = (lows_thr[i] - pads[i] - (size - nonzero)) / n
+                    below = (nonzero - normals[i]) / n
                     for name in names:
                         c0, c1, c2, c3 = colset(name, keys)
                         row[c0] = av
