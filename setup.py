@@ -1,8 +1,10 @@
-"""Build of the optional C kernel; all metadata is in pyproject.toml.
+"""Build of the optional C kernels; all metadata is in pyproject.toml.
 
-The extension is optional: without a C compiler the install still succeeds and
-stability_lab.numerics uses its NumPy kernels (same results to within the documented
-accuracy, slower on float32 log-sum-exp / log_softmax; see docs/numerics.md).
+Both extensions are optional: without a C compiler the install still succeeds.
+stability_lab.numerics then uses its NumPy kernels (same results to within the documented
+accuracy, slower on float32 log-sum-exp / log_softmax; see docs/numerics.md), and
+stability_lab.deep.attribution its torch reductions (same statistics, a slower
+attribution step; see docs/deep.md).
 """
 
 import sys
@@ -23,6 +25,12 @@ setup(
             ["src/stability_lab/numerics/_lsekernel.c"],
             extra_compile_args=args,
             optional=True,
-        )
+        ),
+        Extension(
+            "stability_lab.deep._attrkernel",
+            ["src/stability_lab/deep/_attrkernel.c"],
+            extra_compile_args=args,
+            optional=True,
+        ),
     ]
 )

@@ -19,3 +19,46 @@ if os.environ.get("CI"):
 def out(tmp_path):
     """A fresh run-store folder."""
     return str(tmp_path / "runs")
+
+
+def _attribution_paths() -> list[str]:
+    """The attribution step's reduction paths here: torch, and each copy of the C kernel."""
+    try:
+        from stability_lab.deep import _attrkernel  # no torch import
+    except ImportError:
+        return ["torch"]
+    return ["torch", *(f"kernel:{t}" for t in _attrkernel.targets())]
+
+
+@pytest.fixture(params=_attribution_paths())
+def attribution_path(request, monkeypatch):
+    """Run the test once per reduction path; a kernel path must do every step itself.
+
+    The kernel copies must give the torch path's statistics, so the reference tests run
+    on each. On a kernel path every ``end_step`` that reduces something must go through
+    the C kernel (no silent fallback to torch), which the fixture checks after the test.
+    """
+    from stability_lab.deep import attribution as A
+
+    path = request.param
+    monkeypatch.setattr(A, "REDUCE", "torch" if path == "torch" else "kernel")
+    monkeypatch.setattr(A, "KERNEL_TARGET", None if path == "torch" else path.split(":")[1])
+    counts = {"steps": 0, "kernel": 0}
+    if path != "torch":
+        real_reduce, real_end = A._attrkernel.attr_reduce, A.Attributor.end_step
+
+        def reduce(*args):
+            counts["kernel"] += 1
+            return real_reduce(*args)
+
+        def end_step(self, *args, **kwargs):
+            counts["steps"] += 1
+            return real_end(self, *args, **kwargs)
+
+        monkeypatch.setattr(A._attrkernel, "attr_reduce", reduce)
+        monkeypatch.setattr(A.Attributor, "end_step", end_step)
+    yield path
+    if path != "torch":
+        assert counts["kernel"] == counts["steps"], (
+            f"{counts['steps'] - counts['kernel']} of {counts['steps']} attribution steps "
+            f"fell back to torch on {path}")

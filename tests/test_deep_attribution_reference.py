@@ -22,6 +22,9 @@ from torch import nn
 from stability_lab.deep import policies as P
 from stability_lab.deep.attribution import SAMPLE, Attributor
 
+# every test here runs on each reduction path (torch, and each copy of the C kernel)
+pytestmark = pytest.mark.usefixtures("attribution_path")
+
 
 class Second(nn.Module):
     """The second half of the last dimension: output 1 of a two-output autograd node."""

@@ -10,6 +10,9 @@ import torch
 from stability_lab.deep import policies as P
 from stability_lab.deep.attribution import SAMPLE, Attributor
 
+# every test here runs on each reduction path (torch, and each copy of the C kernel)
+pytestmark = pytest.mark.usefixtures("attribution_path")
+
 
 def _model(inplace: bool) -> torch.nn.Module:
     torch.manual_seed(0)

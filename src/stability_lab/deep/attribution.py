@@ -14,15 +14,20 @@ forward). The statistics of an output are those of its value at the end of the s
 The global hook runs before a module's own forward hooks, so where user code registered a
 hook that replaces a module's output, the statistics are those of what ``forward``
 returned.
-At the end of the step, per stashed tensor: ``amin`` and ``amax`` (exact; NaN
+At the end of the step, per stashed tensor: the exact minimum and maximum (NaN
 propagates); for an ``nn.ReLU`` output still as the ReLU returned it, the per-unit
 maxima instead, which give the dead units and the absmax at once, and, for the ReLU's
-input when it is unchanged since, its maximum where positive, so that input only needs
-``amin``; the strided sample copied into one zero-padded buffer and counted with float
-kernels. Parameters, gradients and updates go into one flat buffer, summed per chunk in
-float64. The step's numbers are kept as a few small tensors and decoded into
-per-module values when the results are read (:meth:`Attributor.arrays`), or every
-:attr:`Attributor.DECODE_EVERY` steps. Per module and step:
+input when it is unchanged since, its maximum where positive; and the counts over a
+strided sample. Parameters, gradients and updates give float64 sums of squares per
+module. All of it is one call of a C kernel (``_attrkernel.c``: a job table built once
+per layout of shapes and dtypes, this step's data pointers, one float64 buffer out; each
+tensor read once, its sample while it is still in cache). Where the kernel is not built,
+or a tensor is not a strided CPU tensor of float32/float64/float16/bfloat16 (or a
+parameter not contiguous), the same numbers come from torch reductions (:data:`REDUCE`
+selects; the tests run both and every copy of the kernel). The step's numbers are kept
+as they come and decoded into per-module values when the results are read
+(:meth:`Attributor.arrays`), or every :attr:`Attributor.DECODE_EVERY` steps. Per module
+and step:
 
 - activation and gradient absmax, and headroom ``log2(fmax / absmax)`` in powers of two
   to the largest finite value of the format the policy holds them in;
@@ -61,10 +66,34 @@ import math
 import warnings
 from typing import Any, Callable
 
+import struct
+
 import numpy as np
 import torch
 
 from . import policies as P
+
+try:  # the one-visit C reductions (optional; built with the package)
+    from . import _attrkernel
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _attrkernel = None
+
+#: reductions of an attribution step: "kernel" (the C kernel, where it is built and the
+#: tensors allow it) or "torch" (torch reductions only). Same statistics either way.
+REDUCE = "kernel"
+#: the C kernel's instruction-set copy (None: the best this CPU runs); for tests
+KERNEL_TARGET: str | None = None
+_KERNEL_DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+_JOB = struct.Struct("<14qd")
+_K_MINMAX, _K_SAMPLE, _K_UNITMAX, _K_UNITANY, _K_PARAM = 1, 2, 4, 8, 16
+_DATA_PTR = torch.Tensor.data_ptr
+_IS_CONTIGUOUS = torch.Tensor.is_contiguous
+
+
+def kernel_targets() -> tuple[str, ...]:
+    """The C kernel's copies this CPU runs, best first (empty: not built)."""
+    return tuple(_attrkernel.targets()) if _attrkernel is not None else ()
+
 
 ROOT = "<model>"
 _TENSOR = torch.Tensor
@@ -126,9 +155,10 @@ class Attributor:
 
     Cost model (the digits MLP, 8 modules, 14 tensors): one global forward hook call per
     module and one autograd-node pre-hook (a C-level ``list.__setitem__``) per output;
-    at the end of the step one or two reductions per tensor plus one strided copy, a
-    fixed number of torch calls over all tensors together, no ``tolist`` (the numbers
-    are decoded in :meth:`arrays`).
+    at the end of the step one C kernel call that reads each tensor once (torch path:
+    one or two reductions per tensor plus one strided copy, a fixed number of torch
+    calls over all tensors together), no ``tolist`` (the numbers are decoded in
+    :meth:`arrays`).
     """
 
     #: undecoded steps kept before they are decoded (bounds the memory they take)
@@ -410,6 +440,125 @@ class Attributor:
             self._relu_plans[key] = plan
         return plan
 
+    def _kernel_reduce(self, tensors: list[torch.Tensor], n_acts: int,
+                       unit_rows: dict[int, list[int]], fast_units: list[bool],
+                       relu_max: dict[int, int], before: Any, scale: float) -> Any:
+        """The step's reductions in one call of the C kernel (``_attrkernel.c``).
+
+        Returns ``(plan, out, (modules, groups))`` with ``out`` one float64 array: the
+        ReLU unit rows (zero-padded to the widest), then per tensor the minimum, maximum,
+        sampled non-zero count and sampled count ``>= thr``, then per module with
+        parameters the sums of squares of gradients, weights and updates. None where a
+        tensor is not a strided CPU tensor of float32, float64, float16 or bfloat16, or a
+        parameter or its gradient not a contiguous one (the torch path then does the
+        step). A tensor that is not contiguous is copied first (its values in
+        ``reshape(-1)`` order, which is the order the statistics use).
+        """
+        tensors_in = tensors
+        codes = _KERNEL_DTYPES
+        for i, t in enumerate(tensors):
+            if not t.is_cpu or t.dtype not in codes or t.layout is not torch.strided:
+                return None
+            if not _IS_CONTIGUOUS(t):  # a view: its values in order (as reshape(-1))
+                if tensors is tensors_in:
+                    tensors = list(tensors)
+                tensors[i] = t.contiguous()
+        ps = self._flat_params
+        gl = [p.grad for p in ps]
+        pkey = None
+        if ps:
+            views = self._param_buffer()[1]
+            for p, g in zip(ps, gl):
+                if (not p.is_cpu or p.dtype not in codes or not _IS_CONTIGUOUS(p)
+                        or (g is not None and (g.layout is not torch.strided or g.dtype
+                                               is not p.dtype or not _IS_CONTIGUOUS(g)))):
+                    return None
+            if before is not None and before is not views[2]:  # a snapshot by the caller
+                with torch.no_grad():
+                    torch._foreach_copy_(views[2], before)
+            pkey = (tuple(g is None for g in gl), tuple(p.dtype for p in ps),
+                    tuple(map(_NUMEL, ps)), before is not None)
+        relus = self._relus
+        key = (n_acts, self.policy.act_format.tiny, self.policy.grad_format.tiny * scale,
+               tuple(map(_NUMEL, tensors)), tuple(t.dtype for t in tensors),
+               tuple((r[2], r[1].shape[-1]) for r in relus), tuple(fast_units),
+               tuple(relu_max), pkey)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._kernel_plan(tensors, n_acts, key[1], key[2],
+                                                        fast_units, relu_max, gl, before)
+        if plan is None:
+            return None
+        jobs, n_out, live, before_ptrs = plan[2], plan[3], plan[5], plan[6]
+        ptrs = list(map(_DATA_PTR, tensors))
+        if live:
+            ptrs += [_DATA_PTR(ps[j]) for j in live]
+            ptrs += [_DATA_PTR(gl[j] if gl[j] is not None else ps[j]) for j in live]
+            ptrs += before_ptrs
+        out = np.zeros(n_out)
+        _attrkernel.attr_reduce(ptrs, jobs, out, KERNEL_TARGET)
+        return plan, out, plan[4]
+
+    def _kernel_plan(self, tensors, n_acts, thr_act, thr_grad, fast_units, relu_max, gl,
+                     before) -> tuple | None:
+        """The job table of :meth:`_kernel_reduce` for one layout of shapes and dtypes."""
+        codes, pack = _KERNEL_DTYPES, _JOB.pack
+        relus = self._relus
+        n_t = len(tensors)
+        wmax = max((r[1].shape[-1] for r in relus), default=0)
+        base = len(relus) * wmax
+        jobs: list[bytes] = []
+        strides, sizes = [], []
+        for i, t in enumerate(tensors):
+            n, code = t.numel(), codes[t.dtype]
+            s = max(1, n // SAMPLE)
+            m = -(-n // s)
+            strides.append(s)
+            sizes.append(m)
+            for k, r in enumerate(relus):
+                if r[2] == i:  # units: rows x the last dimension
+                    w = r[1].shape[-1]
+                    jobs.append(pack(_K_UNITMAX if fast_units[k] else _K_UNITANY, code, i,
+                                     -1, -1, n, n // w, w, 0, 0, k * wmax, 0, 0, 0, 0.0))
+            if i not in relu_max:
+                jobs.append(pack(_K_MINMAX, code, i, -1, -1, n, 0, 0, 0, 0, base + i,
+                                 base + n_t + i, 0, 0, 0.0))
+            k = (thr_act if i < n_acts else thr_grad, t.dtype)
+            if k not in self._thr:
+                self._thr[k] = _rounded(*k)
+            jobs.append(pack(_K_SAMPLE, code, i, -1, -1, n, 0, 0, s, m, 0, 0,
+                             base + 2 * n_t + i, base + 3 * n_t + i, self._thr[k]))
+        # parameters: one sum of squares per module (gradient, weight, update)
+        ps = self._flat_params
+        live = [j for j, p in enumerate(ps) if p.numel() > 0]
+        before_ptrs: list[int] = []
+        groups: list[tuple[str, list[int]]] = []
+        if ps:
+            views = self._param_buffer()[1][2]
+            if any(v.numel() != p.numel() for v, p in zip(views, ps)):
+                return None  # parameters resized since the buffers were made
+            snap = _KERNEL_DTYPES[views[0].dtype]
+            n_live = len(live)
+            mods: dict[str, int] = {}
+            for name in self._param_owner:
+                mods.setdefault(name, len(mods))
+            n_m = len(mods)
+            pbase = base + 4 * n_t
+            for q, j in enumerate(live):
+                p, mi = ps[j], mods[self._param_owner[j]]
+                jobs.append(pack(_K_PARAM, codes[p.dtype],
+                                 -1 if gl[j] is None else n_t + n_live + q, n_t + q,
+                                 -1 if before is None else n_t + 2 * n_live + q,
+                                 p.numel(), snap, 0, 0, 0, pbase + mi, pbase + n_m + mi,
+                                 pbase + 2 * n_m + mi, 0, 0.0))
+            before_ptrs = [views[j].data_ptr() for j in live]
+            groups = [(name, [mi]) for name, mi in mods.items()]
+            n_out = pbase + 3 * n_m
+        else:
+            n_out = base + 4 * n_t
+        return (strides, sizes, b"".join(jobs), n_out, (len(groups), groups), live,
+                before_ptrs, len(relus), wmax)
+
     def _colset(self, name: str, keys: tuple[str, ...]) -> tuple[int, ...]:
         cs = self._colsets.get((name, keys))
         if cs is None:
@@ -467,85 +616,95 @@ class Attributor:
         # so the input's absmax is max(-min, that) (0 <= -min where the maximum is <= 0)
         relu_max: dict[int, int] = {}  # output index -> ReLU call whose maxima give it
         input_max: dict[int, int] = {}  # output index -> ReLU call that had it as input
-        pieces: list[torch.Tensor] = []
+        pieces: Any = []
         plan = None
+        playout = None  # parameter sums per chunk (torch) or per module (C kernel)
         unit_rows: dict[int, list[int]] = {}  # output index -> ReLU calls measured on it
+        fast_units: list[bool] = []  # per ReLU call: unit maxima (else alive flags)
         if relus:
             for k, (_name, t, i, version, fast, link) in enumerate(relus):
                 unit_rows.setdefault(i, []).append(k)
-                if fast and t._version == version:
+                fast = fast and t._version == version
+                fast_units.append(fast)
+                if fast:
                     relu_max.setdefault(i, k)
                     if link is not None and acts[link[0]]._version == link[1]:
                         input_max.setdefault(link[0], k)
-        with torch.no_grad():
-            if relus:
-                rbuf, rrows = self._relu_plan(relus)
-            if tensors:
-                plan = self._plan(tensors, len(acts), self.policy.act_format.tiny,
-                                  self.policy.grad_format.tiny * scale)
-                strides, sizes, _buf, rows, thr_col, _ext, xslots, a, b, ext_flat = \
-                    plan
-                # per tensor, in one visit: the exact minimum and maximum (both propagate
-                # NaN) or the ReLU unit maxima, and the same deterministic strided sample as
-                # a per-tensor reshape(-1)[::s]
-                for i, (t, (lo, hi, same), s, n, row) in enumerate(
-                        zip(tensors, xslots, strides, sizes, rows)):
-                    ks = unit_rows.get(i)
-                    if ks is not None:
-                        for k in ks:
-                            r = relus[k]
-                            units = t if t.dim() == 2 else (
-                                t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t.reshape(1, -1))
-                            if r[4] and t._version == r[3]:
-                                if t.dtype == rbuf.dtype:
-                                    torch.amax(units, 0, out=rrows[k])
-                                else:
-                                    rrows[k].copy_(units.amax(0))
-                            else:
-                                rrows[k].copy_(units.ne(0).any(0))
-                    if i not in relu_max:
-                        if same:
-                            torch.amin(t, (), out=lo)
-                            if i not in input_max:
-                                torch.amax(t, (), out=hi)
-                        else:
-                            lo.copy_(t.amin())
-                            if i not in input_max:
-                                hi.copy_(t.amax())
-                    # |x| of the sample, read while the tensor is still in cache
-                    src = (torch.as_strided(t, (n,), (s,), t.storage_offset())
-                           if t.is_contiguous() else t.reshape(-1)[::s])
-                    if t.dtype == row.dtype:
-                        torch.abs(src, out=row)
-                    else:  # a narrower dtype converts exactly
-                        row.copy_(src).abs_()
+        kernel = None
+        if REDUCE == "kernel" and _attrkernel is not None:
+            kernel = self._kernel_reduce(tensors, len(acts), unit_rows, fast_units,
+                                         relu_max, before, scale)
+        if kernel is not None:
+            plan, pieces, playout = kernel
+        else:
+            with torch.no_grad():
                 if relus:
-                    # unit maxima (or alive flags): alive units and maxima counted in _decode
-                    pieces.append(rbuf.clone())
-                # indicators as 0/1 floats summed per row (comparisons written as floats, no
-                # bool kernels): |x| >= thr (normal or infinite) and |x| > 0; NaN is false in
-                # both, so it counts as zero; the zero padding counts in neither
-                torch.ge(a, thr_col, out=b)
-                torch.gt(a, 0, out=a)
-                pieces.append(ext_flat.clone())
-                pieces.append(_buf.sum(-1).view(-1))
-            if ps:
-                # gradients, weights and the update of every parameter in one flat buffer
-                # (the update in the parameters' dtype); sums of squares per chunk in float64
-                _pb, views, w_row, u_row, chunks, flat64, _n, _groups = self._param_buffer()
-                gl = [p.grad for p in ps]
-                if all(g is not None for g in gl):
-                    torch._foreach_copy_(views[0], gl)
-                else:
-                    for v, g in zip(views[0], gl):
-                        v.copy_(g) if g is not None else v.zero_()
-                torch._foreach_copy_(views[1], ps)
-                if before is not None:
-                    if before is not views[2]:  # a snapshot made by the caller
-                        torch._foreach_copy_(views[2], before)
-                    u_row.sub_(w_row)  # before - after: the update, negated
-                flat64.copy_(chunks)
-                pieces.append(flat64.square_().sum(-1).view(-1))
+                    rbuf, rrows = self._relu_plan(relus)
+                if tensors:
+                    plan = self._plan(tensors, len(acts), self.policy.act_format.tiny,
+                                      self.policy.grad_format.tiny * scale)
+                    strides, sizes, _buf, rows, thr_col, _ext, xslots, a, b, ext_flat = \
+                        plan
+                    # per tensor, in one visit: the exact minimum and maximum (both propagate
+                    # NaN) or the ReLU unit maxima, and the same deterministic strided sample as
+                    # a per-tensor reshape(-1)[::s]
+                    for i, (t, (lo, hi, same), s, n, row) in enumerate(
+                            zip(tensors, xslots, strides, sizes, rows)):
+                        ks = unit_rows.get(i)
+                        if ks is not None:
+                            for k in ks:
+                                units = t if t.dim() == 2 else (
+                                    t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t.reshape(1, -1))
+                                if fast_units[k]:
+                                    if t.dtype == rbuf.dtype:
+                                        torch.amax(units, 0, out=rrows[k])
+                                    else:
+                                        rrows[k].copy_(units.amax(0))
+                                else:
+                                    rrows[k].copy_(units.ne(0).any(0))
+                        if i not in relu_max:
+                            if same:
+                                torch.amin(t, (), out=lo)
+                                if i not in input_max:
+                                    torch.amax(t, (), out=hi)
+                            else:
+                                lo.copy_(t.amin())
+                                if i not in input_max:
+                                    hi.copy_(t.amax())
+                        # |x| of the sample, read while the tensor is still in cache
+                        src = (torch.as_strided(t, (n,), (s,), t.storage_offset())
+                               if t.is_contiguous() else t.reshape(-1)[::s])
+                        if t.dtype == row.dtype:
+                            torch.abs(src, out=row)
+                        else:  # a narrower dtype converts exactly
+                            row.copy_(src).abs_()
+                    if relus:
+                        # unit maxima (or alive flags): alive units and maxima counted in _decode
+                        pieces.append(rbuf.clone())
+                    # indicators as 0/1 floats summed per row (comparisons written as floats, no
+                    # bool kernels): |x| >= thr (normal or infinite) and |x| > 0; NaN is false in
+                    # both, so it counts as zero; the zero padding counts in neither
+                    torch.ge(a, thr_col, out=b)
+                    torch.gt(a, 0, out=a)
+                    pieces.append(ext_flat.clone())
+                    pieces.append(_buf.sum(-1).view(-1))
+                if ps:
+                    # gradients, weights and the update of every parameter in one flat buffer
+                    # (the update in the parameters' dtype); sums of squares per chunk in float64
+                    _pb, views, w_row, u_row, chunks, flat64, _n, _groups = self._param_buffer()
+                    gl = [p.grad for p in ps]
+                    if all(g is not None for g in gl):
+                        torch._foreach_copy_(views[0], gl)
+                    else:
+                        for v, g in zip(views[0], gl):
+                            v.copy_(g) if g is not None else v.zero_()
+                    torch._foreach_copy_(views[1], ps)
+                    if before is not None:
+                        if before is not views[2]:  # a snapshot made by the caller
+                            torch._foreach_copy_(views[2], before)
+                        u_row.sub_(w_row)  # before - after: the update, negated
+                    flat64.copy_(chunks)
+                    pieces.append(flat64.square_().sum(-1).view(-1))
         last = self._last
         if (last is not None and last[0] is plan and last[1] == self._act_owners
                 and last[2] == g_owners and last[3] == relu_max and last[4] == input_max
@@ -562,7 +721,7 @@ class Attributor:
                           input_max, relu_meta, program)
         rec = self._recorder
         self._pending.append((program, pieces, scale, before is not None,
-                              rec.counts if rec is not None else None))
+                              rec.counts if rec is not None else None, playout))
         self._clear()
         if len(self._pending) >= self.DECODE_EVERY:
             self._decode()
@@ -573,18 +732,24 @@ class Attributor:
         act_head, grad_head = act_fmt.headroom_log2, grad_fmt.headroom_log2
         colset = self._colset
         pending, self._pending = self._pending, []
-        for program, values, scale, measured_update, counts in pending:
+        for program, values, scale, measured_update, counts, playout in pending:
             act_owners, g_owners, relu_meta, relu_max, input_max, plan = program
             alive: list[int] = []
             rmax: list[float] = []
+            kernel = type(values) is np.ndarray  # the C kernel's one flat buffer
             if relu_meta:
                 # per ReLU call: units whose maximum (or alive flag) is not 0 (NaN: alive),
                 # the largest maximum (NaN if any is NaN; the zero padding changes nothing)
-                unit_max = values[0].double().numpy()
+                if kernel:
+                    n_r, wmax = plan[7], plan[8]
+                    unit_max = values[:n_r * wmax].reshape(n_r, wmax)
+                    values = values[n_r * wmax:]
+                else:
+                    unit_max = values[0].double().numpy()
+                    values = values[1:]
                 alive = np.count_nonzero(unit_max, axis=1).tolist()
                 rmax = unit_max.max(axis=1).tolist()
-                values = values[1:]
-            vals = [v for t in values for v in t.tolist()]
+            vals = values.tolist() if kernel else [v for t in values for v in t.tolist()]
             pos = 0
             relu_max, input_max = dict(relu_max), dict(input_max)
             row: dict[int, float] = {}
@@ -637,7 +802,8 @@ class Attributor:
                     row[c] = row.get(c, 0.0) + flushed / max(total, 1)
             # parameter gradients and update ratios, per module
             if self._flat_params:
-                n_chunks, groups = self._param_buffer()[6:]
+                n_chunks, groups = (playout if playout is not None else
+                                    self._param_buffer()[6:])
                 gs = vals[pos:pos + n_chunks]
                 ws = vals[pos + n_chunks:pos + 2 * n_chunks]
                 us = vals[pos + 2 * n_chunks:pos + 3 * n_chunks]
