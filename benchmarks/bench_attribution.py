@@ -6,11 +6,13 @@ Variants, interleaved and repeated (median of per-step times over repeats):
 - ``attr-1``: the same with :class:`~stability_lab.deep.attribution.Attributor` on every
   step (hooks attached, stats reduced, update ratios); the rows are decoded into
   per-module values when read, after the run: that time is printed apart, per step;
+- ``attr-1/torch``: the same with the step's reductions done by torch instead of the C
+  kernel (``attribution.REDUCE = "torch"``, the path used where the kernel is not built);
 - ``attr-10``: attribution every 10th step (hooks attached only on those steps);
 - ``anomaly``: plain step under ``torch.autograd.set_detect_anomaly(True)``.
 
 Usage: ``python benchmarks/bench_attribution.py [--batch 1437] [--steps 200] [--repeats 7]
-[--threads 1] [--depth 3] [--width 64]``
+[--threads 1] [--depth 3] [--width 64] [--kernel avx512f|avx2+fma|generic]``
 """
 
 from __future__ import annotations
@@ -30,17 +32,26 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--kernel", default=None,
+                    help="the C kernel's copy to use (default: the best this CPU runs)")
     args = ap.parse_args()
 
     import numpy as np
     import torch
     from sklearn.datasets import load_digits
 
+    from stability_lab.deep import attribution as A
     from stability_lab.deep import policies as P
     from stability_lab.deep.attribution import Attributor
     from stability_lab.spec import RunSpec
     from stability_lab.tasks.mlp import build_mlp
 
+    ks = A.kernel_targets()
+    if args.kernel is not None:
+        if args.kernel not in ks:
+            ap.error(f"--kernel: expected one of {', '.join(ks) or '(none built)'}, "
+                     f"got {args.kernel!r}")
+        A.KERNEL_TARGET = args.kernel
     torch.set_num_threads(args.threads)
     X, y = load_digits(return_X_y=True)
     X = torch.as_tensor(X / 16.0, dtype=torch.float32)
@@ -55,7 +66,8 @@ def main() -> None:
 
     decode: list[float] = []  # attr-1: seconds per attribution step to decode the rows
 
-    def variant(every: int | None, anomaly: bool = False) -> float:
+    def variant(every: int | None, anomaly: bool = False, reduce: str = "kernel") -> float:
+        A.REDUCE = reduce
         torch.manual_seed(0)
         model = build_mlp(spec)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -79,26 +91,31 @@ def main() -> None:
                     attr.end_step()
                 float(loss.detach())
                 times.append(time.perf_counter() - t0)
-        if every == 1:  # the rows are decoded when read, after the run: timed apart
+        if every == 1 and reduce == "kernel":  # rows decoded when read: timed apart
             t0 = time.perf_counter()
             attr.arrays()
             decode.append((time.perf_counter() - t0) / len(attr.steps))
         return float(np.median(times[5:]))  # drop warm-up steps
 
-    names = {"plain": (None, False), "attr-1": (1, False), "attr-10": (10, False),
-             "anomaly": (None, True)}
+    names = {"plain": (None, False, "kernel"), "attr-1": (1, False, "kernel"),
+             "attr-1/torch": (1, False, "torch"), "attr-10": (10, False, "kernel"),
+             "anomaly": (None, True, "kernel")}
+    if not A.kernel_targets():
+        print("note: the C kernel is not built here; attr-1 and attr-10 use torch too")
     results: dict[str, list[float]] = {k: [] for k in names}
     for _ in range(args.repeats):
-        for name, (every, anomaly) in names.items():
-            results[name].append(variant(every, anomaly))
+        for name, (every, anomaly, reduce) in names.items():
+            results[name].append(variant(every, anomaly, reduce))
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"MLP 64-{'-'.join([str(args.width)] * args.depth)}-10, batch {args.batch}, "
           f"{args.steps} steps x {args.repeats} repeats (median step time)")
     print(settings())
-    print(f"{'variant':<9} {'step us':>9} {'ratio':>7}")
+    print(f"attribution C kernel: {(args.kernel or ks[0]) if ks else 'not built'}"
+          + (f" (copies here: {', '.join(ks)})" if ks else ""))
+    print(f"{'variant':<13} {'step us':>9} {'ratio':>7}")
     for name in names:
-        print(f"{name:<9} {1e6 * med[name]:>9.1f} {med[name] / med['plain']:>7.3f}")
+        print(f"{name:<13} {1e6 * med[name]:>9.1f} {med[name] / med['plain']:>7.3f}")
     dec = statistics.median(decode)
     print(f"attr-1 rows decoded after the run (Attributor.arrays): "
           f"{1e6 * dec:.1f} us per attribution step, not in the step; counted in: "
