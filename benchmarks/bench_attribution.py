@@ -12,7 +12,7 @@ Variants, interleaved and repeated (median of per-step times over repeats):
 - ``anomaly``: plain step under ``torch.autograd.set_detect_anomaly(True)``.
 
 Usage: ``python benchmarks/bench_attribution.py [--batch 1437] [--steps 200] [--repeats 7]
-[--threads 1] [--depth 3] [--width 64] [--kernel avx512f|avx2+fma|generic]``
+[--threads 1] [--depth 3] [--width 64] [--kernel avx512f|avx2+fma|generic] [--phases]``
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--phases", action="store_true",
+                    help="then time each phase of the plain and the attr-1 step (one more "
+                         "run of each) and the kernel call")
     ap.add_argument("--kernel", default=None,
                     help="the C kernel's copy to use (default: the best this CPU runs)")
     args = ap.parse_args()
@@ -120,6 +123,73 @@ def main() -> None:
     print(f"attr-1 rows decoded after the run (Attributor.arrays): "
           f"{1e6 * dec:.1f} us per attribution step, not in the step; counted in: "
           f"{(med['attr-1'] + dec) / med['plain']:.3f}")
+    if args.phases:
+        A.REDUCE = "kernel"
+        plain, attr1 = phases(batches, spec, policy, None), phases(batches, spec, policy, 1)
+        print("phases of the step (median us over the steps of one more run of each):")
+        print(f"{'phase':<15} {'plain':>8} {'attr-1':>8} {'added':>8}")
+        for k, v in attr1.items():
+            p = plain.get(k, 0.0)
+            print(f"{k:<15} {p:>8.1f} {v:>8.1f} {v - p:>8.1f}")
+
+
+def phases(batches, spec, policy, every: int | None) -> dict[str, float]:
+    """Median time per phase of the step (microseconds), and of the kernel call."""
+    import numpy as np
+    import torch
+
+    from stability_lab.deep import attribution as A
+    from stability_lab.tasks.mlp import build_mlp
+
+    torch.manual_seed(0)
+    model = build_mlp(spec)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    attr = A.Attributor(model, policy, every) if every else None
+    names = ("begin", "forward", "end_forward", "backward", "before_update", "optimizer",
+             "end_step")
+    times: dict[str, list[float]] = {k: [] for k in names}
+    kernel: list[float] = []
+    real = A._attrkernel.attr_reduce if A._attrkernel is not None else None
+
+    def timed(*args):
+        t0 = time.perf_counter()
+        real(*args)
+        kernel.append(time.perf_counter() - t0)
+
+    if real is not None:
+        A._attrkernel.attr_reduce = timed
+    try:
+        for step, (xb, yb) in enumerate(batches, start=1):
+            t = [time.perf_counter()]
+            if attr:
+                attr.begin(step)
+            t.append(time.perf_counter())
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(xb), yb)
+            t.append(time.perf_counter())
+            if attr:
+                attr.end_forward()
+            t.append(time.perf_counter())
+            loss.backward()
+            t.append(time.perf_counter())
+            if attr:
+                attr.before_update()
+            t.append(time.perf_counter())
+            opt.step()
+            t.append(time.perf_counter())
+            if attr:
+                attr.end_step()
+            t.append(time.perf_counter())
+            float(loss.detach())
+            for k, a, b in zip(names, t, t[1:]):
+                times[k].append(b - a)
+    finally:
+        if real is not None:
+            A._attrkernel.attr_reduce = real
+    out = {k: 1e6 * float(np.median(v[5:])) for k, v in times.items()}
+    if kernel:
+        out["(kernel call)"] = 1e6 * float(np.median(kernel[5:]))
+    return out
 
 
 if __name__ == "__main__":
