@@ -232,3 +232,45 @@ def test_a_non_contiguous_parameter_falls_back_to_torch(monkeypatch):
     for name in b:
         for key in b[name]:
             np.testing.assert_allclose(a[name][key], b[name][key], rtol=0, atol=0)
+
+
+class Tagged(torch.Tensor):
+    """A tensor subclass (as libraries wrap activations); kept through torch ops."""
+
+
+class TagOutput(torch.nn.Module):
+    def forward(self, x):
+        return x.as_subclass(Tagged)
+
+
+def test_a_tensor_subclass_output_falls_back_to_torch(monkeypatch):
+    """Subclasses may hold no storage of their own: the kernel does not read them, and
+    the step's statistics are torch's."""
+    calls = []
+    if A._attrkernel is not None:
+        real = A._attrkernel.attr_reduce
+        monkeypatch.setattr(A._attrkernel, "attr_reduce",
+                            lambda *a: calls.append(1) or real(*a))
+    from stability_lab.deep import policies as P
+
+    def run(path):
+        monkeypatch.setattr(A, "REDUCE", path)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), TagOutput(), torch.nn.ReLU(),
+                                    torch.nn.Linear(5, 3))
+        attr = A.Attributor(model, P.get_policy("float32"), 1)
+        x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+        attr.begin(1)
+        loss = torch.nn.functional.cross_entropy(model(x).as_subclass(torch.Tensor), y)
+        attr.end_forward()
+        loss.backward()
+        attr.before_update()
+        attr.end_step()
+        return attr.arrays()
+
+    a, b = run("kernel"), run("torch")
+    assert not calls
+    assert a["1"]["act_absmax"][0] > 0
+    for name in b:
+        for key in b[name]:
+            np.testing.assert_array_equal(a[name][key], b[name][key])

@@ -87,6 +87,7 @@ _KERNEL_DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bf
 _JOB = struct.Struct("<14qd")
 _K_MINMAX, _K_SAMPLE, _K_UNITMAX, _K_UNITANY, _K_PARAM = 1, 2, 4, 8, 16
 _DATA_PTR = torch.Tensor.data_ptr
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 _IS_CONTIGUOUS = torch.Tensor.is_contiguous
 
 
@@ -450,14 +451,16 @@ class Attributor:
         sampled non-zero count and sampled count ``>= thr``, then per module with
         parameters the sums of squares of gradients, weights and updates. None where a
         tensor is not a strided CPU tensor of float32, float64, float16 or bfloat16, or a
-        parameter or its gradient not a contiguous one (the torch path then does the
-        step). A tensor that is not contiguous is copied first (its values in
-        ``reshape(-1)`` order, which is the order the statistics use).
+        parameter or its gradient not a contiguous one, or where one is a tensor subclass
+        (the torch path then does the step). A tensor that is not contiguous is copied
+        first (its values in ``reshape(-1)`` order, which is the order the statistics use).
         """
         tensors_in = tensors
         codes = _KERNEL_DTYPES
         for i, t in enumerate(tensors):
-            if not t.is_cpu or t.dtype not in codes or t.layout is not torch.strided:
+            # a subclass may keep no storage of its own (wrapper subclasses): torch path
+            if (type(t) is not _TENSOR or not t.is_cpu or t.dtype not in codes
+                    or t.layout is not torch.strided):
                 return None
             if not _IS_CONTIGUOUS(t):  # a view: its values in order (as reshape(-1))
                 if tensors is tensors_in:
@@ -469,9 +472,11 @@ class Attributor:
         if ps:
             views = self._param_buffer()[1]
             for p, g in zip(ps, gl):
-                if (not p.is_cpu or p.dtype not in codes or not _IS_CONTIGUOUS(p)
-                        or (g is not None and (g.layout is not torch.strided or g.dtype
-                                               is not p.dtype or not _IS_CONTIGUOUS(g)))):
+                if (type(p) not in _PLAIN or not p.is_cpu or p.dtype not in codes
+                        or not _IS_CONTIGUOUS(p)
+                        or (g is not None and (type(g) is not _TENSOR or g.dtype is not p.dtype
+                                               or g.layout is not torch.strided
+                                               or not _IS_CONTIGUOUS(g)))):
                     return None
             if before is not None and before is not views[2]:  # a snapshot by the caller
                 with torch.no_grad():
