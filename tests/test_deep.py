@@ -366,3 +366,29 @@ def test_a_run_that_raises_mid_attribution_step_leaves_no_hooks_behind():
     assert (len(M._global_forward_hooks), len(M._global_forward_pre_hooks)) == before
     _, tr = run("mlp", policy="float32", epochs=2, attribute_every=1)  # next run is clean
     assert tr.extras["attribution"]["modules"]
+
+
+@pytest.mark.parametrize("policy,fmt", [("float16", "float16"), ("bfloat16", "bfloat16"),
+                                        ("mixed-fp16", "float32"), ("fp8", "float32"),
+                                        ("float32", "float32")])
+def test_signatures_judge_a_deep_run_in_its_parameters_format(policy, fmt):
+    """Update stagnation and weight headroom are judged in the format the optimizer
+    updates: the pure policy's dtype, float32 under fp32 master weights (not the
+    precision axis's float64 default)."""
+    from stability_lab.diagnosis.signatures import trace_format
+
+    _, tr = run("mlp", policy=policy, epochs=1)
+    assert trace_format(tr).name == fmt
+
+
+def test_pure_bfloat16_updates_below_half_an_ulp_are_named_stagnation():
+    """lr 0.01 on the digits MLP: updates near 4e-4 of the weights, below bfloat16's
+    half-ulp ratio 2^-8, are rounded away; the same run in float32 is not stagnating."""
+    from stability_lab.diagnosis.signatures import detect_all
+
+    names = {}
+    for policy in ("bfloat16", "float32"):
+        _, tr = run("mlp", policy=policy, lr=0.01, epochs=20)
+        names[policy] = {f.signature for f in detect_all(tr)}
+    assert "stagnation" in names["bfloat16"]
+    assert "stagnation" not in names["float32"]

@@ -290,7 +290,10 @@ def _train(spec: RunSpec, problem: Problem) -> Trace:
         "stopped": stopped,
         "steps_run": n,
         "steps_planned": problem.n_steps,
-        "format": {"activations": policy.act_format.name, "gradients": policy.grad_format.name,
+        # name: the format of the parameters the optimizer updates (the signatures judge
+        # update stagnation and weight headroom in it: float32 under fp32 master weights)
+        "format": {"name": policy.param_dtype,
+                   "activations": policy.act_format.name, "gradients": policy.grad_format.name,
                    "outputs": policy.output,
                    "max": policy.act_format.max, "tiny": policy.act_format.tiny},
     })
