@@ -1,8 +1,9 @@
 """HTML report with plots: one self-contained file (PNG plots inlined as base64).
 
 Sections: the verdict lines, the condition numbers, the recommendations with their
-evidence, loss and gradient-norm curves per precision (one line per run, failures
-marked at their onset), the verification table if any, and the run table.
+evidence, loss and gradient-norm curves, one panel per policy, precision or solver
+(whichever the sweep varies; one line per run, failures marked at their onset), the
+verification table if any, and the run table.
 """
 
 from __future__ import annotations
@@ -24,17 +25,32 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+#: the axes that get a panel each, in order of preference
+PANEL_AXES = ("policy", "precision", "solver")
+
+
+def panels(results) -> dict[str, list]:
+    """Runs with a trace, one panel per value of the first of :data:`PANEL_AXES` that
+    varies across them (else the first that is set): ``{"policy=float16": [runs]}``."""
+    runs = [r for r in results if r.trace.n_steps]
+    axis = next((a for a in PANEL_AXES if len({getattr(r.spec, a, None) for r in runs}) > 1),
+                None)
+    if axis is None:
+        axis = next((a for a in PANEL_AXES if any(getattr(r.spec, a, None) for r in runs)),
+                    None)
+    groups: dict[str, list] = defaultdict(list)
+    for r in runs:
+        groups[f"{axis}={getattr(r.spec, axis)}" if axis else "run"].append(r)
+    return dict(groups)
+
+
 def _curves(result, metric: str, title: str) -> str | None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = defaultdict(list)
-    for r in result.results:
-        if r.trace.n_steps:
-            key = r.spec.precision or r.spec.policy or r.spec.solver or "run"
-            groups[key].append(r)
+    groups = panels(result.results)
     if not groups:
         return None
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2), squeeze=False)
