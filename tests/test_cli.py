@@ -234,3 +234,16 @@ def test_module_and_script_entry_points(tmp_path):
                 [sys.executable, "stability_lab.py", "--help"]):
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "stability-lab" in proc.stdout
+
+
+def test_the_stored_command_is_the_one_main_parsed(tmp_path, capsys, monkeypatch):
+    """Called as a library, main() stores its own arguments, not the host's sys.argv."""
+    import sqlite3
+
+    monkeypatch.setattr("sys.argv", ["pytest", "-k", "something else"])
+    out = tmp_path / "s"
+    assert main(["--sweep", "lr=0.01", "--epochs", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    (command,) = sqlite3.connect(out / "lab.sqlite").execute(
+        "SELECT command FROM sweeps").fetchone()
+    assert command == f"stability-lab run --sweep lr=0.01 --epochs 2 --out {out}"

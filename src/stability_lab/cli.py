@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         args = parser.parse_args(argv)
+        args._argv = argv  # the command line as parsed (stored with a sweep)
         if not getattr(args, "_main", None):
             parser.print_help()
             return 2

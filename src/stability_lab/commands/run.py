@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 from ..errors import UsageError
@@ -111,7 +112,8 @@ def main(args: argparse.Namespace) -> int:
     from ..lab import run_sweep  # heavy imports start here
 
     progress = None if (args.no_progress or not sys.stderr.isatty()) else _bar
-    command = "stability-lab " + " ".join(sys.argv[1:])
+    # the arguments main() parsed (not sys.argv: a library call has its caller's argv)
+    command = "stability-lab " + shlex.join(getattr(args, "_argv", None) or sys.argv[1:])
     result = run_sweep(sweep, out=args.out, command=command, progress=progress,
                        cohorts=not args.no_cohorts, rerun=args.rerun)
     if progress:
