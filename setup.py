@@ -23,12 +23,14 @@ setup(
         Extension(
             "stability_lab.numerics._lsekernel",
             ["src/stability_lab/numerics/_lsekernel.c"],
+            depends=["src/stability_lab/_simd_copies.h"],
             extra_compile_args=args,
             optional=True,
         ),
         Extension(
             "stability_lab.deep._attrkernel",
             ["src/stability_lab/deep/_attrkernel.c"],
+            depends=["src/stability_lab/_simd_copies.h"],
             extra_compile_args=args,
             optional=True,
         ),

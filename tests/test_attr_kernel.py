@@ -196,14 +196,20 @@ def test_runs_record_the_same_attribution_on_both_paths(task, changes, monkeypat
                                       equal_nan=True), (name, key)
 
 
-def test_a_non_contiguous_parameter_falls_back_to_torch(monkeypatch):
-    """The kernel reads parameters in place; one that is a transposed view sends the
-    step to the torch reductions, with the same statistics."""
-    calls = []
+def _count_kernel_calls(monkeypatch) -> list[int]:
+    """A list that grows by one per call of the C kernel."""
+    calls: list[int] = []
     if A._attrkernel is not None:
         real = A._attrkernel.attr_reduce
         monkeypatch.setattr(A._attrkernel, "attr_reduce",
                             lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_a_non_contiguous_parameter_falls_back_to_torch(monkeypatch):
+    """The kernel reads parameters in place; one that is a transposed view sends the
+    step to the torch reductions, with the same statistics."""
+    calls = _count_kernel_calls(monkeypatch)
 
     def run(path):
         monkeypatch.setattr(A, "REDUCE", path)
@@ -246,11 +252,7 @@ class TagOutput(torch.nn.Module):
 def test_a_tensor_subclass_output_falls_back_to_torch(monkeypatch):
     """Subclasses may hold no storage of their own: the kernel does not read them, and
     the step's statistics are torch's."""
-    calls = []
-    if A._attrkernel is not None:
-        real = A._attrkernel.attr_reduce
-        monkeypatch.setattr(A._attrkernel, "attr_reduce",
-                            lambda *a: calls.append(1) or real(*a))
+    calls = _count_kernel_calls(monkeypatch)
     from stability_lab.deep import policies as P
 
     def run(path):

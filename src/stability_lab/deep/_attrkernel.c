@@ -29,15 +29,18 @@
  * minima, maxima and unit values equal torch's bit for bit (up to the sign of a zero
  * minimum or maximum). Only the sums of squares differ from torch's, in summation order.
  *
- * Three copies of the loops are compiled (generic, AVX2+FMA, AVX-512F), vectorised by
- * the compiler from `#pragma omp simd` (-fopenmp-simd, no OpenMP runtime); the best one
- * the CPU supports is chosen once, at import. No -ffast-math: NaN must propagate.
+ * Three copies of the loops are compiled (generic, AVX2+FMA, AVX-512F; see
+ * ../_simd_copies.h), vectorised by the compiler from `#pragma omp simd` (-fopenmp-simd,
+ * no OpenMP runtime); the best one the CPU supports is chosen once, at import. No
+ * -ffast-math: NaN must propagate.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "../_simd_copies.h"
 
 enum { K_MINMAX = 1, K_SAMPLE = 2, K_UNITMAX = 4, K_UNITANY = 8, K_PARAM = 16 };
 enum { D_F32 = 0, D_F64 = 1, D_F16 = 2, D_BF16 = 3 };
@@ -210,38 +213,16 @@ typedef struct {
                                                  &loops_f16_##NAME, &loops_bf16_##NAME};
 
 DEFINE_TARGET(generic, )
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
-#define X86_COPIES 1
-DEFINE_TARGET(avx2, __attribute__((target("avx2,fma"))))
-DEFINE_TARGET(avx512, __attribute__((target("avx512f,avx2,fma"))))
+#if SIMD_X86_COPIES
+DEFINE_TARGET(avx2, COPY_AVX2)
+DEFINE_TARGET(avx512, COPY_AVX512)
+static const loops_t *const *const copy_sets[N_COPIES] = {set_avx512, set_avx2, set_generic};
 #else
-#define X86_COPIES 0
+static const loops_t *const *const copy_sets[N_COPIES] = {NULL, NULL, set_generic};
 #endif
 
-static const char *target_names[3];
-static const loops_t *const *target_sets[3];
-static int n_targets = 0;
-
-static void init_targets(void)
-{
-    if (n_targets)
-        return;
-#if X86_COPIES
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2")
-        && __builtin_cpu_supports("fma")) {
-        target_names[n_targets] = "avx512f";
-        target_sets[n_targets++] = set_avx512;
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        target_names[n_targets] = "avx2+fma";
-        target_sets[n_targets++] = set_avx2;
-    }
-#endif
-    target_names[n_targets] = "generic";
-    target_sets[n_targets++] = set_generic;
-}
+/* The copies this CPU can run, best first. */
+static copies_t copies;
 
 /* Check a job table against the pointer count and output length; 0 or -1 (error set). */
 static int check_jobs(const job_t *jobs, Py_ssize_t n_jobs, Py_ssize_t n_ptrs,
@@ -327,20 +308,10 @@ static PyObject *attr_reduce(PyObject *self, PyObject *args)
     const char *want = NULL;
     if (!PyArg_ParseTuple(args, "O!OO|z", &PyList_Type, &ptrs_o, &jobs_o, &out_o, &want))
         return NULL;
-    const loops_t *const *set = target_sets[0];
-    if (want != NULL) {
-        int found = 0;
-        for (int i = 0; i < n_targets; i++)
-            if (strcmp(want, target_names[i]) == 0) {
-                set = target_sets[i];
-                found = 1;
-            }
-        if (!found) {
-            PyErr_Format(PyExc_ValueError, "attr_reduce: target '%s' is not available "
-                         "on this CPU (see targets())", want);
-            return NULL;
-        }
-    }
+    int copy = copies_pick(&copies, want, "attr_reduce");
+    if (copy < 0)
+        return NULL;
+    const loops_t *const *set = copy_sets[copy];
     Py_ssize_t n_ptrs = PyList_GET_SIZE(ptrs_o);
     void *stack_ptrs[64];
     void **ptr = n_ptrs <= 64 ? stack_ptrs : PyMem_Malloc(sizeof(void *) * (size_t)n_ptrs);
@@ -405,18 +376,7 @@ fail_ptr:
 
 static PyObject *targets(PyObject *self, PyObject *noargs)
 {
-    PyObject *out = PyTuple_New(n_targets);
-    if (out == NULL)
-        return NULL;
-    for (int i = 0; i < n_targets; i++) {
-        PyObject *name = PyUnicode_FromString(target_names[i]);
-        if (name == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(out, i, name);
-    }
-    return out;
+    return copies_tuple(&copies);
 }
 
 static PyObject *job_size(PyObject *self, PyObject *noargs)
@@ -441,6 +401,6 @@ static struct PyModuleDef moddef = {
 
 PyMODINIT_FUNC PyInit__attrkernel(void)
 {
-    init_targets();
+    copies_init(&copies); /* once, under the import lock: the calls only read it */
     return PyModule_Create(&moddef);
 }

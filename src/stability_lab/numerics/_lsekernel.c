@@ -35,6 +35,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../_simd_copies.h"
+
 /* float32 exp pieces (Cephes expf, as in sse_mathfun's exp_ps): ln 2 split so that
  * k * LN2_HI_F is exact for |k| < 2^15, and the degree-7 polynomial
  * exp(r) ~ 1 + r + r^2 * P(r) on |r| <= ln2/2 (relative error ~1 ulp of float32). */
@@ -178,42 +180,18 @@ DEFINE_KERNEL(rows_generic, , expsum_generic)
 typedef Py_ssize_t (*kernel_fn)(const float *, Py_ssize_t, Py_ssize_t, float *, float *,
                                 float *, unsigned char *);
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
-#define X86_COPIES 1
-#define AVX2 __attribute__((target("avx2,fma")))
-#define AVX512 __attribute__((target("avx512f,avx2,fma")))
-DEFINE_EXPSUM(expsum_avx2, AVX2, 8, vf8, vi8, vd4, vl4, LO8, HI8)
-DEFINE_KERNEL(rows_avx2, AVX2, expsum_avx2)
-DEFINE_EXPSUM(expsum_avx512, AVX512, 16, vf16, vi16, vd8, vl8, LO16, HI16)
-DEFINE_KERNEL(rows_avx512, AVX512, expsum_avx512)
+#if SIMD_X86_COPIES
+DEFINE_EXPSUM(expsum_avx2, COPY_AVX2, 8, vf8, vi8, vd4, vl4, LO8, HI8)
+DEFINE_KERNEL(rows_avx2, COPY_AVX2, expsum_avx2)
+DEFINE_EXPSUM(expsum_avx512, COPY_AVX512, 16, vf16, vi16, vd8, vl8, LO16, HI16)
+DEFINE_KERNEL(rows_avx512, COPY_AVX512, expsum_avx512)
+static const kernel_fn copy_fns[N_COPIES] = {rows_avx512, rows_avx2, rows_generic};
 #else
-#define X86_COPIES 0
+static const kernel_fn copy_fns[N_COPIES] = {NULL, NULL, rows_generic};
 #endif
 
 /* The copies this CPU can run, best first. */
-static const char *target_names[3];
-static kernel_fn target_fns[3];
-static int n_targets = 0;
-
-static void init_targets(void)
-{
-    if (n_targets)
-        return;
-#if X86_COPIES
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2")
-        && __builtin_cpu_supports("fma")) {
-        target_names[n_targets] = "avx512f";
-        target_fns[n_targets++] = rows_avx512;
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        target_names[n_targets] = "avx2+fma";
-        target_fns[n_targets++] = rows_avx2;
-    }
-#endif
-    target_names[n_targets] = "generic";
-    target_fns[n_targets++] = rows_generic;
-}
+static copies_t copies;
 
 static int get_buf(PyObject *obj, Py_buffer *view, const char *name, const char *fmt,
                    Py_ssize_t itemsize, Py_ssize_t count, int writable)
@@ -239,20 +217,10 @@ static PyObject *lse_rows_f32(PyObject *self, PyObject *args)
     const char *want = NULL;
     if (!PyArg_ParseTuple(args, "OnnOOOO|z", &xo, &rows, &n, &mo, &lo, &lsmo, &so, &want))
         return NULL;
-    kernel_fn fn = target_fns[0];
-    if (want != NULL) {
-        int found = 0;
-        for (int i = 0; i < n_targets; i++)
-            if (strcmp(want, target_names[i]) == 0) {
-                fn = target_fns[i];
-                found = 1;
-            }
-        if (!found) {
-            PyErr_Format(PyExc_ValueError, "lse_rows_f32: target '%s' is not available "
-                         "on this CPU (see targets())", want);
-            return NULL;
-        }
-    }
+    int copy = copies_pick(&copies, want, "lse_rows_f32");
+    if (copy < 0)
+        return NULL;
+    kernel_fn fn = copy_fns[copy];
     if (rows < 0 || n <= 0) {
         PyErr_SetString(PyExc_ValueError, "lse_rows_f32: need rows >= 0 and n >= 1");
         return NULL;
@@ -294,18 +262,7 @@ fail_x:
 
 static PyObject *targets(PyObject *self, PyObject *noargs)
 {
-    PyObject *out = PyTuple_New(n_targets);
-    if (out == NULL)
-        return NULL;
-    for (int i = 0; i < n_targets; i++) {
-        PyObject *name = PyUnicode_FromString(target_names[i]);
-        if (name == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(out, i, name);
-    }
-    return out;
+    return copies_tuple(&copies);
 }
 
 static PyMethodDef methods[] = {
@@ -325,6 +282,6 @@ static struct PyModuleDef moddef = {
 
 PyMODINIT_FUNC PyInit__lsekernel(void)
 {
-    init_targets(); /* once, under the import lock: the calls only read the table */
+    copies_init(&copies); /* once, under the import lock: the calls only read it */
     return PyModule_Create(&moddef);
 }
