@@ -38,6 +38,16 @@ def main() -> None:
     ap.add_argument("--kernel", default=None,
                     help="the C kernel's copy to use (default: the best this CPU runs)")
     args = ap.parse_args()
+    # --kernel is checked before the heavy imports: the kernel module needs no torch
+    try:
+        from stability_lab.deep import _attrkernel
+    except ImportError:
+        ks: tuple[str, ...] = ()
+    else:
+        ks = tuple(_attrkernel.targets())
+    if args.kernel is not None and args.kernel not in ks:
+        ap.error(f"--kernel: expected one of {', '.join(ks) or '(none built)'}, "
+                 f"got {args.kernel!r}")
 
     import numpy as np
     import torch
@@ -49,11 +59,7 @@ def main() -> None:
     from stability_lab.spec import RunSpec
     from stability_lab.tasks.mlp import build_mlp
 
-    ks = A.kernel_targets()
     if args.kernel is not None:
-        if args.kernel not in ks:
-            ap.error(f"--kernel: expected one of {', '.join(ks) or '(none built)'}, "
-                     f"got {args.kernel!r}")
         A.KERNEL_TARGET = args.kernel
     torch.set_num_threads(args.threads)
     X, y = load_digits(return_X_y=True)
@@ -103,7 +109,7 @@ def main() -> None:
     names = {"plain": (None, False, "kernel"), "attr-1": (1, False, "kernel"),
              "attr-1/torch": (1, False, "torch"), "attr-10": (10, False, "kernel"),
              "anomaly": (None, True, "kernel")}
-    if not A.kernel_targets():
+    if not ks:
         print("note: the C kernel is not built here; attr-1 and attr-10 use torch too")
     results: dict[str, list[float]] = {k: [] for k in names}
     for _ in range(args.repeats):

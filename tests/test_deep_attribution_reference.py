@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from _helpers import sum_sq_norms
 from torch import nn
 
 from stability_lab.deep import policies as P
@@ -204,13 +205,10 @@ def test_statistics_equal_a_straightforward_reference(policy_name, dtype, specia
         if not ps:
             assert "grad_norm" not in arr.get(name, {})
             continue
-        g2 = sum(float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2
-                 for g in pgrads[name])
-        w2 = sum(float(torch.linalg.vector_norm(w, dtype=torch.float64)) ** 2
-                 for w in after[name])
+        g2 = sum_sq_norms(pgrads[name])
+        w2 = sum_sq_norms(after[name])
         wd = [torch.promote_types(p.dtype, torch.float32) for p in ps]
-        u2 = sum(float(torch.linalg.vector_norm(a.to(d) - b.to(d), dtype=torch.float64)) ** 2
-                 for a, b, d in zip(after[name], ps, wd))
+        u2 = sum_sq_norms(a.to(d) - b.to(d) for a, b, d in zip(after[name], ps, wd))
         got_g, got_u = arr[name]["grad_norm"][0], arr[name]["update_ratio"][0]
         want_u = math.sqrt(u2) / math.sqrt(w2) if w2 > 0 else math.nan
         if special or poison:  # NaN downstream of the NaN

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from _helpers import sum_sq_norms
 
 from stability_lab.deep import policies as P
 from stability_lab.deep.attribution import SAMPLE, Attributor
@@ -106,12 +107,9 @@ def test_batched_statistics_equal_per_module_reference(inplace, scale):
         if not ps:
             assert "grad_norm" not in arr.get(name, {})
             continue
-        g2 = sum(float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2
-                 for g in pgrads[name])
-        w2 = sum(float(torch.linalg.vector_norm(w, dtype=torch.float64)) ** 2
-                 for w in after[name])
-        u2 = sum(float(torch.linalg.vector_norm(a - b, dtype=torch.float64)) ** 2
-                 for a, b in zip(after[name], ps))
+        g2 = sum_sq_norms(pgrads[name])
+        w2 = sum_sq_norms(after[name])
+        u2 = sum_sq_norms(a - b for a, b in zip(after[name], ps))
         assert arr[name]["grad_norm"][0] == pytest.approx(math.sqrt(g2) / scale, rel=1e-12)
         assert arr[name]["update_ratio"][0] == pytest.approx(math.sqrt(u2) / math.sqrt(w2),
                                                              rel=1e-12)

@@ -267,8 +267,8 @@ def train_gd(X: np.ndarray, y: np.ndarray, *, lr: float | Sequence[float], epoch
             z = A @ w
             p = _sigmoid(z)
             z64 = A64 @ w.astype(np.float64)
-            p64 = 0.5 * (1 + np.tanh(0.5 * z64))
             if loss == "mse":
+                p64 = 0.5 * (1 + np.tanh(0.5 * z64))
                 L = 0.5 * np.mean((p64 - y) ** 2)
             else:
                 L = np.mean(np.logaddexp(0, z64) - y * z64)
@@ -298,11 +298,12 @@ def train_gd(X: np.ndarray, y: np.ndarray, *, lr: float | Sequence[float], epoch
             if not (np.isfinite(rec["loss"][e]) and np.all(np.isfinite(g))):
                 k = e + 1
                 break
-            wn = (w - dt(lrs[e]) * g).astype(dt)
+            step = dt(lrs[e]) * g
+            wn = (w - step).astype(dt)
             delta = wn.astype(np.float64) - w.astype(np.float64)
             rec["update_norm"][e] = float(np.linalg.norm(delta))
             rec["update_ratio"][e] = rec["update_norm"][e] / max(rec["weight_norm"][e], 1e-300)
-            intended = (dt(lrs[e]) * g) != 0
+            intended = step != 0
             rec["frac_unchanged"][e] = float(np.sum((delta == 0) & intended)) / max(
                 1, int(np.sum(intended)))
             w = wn
@@ -709,6 +710,8 @@ def _silent(ws: Path) -> Repro:
 
 
 def _nondet_run(cfg: dict):
+    import dataclasses
+
     import torch
 
     from .diagnosis.signatures import attach_determinism
@@ -725,8 +728,6 @@ def _nondet_run(cfg: dict):
             torch.set_num_threads(threads)
             perm = np.random.default_rng(order).permutation(prep.X64.shape[0]) if order else \
                 np.arange(prep.X64.shape[0])
-            import dataclasses
-
             p2 = dataclasses.replace(prep, X64=prep.X64[perm], y64=prep.y64[perm])
             traces.append(task.run(spec, p2))
     finally:

@@ -212,6 +212,7 @@ def condition_info(A: Any, *, method: str = "auto", rank_tol: float | None = Non
     m, n = A.shape
     p = min(m, n)
     sparse = scipy.sparse.issparse(A)
+    nnz = int(A.nnz) if sparse else None
     eps = float(np.finfo(np.float64).eps)
     if method == "auto":
         method = ("svd" if not sparse and p <= _EXACT_LIMIT_N and m * n <= _EXACT_LIMIT_ENTRIES
@@ -238,8 +239,7 @@ def condition_info(A: Any, *, method: str = "auto", rank_tol: float | None = Non
             rank_deficiency=p - r, rank_cutoff=rt, kappa_effective=keff, method="svd",
             estimator="LAPACK singular values (of R from Householder QR when A is tall)",
             relative_error_bound=min(p * eps * (smax / smin if smin > 0 else math.inf), 1.0),
-            shape=(m, n), nnz=int(A.nnz) if sparse else None,
-            time_s=time.perf_counter() - t0)
+            shape=(m, n), nnz=nnz, time_s=time.perf_counter() - t0)
 
     # gram
     G, dense = _gram(A)
@@ -250,8 +250,7 @@ def condition_info(A: Any, *, method: str = "auto", rank_tol: float | None = Non
                                               return_eigenvectors=False)[0])
     if lam_max <= 0:
         return ConditionEstimate(math.inf, 0.0, 0.0, 0, p, 0.0, math.inf, "gram",
-                                 "A is zero", 0.0, (m, n), int(A.nnz) if sparse else None,
-                                 time.perf_counter() - t0)
+                                 "A is zero", 0.0, (m, n), nnz, time.perf_counter() - t0)
     rt = rank_tol if rank_tol is not None else k_dim * eps
     zero = rt * lam_max
     delta = 10 * k_dim * eps * lam_max
@@ -293,8 +292,7 @@ def condition_info(A: Any, *, method: str = "auto", rank_tol: float | None = Non
                    f"of A^T A + delta I; zero if <= {rt:.3g} lambda_max"
                    + (f"; null-space search stopped at {nk} eigenvalues"
                       if nzero >= nk else "")),
-        relative_error_bound=bound, shape=(m, n), nnz=int(A.nnz) if sparse else None,
-        time_s=time.perf_counter() - t0)
+        relative_error_bound=bound, shape=(m, n), nnz=nnz, time_s=time.perf_counter() - t0)
 
 
 def condition_number(A: Any, *, method: str = "auto", **kwargs: Any) -> float:

@@ -192,23 +192,29 @@ def load(source: str, target: str | None = None, kappa: float | None = None) -> 
         if kappa is not None:
             params["kappa"] = kappa
         return synthetic(int(params["n"]), int(params["d"]), params["kappa"], int(params["seed"]))
-    if source.lower().endswith(".csv") or Path(source).suffix or "/" in source:
+    if _names_a_file(source):
         return load_csv(source, target)
-    raise UsageError(
-        f"Unknown data source {source!r}; expected breast_cancer, digits, "
-        "synthetic:n=2000,d=20,kappa=1e8,seed=0, or a path to a .csv file with --target COLUMN."
-    )
+    raise _unknown_source(source)
 
 
 def check_source(source: str) -> None:
-    """Cheap check of a ``--data`` value's form (no file reading)."""
-    if source in BUILTIN or source.startswith("synthetic"):
-        if source.startswith("synthetic"):
-            parse_synthetic(source)
-        return
-    if Path(source).suffix or "/" in source:
-        return
-    load(source)  # raises the 'unknown data source' error
+    """Cheap check of a ``--data`` value's form (reads no file, loads no data)."""
+    source = str(source).strip()  # as load() reads it
+    if source.startswith("synthetic"):
+        parse_synthetic(source)
+    elif source not in BUILTIN and not _names_a_file(source):
+        raise _unknown_source(source)
+
+
+def _names_a_file(source: str) -> bool:
+    return source.lower().endswith(".csv") or bool(Path(source).suffix) or "/" in source
+
+
+def _unknown_source(source: str) -> UsageError:
+    return UsageError(
+        f"Unknown data source {source!r}; expected breast_cancer, digits, "
+        "synthetic:n=2000,d=20,kappa=1e8,seed=0, or a path to a .csv file with --target COLUMN."
+    )
 
 
 def scale_features(X: np.ndarray, scale: str) -> np.ndarray:

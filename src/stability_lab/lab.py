@@ -176,11 +176,11 @@ def _context(results: list[RunResult], prepared: engine.Prepared,
     standardized: dict[str, float] = {}
     #: variant key -> its conditioning facts, each variant computed once
     facts_of: dict[tuple, dict[str, Any]] = {}
-    for (task_name, _key), variant in prepared.variants.items():
+    for (task_name, data_key), variant in prepared.variants.items():
         task = prepared.task(task_name)
-        facts = facts_of[(task_name, _key)] = task.conditioning(variant)
+        facts = facts_of[(task_name, data_key)] = task.conditioning(variant)
         if facts:
-            conditioning[getattr(variant, "variant", str(_key))] = facts
+            conditioning[getattr(variant, "variant", str(data_key))] = facts
         gram = getattr(variant, "gram", None)
         if gram is not None:
             grams[(variant.source, variant.scale, variant.fmt.name)] = gram

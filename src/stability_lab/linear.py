@@ -393,6 +393,18 @@ def _chunk_rows(n: int) -> int:
     return max(1, (1 << 18) // max(n, 1))
 
 
+def _dd_products(Ab: np.ndarray, Ab_lo: np.ndarray | None, v_hi: np.ndarray,
+                 v_lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The element-wise products ``(Ab + Ab_lo) * (v_hi + v_lo)`` (``v`` broadcast) as
+    ``(p, lo)``: ``p = fl(Ab v_hi)`` and ``lo`` its TwoProd error plus ``Ab v_lo`` and,
+    when given, ``Ab_lo v_hi`` (the ``Ab_lo v_lo`` term is dropped)."""
+    p, e = _two_prod(Ab, v_hi)
+    lo = e + Ab * v_lo
+    if Ab_lo is not None:
+        lo = lo + Ab_lo * v_hi
+    return p, lo
+
+
 def _dd_residuals(A: np.ndarray, b: np.ndarray, x: tuple[np.ndarray, np.ndarray],
                   r: tuple[np.ndarray, np.ndarray],
                   A_lo: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -410,21 +422,16 @@ def _dd_residuals(A: np.ndarray, b: np.ndarray, x: tuple[np.ndarray, np.ndarray]
     step = _chunk_rows(n)
     for i0 in range(0, m, step):
         Ab = A[i0:i0 + step]
+        Ab_lo = None if A_lo is None else A_lo[i0:i0 + step]
         k = Ab.shape[0]
         # f = b - r - A x
-        p, e = _two_prod(Ab, x_hi[None, :])
-        lo_terms = e + Ab * x_lo[None, :]
-        if A_lo is not None:
-            lo_terms = lo_terms + A_lo[i0:i0 + step] * x_hi[None, :]
+        p, lo_terms = _dd_products(Ab, Ab_lo, x_hi[None, :], x_lo[None, :])
         hi = np.concatenate([b[i0:i0 + k, None], -r_hi[i0:i0 + k, None], -p], axis=1)
         lo = np.concatenate([np.zeros((k, 1)), -r_lo[i0:i0 + k, None], -lo_terms], axis=1)
         fh, fl = _dd_sum(hi, lo, axis=1)
         f[i0:i0 + k] = fh + fl
         # g = -A^T r
-        p, e = _two_prod(Ab, r_hi[i0:i0 + k, None])
-        lo_terms = e + Ab * r_lo[i0:i0 + k, None]
-        if A_lo is not None:
-            lo_terms = lo_terms + A_lo[i0:i0 + step] * r_hi[i0:i0 + k, None]
+        p, lo_terms = _dd_products(Ab, Ab_lo, r_hi[i0:i0 + k, None], r_lo[i0:i0 + k, None])
         gh, gl = _dd_sum(p, lo_terms, axis=0)
         s, e2 = _two_sum(g_hi, gh)
         g_hi, g_lo = s, g_lo + gl + e2
@@ -440,11 +447,9 @@ def _dd_residual(A: np.ndarray, b: np.ndarray, x: tuple[np.ndarray, np.ndarray],
     step = _chunk_rows(n)
     for i0 in range(0, m, step):
         Ab = A[i0:i0 + step]
+        Ab_lo = None if A_lo is None else A_lo[i0:i0 + step]
         k = Ab.shape[0]
-        p, e = _two_prod(Ab, x[0][None, :])
-        lo_terms = e + Ab * x[1][None, :]
-        if A_lo is not None:
-            lo_terms = lo_terms + A_lo[i0:i0 + step] * x[0][None, :]
+        p, lo_terms = _dd_products(Ab, Ab_lo, x[0][None, :], x[1][None, :])
         hi = np.concatenate([b[i0:i0 + k, None], -p], axis=1)
         lo = np.concatenate([np.zeros((k, 1)), -lo_terms], axis=1)
         r_hi[i0:i0 + k], r_lo[i0:i0 + k] = _dd_sum(hi, lo, axis=1)
@@ -544,10 +549,15 @@ def _truncated_svd(X, y, rcond, diag):
     return Vt[keep].T @ c
 
 
+def _default_rcond(X) -> float:
+    """NumPy's lstsq cutoff ``eps * max(m, n)`` (relative to s_max) in X's dtype."""
+    return float(np.finfo(X.dtype).eps) * max(X.shape)
+
+
 def _solve_svd(X, y, opts, diag):
     rcond = opts["rcond"]
     if rcond is None:
-        rcond = float(np.finfo(X.dtype).eps) * max(X.shape)
+        rcond = _default_rcond(X)
     return _truncated_svd(X, y, rcond, diag)
 
 
@@ -563,10 +573,10 @@ def _solve_pinv(X, y, opts, diag):
 
 
 def _solve_lstsq(X, y, opts, diag):
-    coef, _, rank, s = np.linalg.lstsq(X, y, rcond=opts["rcond"])
     rc = opts["rcond"]
+    coef, _, rank, s = np.linalg.lstsq(X, y, rcond=rc)
     if rc is None:
-        rc = float(np.finfo(X.dtype).eps) * max(X.shape)
+        rc = _default_rcond(X)
     diag.numerical_rank = int(rank)
     diag.rank_deficiency = int(min(X.shape) - rank)
     diag.rank_cutoff, diag.rank_cutoff_absolute = float(rc), float(rc * s[0])
@@ -663,7 +673,7 @@ def _solve_cg(X, y, opts, diag):
     return x
 
 
-def _norm_est(X, iters: int = 50) -> float:
+def _norm_est(X) -> float:
     if not scipy.sparse.issparse(X) and X.shape[1] <= 2000:
         return float(np.linalg.norm(X.astype(np.float64), 2))
     from stability_lab.conditioning import sigma_max
@@ -816,8 +826,7 @@ def _solve_auto_sparse(X, y, opts, diag):
     the Jacobi preconditioner for the normal equations), O(nnz) per iteration."""
     d = _pow2_scale(_column_norms(X))
     A = X @ scipy.sparse.diags(d)
-    o = {"damp": 0.0, "atol": None, "btol": None, "max_iter": None}
-    z = _solve_lsqr(A, y, o, diag)
+    z = _solve_lsqr(A, y, _OPTIONS["lsqr"], diag)  # LSQR's defaults
     return z * d
 
 
@@ -898,7 +907,7 @@ def solve(X: Any, y: Any, solver: str = "auto", precision: str = "float64", *,
             f"unique; use solver='ridge' (regularised) or the minimum-norm solution "
             f"(solver='svd', 'pinv' or 'lstsq').")
     diag = SolveDiagnostics(solver=solver, precision=precision, n_samples=m, n_features=n,
-                            options={k: v for k, v in opts.items()})
+                            options=dict(opts))
     dt = np.dtype(precision)
     u = float(np.finfo(dt).eps) / 2
     kappa = kappa_eq = math.nan

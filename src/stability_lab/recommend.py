@@ -218,18 +218,14 @@ def lower_lr(ctx: Context) -> list[Recommendation]:
     return out
 
 
-def l2_for_condition(gram: np.ndarray, target: float) -> float:
-    """Smallest lambda with cond(G + lambda I) <= target, for a feature Gram matrix G.
+def _l2_for_eigenvalues(ev: np.ndarray, target: float) -> float:
+    """Smallest lambda with cond(G + lambda I) <= target, from the ascending eigenvalues
+    ``ev`` of a feature Gram matrix G.
 
     With eigenvalues s_max >= s_min >= 0 of G, cond(G + lambda I) =
     (s_max + lambda) / (s_min + lambda), which falls monotonically in lambda, so
     lambda = (s_max - target * s_min) / (target - 1), or 0 if G already meets it.
     """
-    return _l2_for_eigenvalues(np.linalg.eigvalsh(gram), target)
-
-
-def _l2_for_eigenvalues(ev: np.ndarray, target: float) -> float:
-    """:func:`l2_for_condition` from the ascending eigenvalues of G."""
     s_min, s_max = max(float(ev[0]), 0.0), float(ev[-1])
     if s_min > 0 and s_max / s_min <= target:
         return 0.0
@@ -289,7 +285,7 @@ def fused_logloss(ctx: Context) -> list[Recommendation]:
     r, twin = hits[0]
     logit = r.verdict.evidence.get("max_abs_logit")
     fmt = FORMATS.get(r.spec.precision)
-    sat = -math.log(fmt.eps / 2) if fmt else float("nan")
+    sat = -math.log(fmt.unit_roundoff) if fmt else float("nan")
     twin_text = f"; its matched stable-loss run: {twin.verdict}" if twin else ""
     return [Recommendation(
         "fused_logloss",

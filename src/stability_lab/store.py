@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UsageError
 from .formatting import jsonable
 from .spec import RunSpec
 
@@ -89,10 +90,9 @@ def _dumps(value: Any) -> str:
 
 def _float_or_none(value: Any) -> float | None:
     try:
-        f = float(value)
+        return float(value)
     except (TypeError, ValueError):
         return None
-    return f
 
 
 class Store:
@@ -102,8 +102,6 @@ class Store:
         self.directory = Path(directory)
         self.path = self.directory / DB_NAME
         if not create and not self.path.exists():
-            from .errors import UsageError
-
             raise UsageError(
                 f"No run store at {self.path}; run a sweep first or pass --out DIR "
                 f"pointing at a folder that holds {DB_NAME}."

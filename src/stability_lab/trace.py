@@ -9,6 +9,9 @@ Detectors and verdicts are pure functions of a trace.
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,9 +68,6 @@ class Trace:
 
 def environment() -> dict[str, Any]:
     """Facts that change the low bits of results; recorded with every run."""
-    import os
-    import platform
-
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -77,8 +77,6 @@ def environment() -> dict[str, Any]:
                 "OPENBLAS_CORETYPE"):
         if os.environ.get(var):
             info[var] = os.environ[var]
-    import sys
-
     torch = sys.modules.get("torch")
     if torch is not None:
         info["torch"] = torch.__version__

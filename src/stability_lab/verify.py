@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .diagnosis.findings import FAILED
+from .diagnosis.signatures import attach_reference, detect_all
 from .params import DEFAULT_LABEL_AXES
 from .recommend import Recommendation, RunResult, safe_lr
 
@@ -62,6 +63,11 @@ def merge_deltas(recs: Sequence[Recommendation]) -> dict[str, Any]:
     return out
 
 
+def _alarms(result: RunResult) -> set[str]:
+    """The signatures of the run's warning and error findings."""
+    return {f.signature for f in result.findings if f.severity in ("warning", "error")}
+
+
 def side(result: RunResult, digits: float | None) -> dict[str, Any]:
     """One side (before or after) of a verification row."""
     conv = result.verdict.onset if result.verdict.status == "converged" else None
@@ -73,8 +79,7 @@ def side(result: RunResult, digits: float | None) -> dict[str, Any]:
         "epochs_to_converge": conv,
         "steps": result.trace.n_steps,
         "digits": digits,
-        "findings": sorted({f.signature for f in result.findings
-                            if f.severity in ("warning", "error")}),
+        "findings": sorted(_alarms(result)),
     }
 
 
@@ -86,13 +91,12 @@ def is_fixed(before: RunResult, after: RunResult, target: str | None = None) -> 
     a silent failure's 'converged' verdict is not to be trusted). Without one (sweeps):
     the re-run converged and none of the before-run's warning/error signatures remain.
     """
-    after_sigs = {f.signature for f in after.findings if f.severity in ("warning", "error")}
+    after_sigs = _alarms(after)
     if target is not None:
         # a failed baseline must now converge; otherwise the re-run must not fail
         required = 2 if before.verdict.status in FAILED else 1
         return target not in after_sigs and _rank(after) >= required
-    before_sigs = {f.signature for f in before.findings if f.severity in ("warning", "error")}
-    return after.verdict.status == "converged" and not (before_sigs & after_sigs)
+    return after.verdict.status == "converged" and not (_alarms(before) & after_sigs)
 
 
 def make_row(attempt: Attempt, after: RunResult, digits_before: float | None,
@@ -226,8 +230,6 @@ def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GR
         ref = pool.get(res.spec.replace(precision="float64").run_id)
         if ref is None:
             return None
-        from .diagnosis.signatures import attach_reference
-
         info_ref = attach_reference(res.trace, ref.trace)
         return info_ref["lre_loss"]
 
@@ -259,7 +261,5 @@ def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GR
 
 def rediagnose(res: RunResult) -> None:
     """Detect again now that the float64 reference is attached (silent digit loss)."""
-    from .diagnosis.signatures import detect_all
-
     if not res.trace.error:
         res.findings = detect_all(res.trace)

@@ -52,7 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_sweep(args: argparse.Namespace):
     """Base spec and axes from the arguments; all checks, no heavy imports."""
-    from .. import datasets
     from ..spec import RunSpec, Sweep, merge_axes
     from ..tasks import DEFAULT_DATA, check_task_name
 
@@ -72,7 +71,9 @@ def build_sweep(args: argparse.Namespace):
     if data is None:
         data = DEFAULT_DATA.get(task, "user")
     elif task == "logistic_regression":
-        datasets.check_source(data)
+        from ..datasets import check_source  # imports numpy: only when --data is given
+
+        check_source(data)
     if args.html:
         from pathlib import Path
 

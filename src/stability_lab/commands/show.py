@@ -51,8 +51,9 @@ def main(args: argparse.Namespace) -> int:
     trace = trace_from_record(rec)
     phases = phase_dicts(trace)
     if args.json:
+        # the stored record, its metric arrays moved to the end, then the phases
         doc = {k: v for k, v in rec.items() if k != "metrics"}
-        doc["metrics"] = {k: v for k, v in rec["metrics"].items()}
+        doc["metrics"] = rec["metrics"]
         doc["phases"] = phases
         json.dump(jsonable(doc), sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -71,8 +72,8 @@ def main(args: argparse.Namespace) -> int:
         w(f"Finding: {f['signature']}{onset}: {f['message']}\n")
     for group, values in (rec["probes"] or {}).items():
         if isinstance(values, dict):
-            w(f"Probes ({group}): " + ", ".join(f"{k}={fmt_num(v) if not isinstance(v, str) else v}"
-                                               for k, v in values.items()) + "\n")
+            w(f"Probes ({group}): "
+              + ", ".join(f"{k}={fmt_num(v)}" for k, v in values.items()) + "\n")
     if phases:
         w("Phases: " + "; ".join(
             f"{p['name']} {p['start']}-{p['end']}" for p in phases) + "\n")

@@ -63,10 +63,9 @@ from __future__ import annotations
 
 import functools
 import math
+import struct
 import warnings
 from typing import Any, Callable
-
-import struct
 
 import numpy as np
 import torch
@@ -145,6 +144,12 @@ _PARAM_KEYS = ("grad_norm", "update_ratio")
 def _rounded(value: float, dtype: torch.dtype) -> float:
     """``value`` as the tensor comparison ``t >= value`` sees it for a tensor of ``dtype``."""
     return float(torch.tensor(value, dtype=torch.float64).to(dtype))
+
+
+def _sample_shape(n: int) -> tuple[int, int]:
+    """``(s, values sampled)`` of the strided sample ``reshape(-1)[::s]`` of ``n`` values."""
+    s = max(1, n // SAMPLE)
+    return s, -(-n // s)
 
 
 class Attributor:
@@ -403,15 +408,10 @@ class Attributor:
             strides, sizes, thrs = [], [], []
             dtype = torch.float32  # sums of 0/1 up to 4095 are exact in float32
             for i, t in enumerate(tensors):
-                n = t.numel()
-                s = max(1, n // SAMPLE)
+                s, m = _sample_shape(t.numel())
                 strides.append(s)
-                sizes.append(-(-n // s))
-                thr = thr_act if i < n_acts else thr_grad
-                k = (thr, t.dtype)
-                if k not in self._thr:
-                    self._thr[k] = _rounded(thr, t.dtype)
-                thrs.append(self._thr[k])
+                sizes.append(m)
+                thrs.append(self._threshold(thr_act if i < n_acts else thr_grad, t.dtype))
                 dtype = torch.promote_types(dtype, t.dtype)
             longest = max(sizes)
             buf = torch.zeros(2, len(tensors), longest, dtype=dtype)
@@ -428,6 +428,14 @@ class Attributor:
             self._plans[key] = plan
         return plan
 
+    def _threshold(self, thr: float, dtype: torch.dtype) -> float:
+        """:func:`_rounded` ``thr`` for ``dtype``, computed once per pair."""
+        k = (thr, dtype)
+        v = self._thr.get(k)
+        if v is None:
+            v = self._thr[k] = _rounded(thr, dtype)
+        return v
+
     def _relu_plan(self, relus: list) -> tuple:
         """A zero-padded ``(ReLU calls, widest)`` buffer for the per-unit maxima."""
         key = tuple((r[1].shape[-1], r[1].dtype) for r in relus)
@@ -442,8 +450,8 @@ class Attributor:
         return plan
 
     def _kernel_reduce(self, tensors: list[torch.Tensor], n_acts: int,
-                       unit_rows: dict[int, list[int]], fast_units: list[bool],
-                       relu_max: dict[int, int], before: Any, scale: float) -> Any:
+                       fast_units: list[bool], relu_max: dict[int, int], before: Any,
+                       scale: float) -> Any:
         """The step's reductions in one call of the C kernel (``_attrkernel.c``).
 
         Returns ``(plan, out, (modules, groups))`` with ``out`` one float64 array: the
@@ -516,8 +524,7 @@ class Attributor:
         strides, sizes = [], []
         for i, t in enumerate(tensors):
             n, code = t.numel(), codes[t.dtype]
-            s = max(1, n // SAMPLE)
-            m = -(-n // s)
+            s, m = _sample_shape(n)
             strides.append(s)
             sizes.append(m)
             for k, r in enumerate(relus):
@@ -528,11 +535,9 @@ class Attributor:
             if i not in relu_max:
                 jobs.append(pack(_K_MINMAX, code, i, -1, -1, n, 0, 0, 0, 0, base + i,
                                  base + n_t + i, 0, 0, 0.0))
-            k = (thr_act if i < n_acts else thr_grad, t.dtype)
-            if k not in self._thr:
-                self._thr[k] = _rounded(*k)
+            thr = self._threshold(thr_act if i < n_acts else thr_grad, t.dtype)
             jobs.append(pack(_K_SAMPLE, code, i, -1, -1, n, 0, 0, s, m, 0, 0,
-                             base + 2 * n_t + i, base + 3 * n_t + i, self._thr[k]))
+                             base + 2 * n_t + i, base + 3 * n_t + i, thr))
         # parameters: one sum of squares per module (gradient, weight, update)
         ps = self._flat_params
         live = [j for j, p in enumerate(ps) if p.numel() > 0]
@@ -624,11 +629,9 @@ class Attributor:
         pieces: Any = []
         plan = None
         playout = None  # parameter sums per chunk (torch) or per module (C kernel)
-        unit_rows: dict[int, list[int]] = {}  # output index -> ReLU calls measured on it
         fast_units: list[bool] = []  # per ReLU call: unit maxima (else alive flags)
         if relus:
             for k, (_name, t, i, version, fast, link) in enumerate(relus):
-                unit_rows.setdefault(i, []).append(k)
                 fast = fast and t._version == version
                 fast_units.append(fast)
                 if fast:
@@ -637,14 +640,17 @@ class Attributor:
                         input_max.setdefault(link[0], k)
         kernel = None
         if REDUCE == "kernel" and _attrkernel is not None:
-            kernel = self._kernel_reduce(tensors, len(acts), unit_rows, fast_units,
-                                         relu_max, before, scale)
+            kernel = self._kernel_reduce(tensors, len(acts), fast_units, relu_max, before,
+                                         scale)
         if kernel is not None:
             plan, pieces, playout = kernel
         else:
             with torch.no_grad():
+                unit_rows: dict[int, list[int]] = {}  # output index -> its ReLU calls
                 if relus:
                     rbuf, rrows = self._relu_plan(relus)
+                    for k, r in enumerate(relus):
+                        unit_rows.setdefault(r[2], []).append(k)
                 if tensors:
                     plan = self._plan(tensors, len(acts), self.policy.act_format.tiny,
                                       self.policy.grad_format.tiny * scale)
@@ -711,12 +717,12 @@ class Attributor:
                     flat64.copy_(chunks)
                     pieces.append(flat64.square_().sum(-1).view(-1))
         last = self._last
+        relu_meta = [(r[0], r[1].shape[-1]) for r in relus]
         if (last is not None and last[0] is plan and last[1] == self._act_owners
                 and last[2] == g_owners and last[3] == relu_max and last[4] == input_max
-                and last[5] == [(r[0], r[1].shape[-1]) for r in relus]):
+                and last[5] == relu_meta):
             program = last[6]
         else:
-            relu_meta = [(r[0], r[1].shape[-1]) for r in relus]
             key = (id(plan), tuple(map(tuple, self._act_owners)), tuple(map(tuple, g_owners)),
                    tuple(relu_meta), tuple(relu_max.items()), tuple(input_max.items()))
             program = self._programs.get(key)

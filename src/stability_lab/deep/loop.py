@@ -37,7 +37,7 @@ from ..formatting import round_sig
 from ..spec import RunSpec
 from ..trace import Trace, environment
 from . import policies as P
-from .attribution import Attributor, _first_tensor, find_creators, headroom_projections
+from .attribution import ROOT, Attributor, _first_tensor, find_creators, headroom_projections
 from .scaler import DynamicLossScaler
 
 MAX_CONSECUTIVE_SKIPS = 30
@@ -321,8 +321,8 @@ def _owner_of_nonfinite(model: torch.nn.Module) -> str:
     for name, module in model.named_modules():
         for p in module.parameters(recurse=False):
             if not bool(torch.isfinite(p).all()):
-                return name or "<model>"
-    return "<model>"
+                return name or ROOT
+    return ROOT
 
 
 def _replay(model, forward, loss_of, inputs, targets, scale, scaler, fp8_snap,
@@ -348,7 +348,7 @@ def _replay(model, forward, loss_of, inputs, targets, scale, scaler, fp8_snap,
     try:
         events = find_creators(model, forward_backward, step)
     except RuntimeError as exc:  # e.g. in-place ops that full backward hooks refuse
-        events = [{"step": step, "pass": "replay", "module": "<model>", "kind": "unknown",
+        events = [{"step": step, "pass": "replay", "module": ROOT, "kind": "unknown",
                    "detail": f"replay with checks failed: {str(exc).splitlines()[0][:160]}",
                    "type": ""}]
     finally:

@@ -134,18 +134,21 @@ class Recorder:
         return self.stack[-1] if self.stack else ""
 
     def note(self, module: str, which: str, exact: torch.Tensor, rounded: torch.Tensor,
-             fmt: Format) -> None:
+             fmt: Format) -> tuple[int, int]:
+        """Count one rounding; returns (values it flushed to zero, non-zero values before)."""
         with torch.no_grad():
             a = exact.abs()
             nz = a != 0
             flushed = int((nz & (rounded == 0)).sum())
             below = int((nz & (a < fmt.tiny)).sum())
             over = int((torch.isfinite(exact) & ~torch.isfinite(rounded)).sum())
+            nonzero = int(nz.sum())
         c = self.counts.setdefault((module, which), [0, 0, 0, 0])
         c[0] += flushed
         c[1] += below
         c[2] += over
-        c[3] += int(nz.sum())
+        c[3] += nonzero
+        return flushed, nonzero
 
 
 RECORDER: Recorder | None = None
@@ -168,7 +171,7 @@ UNDERFLOW = GradUnderflow()
 
 
 def _round(x32: torch.Tensor, fmt_name: str) -> torch.Tensor:
-    return x32.to(getattr(torch, FORMATS[fmt_name].torch_name))
+    return x32.to(FORMATS[fmt_name].torch_dtype())
 
 
 class Fp8State:
@@ -210,7 +213,7 @@ class Fp8State:
         y = x * scale
         with torch.no_grad():
             self.saturated += int((finite & (y.abs() > fmt.max)).sum())
-        q = y.clamp(-fmt.max, fmt.max).to(getattr(torch, fmt.torch_name)).float() / scale
+        q = y.clamp(-fmt.max, fmt.max).to(fmt.torch_dtype()).float() / scale
         return torch.where(finite, q, x)
 
 
@@ -229,15 +232,18 @@ def _to_compute(x: torch.Tensor, policy: Policy, slot: int, role: str) -> torch.
 def _noted(exact: torch.Tensor, rounded: torch.Tensor, module: str, which: str,
            fmt: Format, underflow: bool) -> torch.Tensor:
     """``rounded``, after counting the gradient values its rounding flushed to zero into
-    :data:`UNDERFLOW` (when ``underflow``) and reporting the rounding to :data:`RECORDER`."""
-    if underflow:
-        with torch.no_grad():
-            nz = exact != 0
-            UNDERFLOW.flushed += int((nz & (rounded == 0)).sum())
-            UNDERFLOW.total += int(nz.sum())
+    :data:`UNDERFLOW` (when ``underflow``) and reporting the rounding to :data:`RECORDER`
+    (whose counts then serve both)."""
     rec = RECORDER
     if rec is not None:
-        rec.note(module, which, exact, rounded, fmt)
+        flushed, nonzero = rec.note(module, which, exact, rounded, fmt)
+    elif underflow:
+        with torch.no_grad():
+            nz = exact != 0
+            flushed, nonzero = int((nz & (rounded == 0)).sum()), int(nz.sum())
+    if underflow:
+        UNDERFLOW.flushed += flushed
+        UNDERFLOW.total += nonzero
     return rounded
 
 

@@ -175,9 +175,9 @@ def _layer_tables(members: list) -> dict[str, Any]:
     return out
 
 
-def _f(v: Any, spec: str = ".3g", none: str = "-") -> str:
+def _f(v: Any, spec: str = ".3g") -> str:
     if v is None:
-        return none
+        return "-"
     if isinstance(v, str):
         return v
     if isinstance(v, float) and not math.isfinite(v):
@@ -202,7 +202,7 @@ def format_report(report: dict[str, Any]) -> str:
             rows.append([
                 p["policy"], p["verdict"], _f(p["final_loss"], ".4g"),
                 _f(p.get("loss_gap"), "+.3g"),
-                _f(p["accuracy"], ".1%") if p["accuracy"] is not None else "-",
+                _f(p["accuracy"], ".1%"),
                 _f(p.get("accuracy_gap") * 100 if p.get("accuracy_gap") is not None
                    else None, "+.1f"),
                 str(p.get("skipped_steps", "-")), scale,

@@ -50,6 +50,14 @@ def _fmt_delta(delta: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in delta.items())
 
 
+def _recommend(ctx: Context, hits: list, action: str, text: str, reason: str,
+               delta: dict[str, Any], evidence: dict[str, Any]) -> list[Recommendation]:
+    """The recommendation for ``hits`` (its ``reason`` quoting the verdict of the first
+    hit's matched run with ``delta``), citing the runs of all hits."""
+    return [Recommendation(action, text, reason + _twin_text(ctx, hits[0][0], **delta),
+                           delta, tuple(h[0].run_id for h in hits), evidence)]
+
+
 def _collect(ctx: Context, signature: str, pred=lambda r, f: True):
     hits = []
     for r in ctx.results:
@@ -70,14 +78,13 @@ def use_loss_scaling(ctx: Context) -> list[Recommendation]:
         return []
     r, f = hits[0]
     ev = f["evidence"]
-    delta = {"policy": "mixed-fp16"}
-    return [Recommendation(
-        "use_loss_scaling", "use dynamic loss scaling (policy mixed-fp16)",
+    return _recommend(
+        ctx, hits, "use_loss_scaling", "use dynamic loss scaling (policy mixed-fp16)",
         f"{ev['mean_fraction']:.1%} of gradient values flushed to zero in float16 "
         f"(policy {_policy(r)}); scaling the loss by 2^16 before the backward pass keeps "
-        f"them representable" + _twin_text(ctx, r, **delta),
-        delta, tuple(h[0].run_id for h in hits),
-        {"mean_underflow_fraction": ev["mean_fraction"], "runs": len(hits)})]
+        f"them representable",
+        {"policy": "mixed-fp16"},
+        {"mean_underflow_fraction": ev["mean_fraction"], "runs": len(hits)})
 
 
 @register_rule
@@ -91,13 +98,12 @@ def use_bf16_range(ctx: Context) -> list[Recommendation]:
         return []
     r, f = hits[0]
     where = f.get("location") or "the forward pass"
-    delta = {"policy": "mixed-bf16"}
-    return [Recommendation(
-        "use_bf16_range", "use bfloat16 autocast (policy mixed-bf16) for its float32 range",
+    return _recommend(
+        ctx, hits, "use_bf16_range",
+        "use bfloat16 autocast (policy mixed-bf16) for its float32 range",
         f"{f['message']} (policy {_policy(r)}): the values exceed the format's range at "
-        f"{where}, which loss scaling cannot fix; bfloat16 has float32's exponent range"
-        + _twin_text(ctx, r, **delta),
-        delta, tuple(h[0].run_id for h in hits), {"finding": f["signature"], "module": where})]
+        f"{where}, which loss scaling cannot fix; bfloat16 has float32's exponent range",
+        {"policy": "mixed-bf16"}, {"finding": f["signature"], "module": where})
 
 
 @register_rule
@@ -107,13 +113,12 @@ def qk_layernorm(ctx: Context) -> list[Recommendation]:
         return []
     r, f = hits[0]
     ev = f["evidence"]
-    delta = {"qk_layernorm": True}
-    return [Recommendation(
-        "qk_layernorm", "layer-normalize queries and keys (qk-layernorm)",
+    return _recommend(
+        ctx, hits, "qk_layernorm", "layer-normalize queries and keys (qk-layernorm)",
         f"attention logits grew {ev['growth']:.3g}x to {ev['peak']:.3g} at lr {r.spec.lr:g}; "
         "normalizing q and k bounds |q.k| by the LayerNorm gains (Wortsman et al. 2023, "
-        "Dehghani et al. 2023)" + _twin_text(ctx, r, **delta),
-        delta, tuple(h[0].run_id for h in hits), dict(ev))]
+        "Dehghani et al. 2023)",
+        {"qk_layernorm": True}, dict(ev))
 
 
 @register_rule
@@ -121,20 +126,18 @@ def z_loss(ctx: Context) -> list[Recommendation]:
     hits = _collect(ctx, "logit_growth", lambda r, f: not r.spec.param("z_loss"))
     if not hits:
         return []
-    r, f = hits[0]
-    ev = f["evidence"]
-    delta = {"z_loss": 1e-4}
-    return [Recommendation(
-        "z_loss", "add the z-loss 1e-4 * log(Z)^2 on the output logits",
+    ev = hits[0][1]["evidence"]
+    return _recommend(
+        ctx, hits, "z_loss", "add the z-loss 1e-4 * log(Z)^2 on the output logits",
         f"output logits grew {ev['growth']:.3g}x to {ev['peak']:.3g}; the z-loss pulls "
         "log Z toward 0 and keeps the logits from drifting (Chowdhery et al. 2022, "
-        "Wortsman et al. 2023)" + _twin_text(ctx, r, **delta),
-        delta, tuple(h[0].run_id for h in hits), dict(ev))]
+        "Wortsman et al. 2023)",
+        {"z_loss": 1e-4}, dict(ev))
 
 
 @register_rule
 def depth_init(ctx: Context) -> list[Recommendation]:
-    out = []
+    out: list[Recommendation] = []
     for sig in ("exploding_gradients", "vanishing_gradients"):
         hits = _collect(ctx, sig)
         if not hits:
@@ -156,11 +159,10 @@ def depth_init(ctx: Context) -> list[Recommendation]:
             level = round_sig(g[0]) if g.size and g[0] > 0 else 1.0
             delta = {"clip": level}
             text = f"clip gradients to norm {level:g}"
-        out.append(Recommendation(
-            f"depth_{sig}", text,
-            f"{f['message']}; a per-layer factor of {factor:.3g} compounds over depth"
-            + _twin_text(ctx, r, **delta),
-            delta, tuple(h[0].run_id for h in hits), dict(ev)))
+        out += _recommend(
+            ctx, hits, f"depth_{sig}", text,
+            f"{f['message']}; a per-layer factor of {factor:.3g} compounds over depth",
+            delta, dict(ev))
     return out
 
 
@@ -172,9 +174,8 @@ def dying_relu_lr(ctx: Context) -> list[Recommendation]:
         return []
     r, f = hits[0]
     lr = round_sig(r.spec.lr / 10)
-    delta = {"lr": lr}
-    return [Recommendation(
-        "dying_relu_lr", f"lower lr to {lr:g}",
+    return _recommend(
+        ctx, hits, "dying_relu_lr", f"lower lr to {lr:g}",
         f"{f['message']} during training at lr {r.spec.lr:g}: large updates push "
-        "pre-activations negative for every example" + _twin_text(ctx, r, **delta),
-        delta, tuple(h[0].run_id for h in hits), dict(f["evidence"]))]
+        "pre-activations negative for every example",
+        {"lr": lr}, dict(f["evidence"]))

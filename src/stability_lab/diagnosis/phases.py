@@ -37,6 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from ..formatting import jsonable
+from .signatures import SPIKE_K, SPIKE_REL, trace_format
+
 PHASES = ("stable_descent", "plateau", "oscillation", "spike", "recovery", "divergence",
           "collapse")
 
@@ -67,8 +70,6 @@ class Phase:
         return self.end - self.start + 1
 
     def to_dict(self) -> dict[str, Any]:
-        from ..formatting import jsonable
-
         return jsonable({"name": self.name, "start": self.start, "end": self.end,
                          "evidence": self.evidence})
 
@@ -76,7 +77,7 @@ class Phase:
 class PhaseTracker:
     """Online phase segmentation; feed one step at a time with :meth:`update`."""
 
-    def __init__(self, window: int = 10, k: float = 6.0, spike_rel: float = 0.05,
+    def __init__(self, window: int = 10, k: float = SPIKE_K, spike_rel: float = SPIKE_REL,
                  rtol: float = 1e-4, patience: int = 3, recovery_limit: int = 50,
                  noise_eps: float = 2.0 ** -23):
         self.window = max(3, int(window))
@@ -219,8 +220,6 @@ def segment(trace, **options: Any) -> list[Phase]:
     nfw, nfg = trace.nonfinite_counts()
     bad = (nfw > 0) | (nfg > 0)
     if "noise_eps" not in options:
-        from .signatures import trace_format
-
         options["noise_eps"] = trace_format(trace).eps
     tracker = PhaseTracker(**options)
     for i in range(loss.size):

@@ -104,9 +104,14 @@ def detect(trace: Trace, name: str) -> list[Finding]:
 
 
 # -- helpers --------------------------------------------------------------------------
+def _entry(box: Any, key: str) -> Any:
+    """``box[key]`` of a trace's ``probes`` or ``extras``; None when absent (or not a dict)."""
+    return box.get(key) if isinstance(box, dict) else None
+
+
 def trace_format(trace: Trace) -> Format:
     """The number format of the run's parameters (float32 when unknown)."""
-    info = trace.extras.get("format") if isinstance(trace.extras, dict) else None
+    info = _entry(trace.extras, "format")
     if isinstance(info, dict) and info.get("name") in FORMATS:
         return FORMATS[info["name"]]
     for name in (trace.spec.precision, trace.spec.policy):
@@ -120,8 +125,9 @@ def trace_format(trace: Trace) -> Format:
     return FORMATS["float32"]
 
 
-def _window(n: int) -> int:
-    return max(2, min(10, n // 2 or 1))
+def _window(n: int, cap: int = 10) -> int:
+    """The judging window for ``n`` steps: half of them, between 2 and ``cap``."""
+    return max(2, min(cap, n // 2 or 1))
 
 
 def _first_nonfinite(trace: Trace) -> int:
@@ -130,6 +136,11 @@ def _first_nonfinite(trace: Trace) -> int:
     nfw, nfg = trace.nonfinite_counts()
     bad = ~np.isfinite(loss) | (nfw > 0) | (nfg > 0)
     return int(np.argmax(bad)) if bad.any() else len(loss)
+
+
+def _loss_while_finite(trace: Trace) -> np.ndarray:
+    """The loss of the steps before the first non-finite loss, weight or gradient."""
+    return trace.metric("loss")[:_first_nonfinite(trace)]
 
 
 def _final_stretch(flags: np.ndarray) -> int:
@@ -156,7 +167,7 @@ def _growing(loss: np.ndarray) -> bool:
 
 
 def _probe(trace: Trace, group: str, name: str) -> float | None:
-    value = trace.probes.get(group, {}).get(name) if isinstance(trace.probes, dict) else None
+    value = (_entry(trace.probes, group) or {}).get(name)
     if value is None:
         return None
     try:
@@ -356,9 +367,7 @@ def detect_divergence(trace: Trace) -> list[Finding]:
 @register("edge_of_stability",
           "the loss oscillates step to step without descending (lr at or above 2/sharpness)")
 def detect_edge_of_stability(trace: Trace) -> list[Finding]:
-    loss = trace.metric("loss")
-    k = _first_nonfinite(trace)
-    loss = loss[:k]
+    loss = _loss_while_finite(trace)
     W = _window(len(loss))
     tail = loss[-2 * W:]
     if tail.size < 8 or _growing(loss):
@@ -378,14 +387,12 @@ def detect_edge_of_stability(trace: Trace) -> list[Finding]:
     descent = (tail[:h].mean() - tail[-h:].mean()) > 0.25 * amp
     if rate < 0.85 or descent:
         return []
-    onset_flags = np.zeros(len(loss), dtype=bool)
     d = np.sign(np.diff(loss))
     alt = np.zeros(len(loss), dtype=bool)
     alt[2:] = (d[1:] * d[:-1]) < 0
-    onset_flags[:] = alt
     # onset: the first step of the final run of alternations (allowing one-step gaps)
-    run = onset_flags | np.roll(onset_flags, -1)
-    run[-1] = onset_flags[-1] or onset_flags[-2]
+    run = alt | np.roll(alt, -1)
+    run[-1] = alt[-1] or alt[-2]
     onset = _final_stretch(run) + 1
     lr = float(trace.spec.lr)
     sharp = _probe(trace, "end", "hessian_max")
@@ -408,9 +415,7 @@ def detect_edge_of_stability(trace: Trace) -> list[Finding]:
 @register("loss_spike",
           "a sudden loss spike (above mean + k std of the recent window) that recovers")
 def detect_loss_spike(trace: Trace) -> list[Finding]:
-    loss = trace.metric("loss")
-    k = _first_nonfinite(trace)
-    loss = loss[:k]
+    loss = _loss_while_finite(trace)
     W = _window(len(loss))
     if len(loss) < W + 2:
         return []
@@ -519,7 +524,7 @@ def detect_gradient_underflow(trace: Trace) -> list[Finding]:
           "subtracting nearly equal numbers (E[x^2] - E[x]^2 when |mean| >> std) loses all digits",
           reads="probes['data']")
 def detect_cancellation(trace: Trace) -> list[Finding]:
-    data = trace.probes.get("data") if isinstance(trace.probes, dict) else None
+    data = _entry(trace.probes, "data")
     if not data or "variance_rel_error" not in data:
         return []
     err = float(data["variance_rel_error"])
@@ -577,7 +582,7 @@ def detect_blowup(trace: Trace) -> list[Finding]:
           "constant or duplicated columns (dummy-variable trap): the weights are not identifiable",
           reads="probes['design'] or cond_XtX")
 def detect_rank_deficiency(trace: Trace) -> list[Finding]:
-    design = trace.probes.get("design", {}) if isinstance(trace.probes, dict) else {}
+    design = _entry(trace.probes, "design") or {}
     rank, cols = design.get("rank"), design.get("columns")
     cond = _probe(trace, "start", "cond_XtX")
     lam = float(trace.spec.lam or 0.0)
@@ -607,7 +612,7 @@ def detect_rank_deficiency(trace: Trace) -> list[Finding]:
           "the run converges but agrees with the float64 reference to few digits",
           reads="extras['reference']")
 def detect_silent_digit_loss(trace: Trace) -> list[Finding]:
-    ref = trace.extras.get("reference") if isinstance(trace.extras, dict) else None
+    ref = _entry(trace.extras, "reference")
     if not ref:
         return []
     loss = trace.metric("loss")
@@ -642,7 +647,7 @@ def detect_silent_digit_loss(trace: Trace) -> list[Finding]:
           "conditioning explains",
           reads="extras['determinism']")
 def detect_nondeterminism(trace: Trace) -> list[Finding]:
-    info = trace.extras.get("determinism") if isinstance(trace.extras, dict) else None
+    info = _entry(trace.extras, "determinism")
     if not info or info.get("variants", 0) < 2:
         return []
     digits = float(info["agree_digits"])

@@ -45,7 +45,7 @@ import numpy as np
 from ..precision import FORMATS
 from ..trace import Trace
 from .findings import Verdict
-from .signatures import _final_stretch
+from .signatures import _final_stretch, _window
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
     nfw, nfg = trace.nonfinite_counts()
     bad = ~np.isfinite(loss) | (nfw > 0) | (nfg > 0)
     rtol, gtol = tolerances(trace.spec.policy or trace.spec.precision, rules)
-    W = max(2, min(rules.window, len(loss) // 2 or 1))
+    W = _window(len(loss), rules.window)
 
     if bad.any():
         k = int(np.argmax(bad))

@@ -236,7 +236,7 @@ def _reduce_losses(loss: np.ndarray, reduction: str) -> np.ndarray:
         return np.asarray(s / loss.size)
 
 
-def _check_same_kind(fn: str, logits: Any, targets: Any, like: Like) -> None:
+def _check_same_kind(fn: str, targets: Any, like: Like) -> None:
     if (like.kind == "torch") != is_tensor(targets):
         want = "a torch tensor" if like.kind == "torch" else "a NumPy array"
         raise TypeError(
@@ -246,7 +246,7 @@ def _check_same_kind(fn: str, logits: Any, targets: Any, like: Like) -> None:
 
 def _bce_targets(logits: Any, targets: Any, like: Like):
     fn = "binary_cross_entropy_with_logits"
-    _check_same_kind(fn, logits, targets, like)
+    _check_same_kind(fn, targets, like)
     if like.kind == "torch":
         if targets.is_complex():
             raise TypeError(f"{fn}: 'targets' must be real; got {targets.dtype}.")
@@ -317,15 +317,15 @@ def log_loss_and_grad(logits: Any, targets: Any):
     """
     fn = "log_loss_and_grad"
     logits, like = check_float(logits, fn, "logits")
-    _check_same_kind(fn, logits, targets, like)
+    _check_same_kind(fn, targets, like)
+    x = to_compute(logits, like, ELEMENTWISE)
     if like.kind == "torch":
         t = to_compute(targets.detach(), like, ELEMENTWISE)
     else:
-        t = np.asarray(targets).astype(to_compute(logits, like, ELEMENTWISE).dtype, copy=False)
+        t = np.asarray(targets).astype(x.dtype, copy=False)
     if t.size and not (t.min() >= 0 and t.max() <= 1):
         raise UsageError(f"{fn}: 'targets' must lie in [0, 1]; got values in "
                          f"[{t.min():g}, {t.max():g}]. Pass probabilities.")
-    x = to_compute(logits, like, ELEMENTWISE)
     try:
         np.broadcast_shapes(t.shape, x.shape)
     except ValueError:
@@ -337,7 +337,7 @@ def log_loss_and_grad(logits: Any, targets: Any):
 
 def _ce_targets(logits: Any, targets: Any, like: Like, dim: int) -> np.ndarray:
     fn = "cross_entropy"
-    _check_same_kind(fn, logits, targets, like)
+    _check_same_kind(fn, targets, like)
     if like.kind == "torch":
         torch = __import__("torch")
         if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
@@ -452,10 +452,9 @@ def mean_and_variance(x: Any, dim: int | None = None, *, ddof: int = 0, keepdim:
     d = norm_dim(dim, len(x.shape), fn, allow_none=True)
     if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
         raise UsageError(f"{fn}: 'ddof' must be a non-negative integer; got {ddof!r}.")
-    kernel = _ddof_kernel(int(ddof))
     if like.kind == "torch" and _wants_grad(x):
         return _autograd(fn, x, like, d, bool(keepdim), int(ddof))
-    return _fwd_rows(kernel, x, like, d, bool(keepdim))
+    return _fwd_rows(_ddof_kernel(int(ddof)), x, like, d, bool(keepdim))
 
 
 def _ddof_kernel(ddof: int):

@@ -34,10 +34,6 @@ SOFTMAX = ELEMENTWISE
 ACCUMULATE = {"float16": _F64, "bfloat16": _F64, "float32": _F64, "float64": _F64}
 
 
-def torch_module():
-    return sys.modules.get("torch")
-
-
 def is_tensor(x: Any) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
@@ -143,7 +139,3 @@ def check_reduction(reduction: Any, fn: str) -> str:
             f"{fn}: 'reduction' must be 'mean', 'sum' or 'none'; got {reduction!r}."
         )
     return reduction
-
-
-def shape_of(x: Any) -> tuple[int, ...]:
-    return tuple(x.shape)

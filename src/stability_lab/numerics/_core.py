@@ -1,9 +1,10 @@
 """NumPy kernels behind :mod:`stability_lab.numerics` (private).
 
-Every kernel takes NumPy arrays already converted to the *compute* dtype (see
-``_backend.compute_dtype``) and returns arrays in that dtype; validation, dtype
-conversion and the torch wrapping happen in the callers. The kernels never write into
-their inputs: for CPU tensors the input array is a zero-copy view of the tensor.
+Every kernel takes NumPy arrays already converted to the *compute* dtype (the policies
+``ELEMENTWISE``, ``REDUCE``, ``SOFTMAX``, ``ACCUMULATE`` in ``_backend``) and returns
+arrays in that dtype; validation, dtype conversion and the torch wrapping happen in the
+callers. The kernels never write into their inputs: for CPU tensors the input array is
+a zero-copy view of the tensor.
 
 Reductions work on a 2-D C-contiguous ``(rows, n)`` view with the reduced axis last
 (``to_rows``), because NumPy's pairwise summation only applies along a contiguous axis;
@@ -492,6 +493,6 @@ def l2_norm_rows(a: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):
         s, e = scaled_sumsq_rows(a)
         out = np.ldexp(np.sqrt(s), e)
-        inf_rows = np.isinf(a).any(axis=1) if a.shape[1] else np.zeros(a.shape[0], bool)
-        out[inf_rows] = np.inf  # ||x|| = inf even if the row also holds NaN (like hypot)
+        # ||x|| = inf even if the row also holds NaN (like hypot)
+        out[np.isinf(a).any(axis=1)] = np.inf
     return out

@@ -134,9 +134,7 @@ def _cross_entropy(logits, like, t_np, dim, reduction):
 
 
 def _count(x: torch.Tensor, dim: int | None) -> int:
-    if dim is None or x.ndim == 0:
-        return max(x.numel(), 1) if x.ndim == 0 else x.numel()
-    return x.shape[dim]
+    return x.numel() if dim is None or x.ndim == 0 else x.shape[dim]
 
 
 def _stable_sum(x, like, dim, keepdim):

@@ -36,6 +36,7 @@ FORMATS = {
     "float16": (11, -14),
     "bfloat16": (8, -126),
 }
+_EMAX = {"float64": 1023, "float32": 127, "float16": 15, "bfloat16": 127}
 DPS = 60
 
 
@@ -60,9 +61,8 @@ def ulp(y, fmt: str):
 def overflow_threshold(fmt: str) -> float:
     """Exact values at or beyond this magnitude round to infinity in ``fmt``."""
     p, _ = FORMATS[fmt]
-    emax = {"float64": 1023, "float32": 127, "float16": 15, "bfloat16": 127}[fmt]
     mp = _mp()
-    return mp.ldexp(2 - mp.ldexp(1, -p), emax)
+    return mp.ldexp(2 - mp.ldexp(1, -p), _EMAX[fmt])
 
 
 def _error_or_verdict(c: float, y, fmt: str):
@@ -163,9 +163,9 @@ def special_grid(fmt: str) -> np.ndarray:
     """Hand-built adversarial inputs for element-wise functions (float64 values exactly
     representable in ``fmt``)."""
     p, emin = FORMATS[fmt]
-    emax = {"float64": 1023, "float32": 127, "float16": 15, "bfloat16": 127}[fmt]
+    emax = _EMAX[fmt]
     big = math.ldexp(2 - 2.0 ** (1 - p), emax)
-    tiny = math.ldexp(1, emin - p + 1)
+    tiny = _emin_sub(fmt)
     vals = [0.0, tiny, 2 * tiny, math.ldexp(1, emin) - tiny, math.ldexp(1, emin),
             1.0, 0.5, 2.0, math.log(2), 1e-8, 1e-3, 0.1, 0.9, 3.0, 10.0,
             -37, 18, 33.3, -17, 9, 16.6, 36.04, 15.9, 30, 40, 50, 88.7, 103.9, 87.3,
@@ -198,11 +198,26 @@ def random_values(fmt: str, n: int, seed: int = 0) -> np.ndarray:
         bits = rng.integers(0, 2**16 - 1, size=h * 2, dtype=np.uint16).view(np.float16)
     with np.errstate(all="ignore"):
         bits = bits.astype(np.float64)
-    with np.errstate(all="ignore"):
         bits = _round_to(bits[np.isfinite(bits)][:h], fmt)
     mid = _round_to(rng.uniform(-60, 60, size=n - h), fmt)
     out = np.concatenate([bits, mid])
     return out[np.isfinite(out)]
+
+
+def _emin_sub(fmt: str) -> float:
+    """The smallest positive subnormal of ``fmt``."""
+    p, emin = FORMATS[fmt]
+    return math.ldexp(1, emin - p + 1)
+
+
+def _finite_rows(rows, fmt: str) -> list[np.ndarray]:
+    """Each row rounded to ``fmt`` (as float64), dropping rows that do not stay finite."""
+    out = []
+    for r in rows:
+        a = _round_to(np.asarray(r, np.float64), fmt)
+        if np.isfinite(a).all():
+            out.append(a)
+    return out
 
 
 def _round_to(a: np.ndarray, fmt: str) -> np.ndarray:
@@ -285,10 +300,9 @@ def worst_bce(fmt: str, values: np.ndarray, seed: int = 0) -> tuple[float, tuple
 
 def reduction_rows(fmt: str, seed: int = 0) -> list[np.ndarray]:
     """Rows for the log-sum-exp family: adversarial rows plus random ones."""
-    p, emin = FORMATS[fmt]
     big = float(np.finfo(np.float32).max) if fmt in ("float32", "bfloat16") else (
         65504.0 if fmt == "float16" else float(np.finfo(np.float64).max))
-    tiny = math.ldexp(1, emin - p + 1)
+    tiny = _emin_sub(fmt)
     rows = [
         [0.0], [5.0], [0.0, -30.0], [0.0, -1e-20], [0.0, 0.0], [1.0, 2.0], [-1.0, -1.0],
         [big, big], [big, -big], [-big, -big], [big], [-big], [tiny, -tiny], [tiny, tiny],
@@ -301,12 +315,7 @@ def reduction_rows(fmt: str, seed: int = 0) -> list[np.ndarray]:
         for scale in (1e-5, 1.0, 10.0, 1e3):
             for shift in (0.0, 5.0, -50.0, 1e4):
                 rows.append((shift + scale * rng.standard_normal(n)).tolist())
-    out = []
-    for r in rows:
-        a = _round_to(np.array(r, np.float64), fmt)
-        if np.isfinite(a).all():
-            out.append(a)
-    return out
+    return _finite_rows(rows, fmt)
 
 
 def kernel_rows(fmt: str, seed: int = 1) -> list[np.ndarray]:
@@ -330,17 +339,7 @@ def kernel_rows(fmt: str, seed: int = 1) -> list[np.ndarray]:
             c = -rng.random(n) * 20.0
             c[rng.integers(0, n)] = -3e38
             rows.append(c)
-    out = []
-    for r in rows:
-        a = _round_to(np.asarray(r, np.float64), fmt)
-        if np.isfinite(a).all():
-            out.append(a)
-    return out
-
-
-def _emin_sub(fmt):
-    p, emin = FORMATS[fmt]
-    return math.ldexp(1, emin - p + 1)
+    return _finite_rows(rows, fmt)
 
 
 def reduction_errors(fmt: str, rows: list[np.ndarray], seed: int = 0) -> dict:
@@ -368,12 +367,12 @@ def reduction_errors(fmt: str, rows: list[np.ndarray], seed: int = 0) -> dict:
         else:
             got_ce = float(numerics.cross_entropy(row.astype(fmt), np.array(t)))
         tiny = _emin_sub(fmt)  # results that underflow: absolute error in subnormal units
+        wsum = mp.fsum(sm[j] * abs(xs[j]) for j in range(n))  # sum_j s_j |x_j|
         # logsumexp
         err = abs_error(got_lse, lse, fmt)
         bound = u * (abs(lse) + d + r) + tiny
-        kappa = mp.fsum(sm[j] * abs(xs[j]) for j in range(n)) / abs(lse) if lse != 0 else mp.inf
+        kappa = wsum / abs(lse) if lse != 0 else mp.inf
         _upd(res["logsumexp"], err, bound, ulp_error(got_lse, lse, fmt), kappa)
-        wsum = mp.fsum(sm[j] * abs(xs[j]) for j in range(n))  # sum_j s_j |x_j|
         for i in range(n):
             err = abs_error(float(got_lsm[i]), lsm[i], fmt)
             bound = u * (abs(lsm[i]) + d + r) + tiny

@@ -120,8 +120,9 @@ def _reduce(o, loss, reduction):
     if reduction == "none":
         return o.out(loss)
     s = o.sum(loss)
-    return o.out(s / loss.size if not o.torch and reduction == "mean" else
-                 (s / loss.numel() if reduction == "mean" else s))
+    if reduction == "mean":
+        s = s / (loss.numel() if o.torch else loss.size)
+    return o.out(s)
 
 
 def binary_cross_entropy_with_logits(logits, targets, reduction="mean"):

@@ -49,6 +49,7 @@ def _curves(result, metric: str, title: str) -> str | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     groups = panels(result.results)
     if not groups:
@@ -69,8 +70,6 @@ def _curves(result, metric: str, title: str) -> str | None:
                 ax.plot([k + 1], [yk], "x", color="tab:red")
         ax.set_yscale("log")
         ax.set_title(f"{title}: {key}", fontsize=9)
-        from matplotlib.lines import Line2D
-
         ax.legend(handles=[Line2D([], [], color="tab:green", label="converged"),
                            Line2D([], [], color="tab:red", label="failed (x: onset)"),
                            Line2D([], [], color="tab:gray", label="other")],
@@ -128,7 +127,7 @@ def render(result) -> str:
 
 def write_html(result, path: str | Path) -> None:
     path = Path(path)
-    if path.parent and not path.parent.exists():
+    if not path.parent.exists():
         raise UsageError(f"Cannot write the HTML report to {str(path)!r}: folder "
                          f"{str(path.parent)!r} does not exist.")
     path.write_text(render(result))

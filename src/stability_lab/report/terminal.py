@@ -19,9 +19,6 @@ from ..params import DEFAULT_LABEL_AXES
 from ..spec import format_value
 
 
-_num = fmt_num
-
-
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
@@ -122,8 +119,8 @@ def solve_table(result) -> str:
             "-" if e.get("digits") is None else f"{float(e['digits']):.1f}",
             "-" if s.get("predicted_digits_lost") is None
             else f"{float(s['predicted_digits_lost']):.1f}",
-            _num(s.get("numerical_rank")), _num(s.get("rank_cutoff")),
-            sci(s.get("cond_XtX")), _num(e.get("residual_sd")),
+            fmt_num(s.get("numerical_rank")), fmt_num(s.get("rank_cutoff")),
+            sci(s.get("cond_XtX")), fmt_num(e.get("residual_sd")),
             ",".join(sorted({f.signature for f in r.findings})) or "-",
         ])
     return table(headers, rows)
@@ -145,10 +142,10 @@ def run_table(result) -> str:
             *[format_value(r.spec.get(a)) for a in axes],
             r.verdict.status.replace("_", " "),
             "-" if r.verdict.onset is None else str(r.verdict.onset),
-            _num(r.trace.final_loss),
-            _num(summary_grad[-1] if summary_grad.size else None),
-            _num(logit[-1] if logit.size else None),
-            _num(s.get("lr_bound")),
+            fmt_num(r.trace.final_loss),
+            fmt_num(summary_grad[-1] if summary_grad.size else None),
+            fmt_num(logit[-1] if logit.size else None),
+            fmt_num(s.get("lr_bound")),
             ",".join(sorted({f.signature for f in r.findings})) or "-",
         ])
     return table(headers, rows)

@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import datasets, linear
 from ..conditioning import gram_condition
-from ..errors import UsageError
+from ..errors import DataError, UsageError
 from ..numerics import l2_norm
 from ..recommend import Context, Recommendation, register_rule
 from ..spec import RunSpec
@@ -122,8 +122,6 @@ class LinearRegressionTask(Task):
     def prepare(self, spec: RunSpec) -> Prepared:
         name, X, y, certified, problem = _load(spec)
         if X.shape[0] < X.shape[1]:
-            from ..errors import DataError
-
             raise DataError(
                 f"{name!r} has {X.shape[0]} rows and {X.shape[1]} columns (with the "
                 "intercept): the least-squares fit is not unique and the lab's solvers are "

@@ -50,6 +50,7 @@ import numpy as np
 from .. import datasets, numerics
 from ..numerics import naive
 from ..conditioning import gram_condition
+from ..errors import DataError
 from ..precision import FORMATS, Format
 from ..spec import RunSpec
 from ..trace import Trace, environment
@@ -158,8 +159,6 @@ class LogisticRegression(Task):
             ds = datasets.Dataset(ds.name, ds.X, y, ds.feature_names,
                                   f"{ds.target_name} is odd", ["even", "odd"])
         elif len(ds.classes) > 2:
-            from ..errors import DataError
-
             raise DataError(
                 f"Target column {ds.target_name!r} of {ds.name!r} has {len(ds.classes)} "
                 f"classes ({', '.join(ds.classes[:5])}{', ...' if len(ds.classes) > 5 else ''})"
@@ -170,13 +169,12 @@ class LogisticRegression(Task):
     def prepare(self, spec: RunSpec, dataset: datasets.Dataset | None = None) -> Prepared:
         ds = dataset if dataset is not None else self.load_dataset(spec)
         fmt = FORMATS[spec.precision]
-        X = round_to(datasets.scale_features(ds.X, spec.scale), fmt)
+        scaled = datasets.scale_features(ds.X, spec.scale)
+        X = round_to(scaled, fmt)
         if not np.all(np.isfinite(X)):
-            from ..errors import DataError
-
             raise DataError(
                 f"Features of {ds.name!r} overflow {fmt.name} after scale={spec.scale} "
-                f"(largest |x| = {np.max(np.abs(datasets.scale_features(ds.X, spec.scale))):.3g}, "
+                f"(largest |x| = {np.max(np.abs(scaled)):.3g}, "
                 f"format max {fmt.max:.3g}); use a smaller scale factor or a wider format."
             )
         A = np.hstack([X, np.ones((X.shape[0], 1))])
