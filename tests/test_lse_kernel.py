@@ -47,13 +47,13 @@ def test_float32_and_half_inputs_go_through_the_default_kernel(monkeypatch):
 
     monkeypatch.setattr(_core._lsekernel, "lse_rows_f32", spy)
     x = np.random.default_rng(0).standard_normal((5, 7))
-    N.log_softmax(x.astype(np.float32))
-    N.logsumexp(torch.from_numpy(x).to(torch.bfloat16))
+    N.log_softmax(x.astype(np.float32), -1)
+    N.logsumexp(torch.from_numpy(x).to(torch.bfloat16), -1)
     N.cross_entropy(x.astype(np.float16), np.zeros(5, np.int64))
     assert calls == [_core.DEFAULT_KERNEL] * 3
-    N.log_softmax(x)  # float64: the NumPy kernel
+    N.log_softmax(x, -1)  # float64: the NumPy kernel
     with _core.use_kernel("numpy"):
-        N.log_softmax(x.astype(np.float32))
+        N.log_softmax(x.astype(np.float32), -1)
     assert len(calls) == 3
 
 
@@ -79,10 +79,10 @@ def test_kernel_agrees_with_float64(path, n):
     float64 result, which is far more accurate than float32 on these well-scaled rows."""
     rng = np.random.default_rng(n)
     x = _matrix(rng, 64, n)
-    ref_lsm = N.log_softmax(x.astype(np.float64))
-    ref_lse = N.logsumexp(x.astype(np.float64))
+    ref_lsm = N.log_softmax(x.astype(np.float64), -1)
+    ref_lse = N.logsumexp(x.astype(np.float64), -1)
     with _core.use_kernel(path):
-        lsm, lse = N.log_softmax(x), N.logsumexp(x)
+        lsm, lse = N.log_softmax(x, -1), N.logsumexp(x, -1)
     assert lsm.dtype == np.float32 and lse.dtype == np.float32
     u = 2.0**-24
     scale = np.abs(x.astype(np.float64) - x.max(1, keepdims=True)) + np.abs(ref_lse)[:, None]
@@ -112,10 +112,10 @@ def test_special_rows_in_a_matrix_match_the_numpy_kernel(path):
         x[i] = -5.0
         x[i, :3] = r
     with _core.use_kernel("numpy"):
-        want_lsm, want_lse = N.log_softmax(x), N.logsumexp(x)
+        want_lsm, want_lse = N.log_softmax(x, -1), N.logsumexp(x, -1)
         want_ce = N.cross_entropy(x, np.arange(40) % n, reduction="none")
     with _core.use_kernel(path):
-        got_lsm, got_lse = N.log_softmax(x), N.logsumexp(x)
+        got_lsm, got_lse = N.log_softmax(x, -1), N.logsumexp(x, -1)
         got_ce = N.cross_entropy(x, np.arange(40) % n, reduction="none")
     special = [3, 4, 17, 18, 39]  # row 30 has a finite max
     np.testing.assert_array_equal(got_lsm[special], want_lsm[special])
@@ -133,8 +133,8 @@ def test_tiny_tail_needs_the_split(path):
     x = np.array([[0.0, -30.0, -31.0, -95.0, -699.0, -701.0, -1e30, -3e38]], np.float32)
     ref = A.ref_lse_row(x[0].astype(np.float64))
     with _core.use_kernel(path):
-        lse = float(N.logsumexp(x)[0])
-        lsm = N.log_softmax(x)[0]
+        lse = float(N.logsumexp(x, -1)[0])
+        lsm = N.log_softmax(x, -1)[0]
     assert A.ulp_error(lse, ref[0], "float32") <= 1
     assert A.ulp_error(float(lsm[0]), ref[1][0], "float32") <= 1
 
@@ -147,14 +147,14 @@ def test_ties_counted_once(path):
         x = np.full((1, 40), -np.inf, np.float32)
         x[0, np.linspace(0, 39, k).astype(int)] = 2.5
         with _core.use_kernel(path):
-            lse = float(N.logsumexp(x)[0])
+            lse = float(N.logsumexp(x, -1)[0])
         want = np.float32(2.5 + np.log(k))
         assert abs(lse - want) <= float(np.spacing(want)), (k, lse, want)
 
 
 def test_torch_tensors_use_it_and_keep_their_gradient():
     x = torch.randn(50, 33, dtype=torch.float32, requires_grad=True)
-    y = N.log_softmax(x)
+    y = N.log_softmax(x, -1)
     assert y.dtype == torch.float32
     (y * torch.arange(33.0)).sum().backward()
     ref = torch.log_softmax(x.detach().double(), -1)
@@ -191,8 +191,8 @@ def test_concurrent_calls_from_threads_agree():
 
     rng = np.random.default_rng(5)
     xs = [_matrix(rng, 300, 257) for _ in range(8)]
-    want = [N.log_softmax(x) for x in xs]
+    want = [N.log_softmax(x, -1) for x in xs]
     with ThreadPoolExecutor(4) as pool:
-        got = list(pool.map(N.log_softmax, xs))
+        got = list(pool.map(lambda x: N.log_softmax(x, -1), xs))
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)

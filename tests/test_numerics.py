@@ -109,9 +109,9 @@ def test_lse_family_hypothesis(width):
             assert c <= 2.0, f"{name}: err = {c:.2f} u B for {xs!r}"
             assert ulp_wc <= 2.0, f"{name}: {ulp_wc:.2f} ulp for {xs!r}"
         a = row.astype(fmt)
-        assert np.isfinite(N.logsumexp(a))  # never NaN/overflow for finite input
-        assert not np.isnan(N.log_softmax(a)).any()
-        assert abs(float(np.sum(N.softmax(a), dtype=np.float64)) - 1) < 8 * len(xs) * 2.0**-24
+        assert np.isfinite(N.logsumexp(a, -1))  # never NaN/overflow for finite input
+        assert not np.isnan(N.log_softmax(a, -1)).any()
+        assert abs(float(np.sum(N.softmax(a, -1), dtype=np.float64)) - 1) < 8 * len(xs) * 2.0**-24
 
     run()
 
@@ -122,17 +122,17 @@ def test_long_rows_path_matches(monkeypatch):
     x = np.concatenate([[0.0], -30 - rng.random(40)])  # lse = O(1e-13): needs the split
     ref = A.ref_lse_row(x)
     monkeypatch.setattr(_core, "BLOCK", 8)
-    got = float(N.logsumexp(x))
+    got = float(N.logsumexp(x, -1))
     assert A.ulp_error(got, ref[0], "float64") <= 2
-    lsm = N.log_softmax(x)
+    lsm = N.log_softmax(x, -1)
     assert max(A.ulp_error(float(c), y, "float64") for c, y in zip(lsm, ref[1])) <= 2
-    assert max(A.ulp_error(float(c), y, "float64") for c, y in zip(N.softmax(x), ref[2])) <= 2
-    assert float(N.logsumexp(np.array([1.0] * 20 + [np.inf]))) == np.inf
+    assert max(A.ulp_error(float(c), y, "float64") for c, y in zip(N.softmax(x, -1), ref[2])) <= 2
+    assert float(N.logsumexp(np.array([1.0] * 20 + [np.inf]), -1)) == np.inf
 
 
 def test_split_matters_lse_of_tiny_tail():
     # lse([0, -30]) = log1p(e^-30): forming 1 + s and subtracting loses 3 digits.
-    got = N.logsumexp(np.array([0.0, -30.0]))
+    got = N.logsumexp(np.array([0.0, -30.0]), -1)
     assert A.ulp_error(float(got), A.ref_lse_row(np.array([0.0, -30.0]))[0], "float64") <= 1
     bad = np.log(np.sum(np.exp(np.array([0.0, -30.0]))))
     assert abs(bad - got) / got > 1e-4
@@ -144,11 +144,11 @@ def test_dims_and_torch_parity(dim, keepdim):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 4, 5)) * 10
     ref = np.apply_along_axis(lambda r: float(A.ref_lse_row(r)[0]), dim, x)
-    got = N.logsumexp(x, dim, keepdim)
+    got = N.logsumexp(x, dim, keepdims=keepdim)
     assert got.shape == (np.expand_dims(ref, dim) if keepdim else ref).shape
     np.testing.assert_allclose(np.squeeze(got, dim) if keepdim else got, ref, rtol=4e-16)
     t = torch.from_numpy(x)
-    assert torch.equal(N.logsumexp(t, dim, keepdim), torch.from_numpy(np.asarray(got)))
+    assert torch.equal(N.logsumexp(t, dim=dim, keepdim=keepdim), torch.from_numpy(np.asarray(got)))
     for fn in (N.log_softmax, N.softmax):
         a = fn(x, dim)
         assert a.shape == x.shape
@@ -185,9 +185,9 @@ def test_lse_special_values(row, lse, lsm, sm, kind):
     if kind == "torch":
         x = torch.from_numpy(x)
     eq = {"equal_nan": True}
-    np.testing.assert_allclose(np.asarray(N.logsumexp(x), np.float64), lse, rtol=1e-15, **eq)
-    np.testing.assert_allclose(np.asarray(N.log_softmax(x), np.float64), lsm, rtol=1e-15, **eq)
-    np.testing.assert_allclose(np.asarray(N.softmax(x), np.float64), sm, rtol=1e-15, **eq)
+    np.testing.assert_allclose(np.asarray(N.logsumexp(x, -1), np.float64), lse, rtol=1e-15, **eq)
+    np.testing.assert_allclose(np.asarray(N.log_softmax(x, -1), np.float64), lsm, rtol=1e-15, **eq)
+    np.testing.assert_allclose(np.asarray(N.softmax(x, -1), np.float64), sm, rtol=1e-15, **eq)
 
 
 def test_elementwise_special_values():
@@ -232,8 +232,8 @@ def _calls():
     return {
         "sigmoid": lambda x: N.sigmoid(x), "log_sigmoid": lambda x: N.log_sigmoid(x),
         "softplus": lambda x: N.softplus(x), "log1mexp": lambda x: N.log1mexp(-abs(x) - 1),
-        "logsumexp": lambda x: N.logsumexp(x), "log_softmax": lambda x: N.log_softmax(x),
-        "softmax": lambda x: N.softmax(x), "stable_sum": lambda x: N.stable_sum(x, 1),
+        "logsumexp": lambda x: N.logsumexp(x, -1), "log_softmax": lambda x: N.log_softmax(x, -1),
+        "softmax": lambda x: N.softmax(x, -1), "stable_sum": lambda x: N.stable_sum(x, 1),
         "mean_and_variance": lambda x: N.mean_and_variance(x, 0)[1],
         "l2_norm": lambda x: N.l2_norm(x, -1),
     }
@@ -418,14 +418,14 @@ def test_l2_norm_float32_near_limits():
 # --------------------------------------------------------------------------- naive twins fail
 def test_naive_reproduces_failures():
     x = np.array([1000.0, 1000.0])
-    assert naive.logsumexp(x) == inf and N.logsumexp(x) == 1000 + math.log(2)
+    assert naive.logsumexp(x) == inf and N.logsumexp(x, -1) == 1000 + math.log(2)
     assert np.isnan(naive.softmax(x)).all()
     assert naive.log_sigmoid(np.array(-800.0)) == -inf
     assert naive.softplus(np.array(800.0)) == inf
     assert naive.log1mexp(np.array(-1e-17)) == -inf
     assert naive.binary_cross_entropy_with_logits(np.array([40.0]), np.array([0.0])) == inf
     t = torch.tensor([1000.0, 0.0])
-    assert torch.isnan(naive.softmax(t)).any() and not torch.isnan(N.softmax(t)).any()
+    assert torch.isnan(naive.softmax(t)).any() and not torch.isnan(N.softmax(t, -1)).any()
 
 
 # --------------------------------------------------------------------------- validation
@@ -436,7 +436,9 @@ def test_naive_reproduces_failures():
     (np.array([True]), TypeError, "got dtype bool"),
 ])
 def test_bad_dtype(bad, exc, frag):
-    for fn in (N.logsumexp, N.sigmoid, N.stable_sum, N.l2_norm):
+    # (logsumexp/softmax promote integer input as scipy/torch do:
+    # tests/test_numerics_spellings.py)
+    for fn in (N.sigmoid, N.stable_sum, N.l2_norm):
         with pytest.raises(exc, match=frag):
             fn(bad)
 

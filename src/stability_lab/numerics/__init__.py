@@ -30,15 +30,18 @@ from stability_lab.errors import UsageError
 
 from . import _core
 from ._backend import (
+    _UNSET,
     ACCUMULATE,
     ELEMENTWISE,
     REDUCE,
     SOFTMAX,
     Like,
+    alias,
     check_float,
     check_reduction,
     from_compute,
     is_tensor,
+    norm_axes,
     norm_dim,
     to_compute,
 )
@@ -143,81 +146,179 @@ log1mexp = _make_elementwise(
 
 
 # =========================================================================== log-sum-exp
-def _fwd_lse(x: Any, like: Like, dim: int, keepdim: bool):
+# Spellings: scipy's (axis, keepdims, b, return_sign; positional order of
+# scipy.special.logsumexp) and torch's (dim, keepdim). The default axis is None, for
+# every input kind: all elements are reduced, as scipy.special does (torch has no
+# default: pass dim). See docs/numerics.md, "Spellings and the default axis".
+def _fwd_lse(x: Any, like: Like, axes: tuple[int, ...] | None, keepdim: bool):
     a = to_compute(x, like, REDUCE)
     shape = a.shape
-    rows, _ = _core.to_rows(a.reshape(a.shape or (1,)), dim)
+    rows, _ = _core.to_rows(a.reshape(shape or (1,)), axes)
     m, big_l = _core.lse_rows(rows)
-    out = _core.from_rows_reduced(m + big_l, shape or (1,), dim, keepdim and bool(shape))
+    out = _core.from_rows_reduced(m + big_l, shape or (1,), axes, keepdim and bool(shape))
     return from_compute(out.reshape(()) if not shape else out, like)
 
 
-def _fwd_log_softmax(x: Any, like: Like, dim: int):
+def _fwd_lse_weighted(x: Any, w: Any, like: Like, axes: tuple[int, ...] | None,
+                      keepdim: bool, return_sign: bool):
+    a = to_compute(x, like, REDUCE)
+    wa = to_compute(w, like, REDUCE)
+    shape = a.shape
+    rows, _ = _core.to_rows(a.reshape(shape or (1,)), axes)
+    wrows, _ = _core.to_rows(wa.reshape(shape or (1,)), axes)
+    out, sgn = _core.lse_weighted_rows(rows, wrows)
+    if not return_sign:
+        out[sgn < 0] = np.nan
+    keep = keepdim and bool(shape)
+    res = []
+    for r in ((out, sgn) if return_sign else (out,)):
+        r = _core.from_rows_reduced(r, shape or (1,), axes, keep)
+        res.append(from_compute(r.reshape(()) if not shape else r, like))
+    return tuple(res) if return_sign else res[0]
+
+
+def _fwd_log_softmax(x: Any, like: Like, axes: tuple[int, ...] | None):
     a = to_compute(x, like, REDUCE)
     shape = a.shape
-    rows, mshape = _core.to_rows(a.reshape(shape or (1,)), dim)
+    rows, mshape = _core.to_rows(a.reshape(shape or (1,)), axes)
     lsm = np.empty_like(rows)
     _core.lse_rows(rows, lsm)
-    return from_compute(_core.from_rows_full(lsm, mshape, dim).reshape(shape), like)
+    out = lsm if axes is None else _core.from_rows_full(lsm, mshape, axes)
+    return from_compute(out.reshape(shape), like)
 
 
-def _fwd_softmax(x: Any, like: Like, dim: int):
+def _fwd_softmax(x: Any, like: Like, axes: tuple[int, ...] | None):
     a = to_compute(x, like, SOFTMAX)
     shape = a.shape
-    rows, mshape = _core.to_rows(a.reshape(shape or (1,)), dim)
+    rows, mshape = _core.to_rows(a.reshape(shape or (1,)), axes)
     sm = _core.softmax_rows(rows)
-    return from_compute(_core.from_rows_full(sm, mshape, dim).reshape(shape), like)
+    out = sm if axes is None else _core.from_rows_full(sm, mshape, axes)
+    return from_compute(out.reshape(shape), like)
 
 
-def logsumexp(x: Any, dim: int = -1, keepdim: bool = False):
-    """log(sum_i exp(x_i)) along ``dim``.
+def _weights(x: Any, b: Any, like: Like, fn: str):
+    """Promote ``x`` and the weights ``b`` together (scipy's rule: the common type,
+    integers and booleans to float64; torch's for tensors), broadcast them, return
+    (x, b, like)."""
+    if isinstance(b, (bool, np.bool_)):
+        raise UsageError(
+            f"{fn}: 'b' is the array of weights (scipy's order: logsumexp(x, axis, b, "
+            f"keepdims, return_sign)); got the bool {b}. Pass keepdims={b} by keyword.")
+    if like.kind == "torch":
+        torch = __import__("torch")
+        bt = b if is_tensor(b) else torch.as_tensor(np.asarray(b), device=x.device)
+        if bt.is_complex():
+            raise TypeError(f"{fn}: 'b' must be real; got {bt.dtype}.")
+        dt = torch.result_type(x, bt)
+        if not dt.is_floating_point:
+            dt = torch.get_default_dtype()
+        x, bt = torch.broadcast_tensors(x.to(dt), bt.to(dtype=dt, device=x.device))
+        x, like = check_float(x, fn, "x")
+        return x, bt, like
+    if is_tensor(b):
+        raise TypeError(f"{fn}: 'b' must be a NumPy array like 'x'; got a torch tensor.")
+    try:
+        ba = np.asarray(b)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{fn}: 'b' must be an array of weights; got {type(b).__name__} "
+                        f"that NumPy cannot convert ({exc}).") from None
+    if ba.dtype.kind not in "biuf":
+        raise TypeError(f"{fn}: 'b' must be a real array of weights; got dtype {ba.dtype}.")
+    dt = np.result_type(x, b if isinstance(b, (int, float)) else ba)
+    if dt.kind != "f":
+        dt = np.dtype(np.float64)
+    try:
+        xa, ba = np.broadcast_arrays(x.astype(dt, copy=False), ba.astype(dt, copy=False))
+    except ValueError:
+        raise UsageError(f"{fn}: 'b' of shape {ba.shape} does not broadcast against 'x' of "
+                         f"shape {x.shape}.") from None
+    xa, like = check_float(xa, fn, "x")
+    return xa, ba, like
+
+
+def logsumexp(x: Any, axis: Any = _UNSET, b: Any = None, keepdims: Any = _UNSET,
+              return_sign: bool = False, *, dim: Any = _UNSET, keepdim: Any = _UNSET):
+    """log(sum_i exp(x_i)) over ``axis`` (all elements by default, as scipy).
+
+    Spellings: scipy's ``logsumexp(x, axis=None, b=None, keepdims=False,
+    return_sign=False)`` (same positional order) and torch's ``dim=``/``keepdim=`` (by
+    keyword). ``axis`` is None, an int or a tuple of ints. ``b``: weights broadcast
+    against ``x``; the result is log|sum_i b_i exp(x_i)|, NaN where the sum is negative
+    unless ``return_sign=True``, which returns ``(log|sum|, sign)`` as scipy does; an
+    entry whose weight is 0 adds nothing even if it is inf or NaN. Integer and boolean
+    input is promoted (NumPy: float64, as scipy; tensors: torch's default dtype).
 
     Algorithm (Blanchard, Higham & Higham, "Accurately computing the log-sum-exp and
     softmax functions", IMA J. Numer. Anal. 41, 2021, Alg. 4.1): with a = max_i x_i at
     index k, lse = a + log1p(sum_{j != k} exp(x_j - a)). The max term's exp(0) = 1 is
     zeroed before summing (not subtracted after). Error (docs/numerics.md):
     |err| <= c u (|lse| + sum_i p_i |x_i| + log2(n) + 2), p = softmax(x), c measured;
-    <= 2 ulp when well conditioned (sum_i p_i |x_i| <= |lse|).
+    <= 2 ulp when well conditioned (sum_i p_i |x_i| <= |lse|). With weights, scipy's
+    generalisation of the split (``_core.lse_weighted_rows``).
 
     Special values: empty -> -inf; all -inf -> -inf; any +inf (no NaN) -> +inf;
-    any NaN -> NaN. Never overflows for finite input. Gradient: softmax(x).
+    any NaN -> NaN. Never overflows for finite input. Gradient: softmax(x) (weighted:
+    b exp(x - lse) sign, and exp(x - lse) sign for ``b``).
     """
-    x, like = check_float(x, "logsumexp", "x")
-    d = norm_dim(dim, len(x.shape), "logsumexp")
-    if like.kind == "torch" and _wants_grad(x):
-        return _autograd("logsumexp", x, like, d, bool(keepdim))
-    return _fwd_lse(x, like, d, bool(keepdim))
+    fn = "logsumexp"
+    axis = alias(fn, "axis", axis, "dim", dim, None)
+    keep = bool(alias(fn, "keepdims", keepdims, "keepdim", keepdim, False))
+    x, like = check_float(x, fn, "x", promote_int="float64")
+    if b is not None:
+        x, b, like = _weights(x, b, like, fn)
+    axes = norm_axes(axis, len(x.shape), fn)
+    if b is None and not return_sign:
+        if like.kind == "torch" and _wants_grad(x):
+            return _autograd("logsumexp", x, like, axes, keep)
+        return _fwd_lse(x, like, axes, keep)
+    if b is None:
+        b = np.ones(x.shape, x.dtype) if like.kind == "numpy" else x.new_ones(x.shape)
+    if like.kind == "torch" and _wants_grad(x, b):
+        return _autograd("logsumexp_weighted", x, b, like, axes, keep, bool(return_sign))
+    return _fwd_lse_weighted(x, b, like, axes, keep, bool(return_sign))
 
 
-def log_softmax(x: Any, dim: int = -1):
-    """log(softmax(x)) = (x - a) - log1p(sum_{j != k} exp(x_j - a)) along ``dim``.
+def log_softmax(x: Any, axis: Any = _UNSET, *, dim: Any = _UNSET):
+    """log(softmax(x)) = (x - a) - log1p(sum_{j != k} exp(x_j - a)) over ``axis``.
 
+    ``axis`` (or torch's ``dim``): None (all elements, the default, as scipy), an int or
+    a tuple of ints. Integer input: NumPy arrays as ``np.exp`` promotes it (what
+    scipy.special gives: int8 -> float16, int16 -> float32, wider -> float64), tensors
+    to torch's default dtype.
     Same split as :func:`logsumexp`; both terms are <= 0 so the final subtraction never
     cancels. Special values: all -inf slice -> NaN (like scipy); a slice with +inf ->
     NaN at the +inf entries and -inf elsewhere; NaN anywhere in the slice -> NaN slice;
     empty -> empty. Gradient: g - softmax(x) * sum(g).
     """
-    x, like = check_float(x, "log_softmax", "x")
-    d = norm_dim(dim, len(x.shape), "log_softmax")
+    fn = "log_softmax"
+    axis = alias(fn, "axis", axis, "dim", dim, None)
+    x, like = check_float(x, fn, "x", promote_int="ufunc")
+    axes = norm_axes(axis, len(x.shape), fn)
     if like.kind == "torch" and _wants_grad(x):
-        return _autograd("log_softmax", x, like, d)
-    return _fwd_log_softmax(x, like, d)
+        return _autograd("log_softmax", x, like, axes)
+    return _fwd_log_softmax(x, like, axes)
 
 
-def softmax(x: Any, dim: int = -1):
-    """softmax(x)_i = exp(x_i - a) / sum_j exp(x_j - a) along ``dim``, a = max x.
+def softmax(x: Any, axis: Any = _UNSET, *, dim: Any = _UNSET):
+    """softmax(x)_i = exp(x_i - a) / sum_j exp(x_j - a) over ``axis``, a = max x.
 
+    ``axis`` (or torch's ``dim``): None (all elements, the default, as scipy), an int or
+    a tuple of ints. Integer input: NumPy arrays as ``np.exp`` promotes it (what
+    scipy.special gives: int8 -> float16, int16 -> float32, wider -> float64), tensors
+    to torch's default dtype.
     The shifted sum includes the max term's 1 (it is the denominator), so no split is
     needed here (Blanchard, Higham & Higham 2021, Alg. 4.2 "shift"). Special values
     agree with exp(log_softmax(x)): all -inf -> NaN, +inf entries -> NaN with 0
     elsewhere (scipy 1.17 returns an all-NaN slice there), empty -> empty.
     Gradient: s * (g - sum(g * s)).
     """
-    x, like = check_float(x, "softmax", "x")
-    d = norm_dim(dim, len(x.shape), "softmax")
+    fn = "softmax"
+    axis = alias(fn, "axis", axis, "dim", dim, None)
+    x, like = check_float(x, fn, "x", promote_int="ufunc")
+    axes = norm_axes(axis, len(x.shape), fn)
     if like.kind == "torch" and _wants_grad(x):
-        return _autograd("softmax", x, like, d)
-    return _fwd_softmax(x, like, d)
+        return _autograd("softmax", x, like, axes)
+    return _fwd_softmax(x, like, axes)
 
 
 # =========================================================================== losses

@@ -64,13 +64,24 @@ def _type_error(fn: str, arg: str, got: str, kind: str) -> TypeError:
     )
 
 
-def check_float(x: Any, fn: str, arg: str) -> tuple[Any, Like]:
-    """Validate a floating input; return (array-or-tensor, Like)."""
+def check_float(x: Any, fn: str, arg: str, promote_int: str | None = None
+                ) -> tuple[Any, Like]:
+    """Validate a floating input; return (array-or-tensor, Like).
+
+    ``promote_int``: integer and boolean input is promoted as the ecosystem does it.
+    Tensors: to torch's default dtype (as torch.logsumexp / torch.softmax). NumPy arrays:
+    ``"float64"`` (scipy.special.logsumexp's rule) or ``"ufunc"`` (NumPy's rule for
+    ``np.exp``, which scipy.special.softmax/log_softmax inherit: int8/uint8/bool ->
+    float16, int16/uint16 -> float32, wider -> float64)."""
     if is_tensor(x):
         torch = sys.modules["torch"]
         names = {torch.float16: "float16", torch.bfloat16: "bfloat16",
                  torch.float32: "float32", torch.float64: "float64"}
         name = names.get(x.dtype)
+        if (name is None and promote_int and not x.is_floating_point()
+                and not x.is_complex()):
+            x = x.to(torch.get_default_dtype())
+            name = names.get(x.dtype)
         if name is None:
             raise _type_error(fn, arg, str(x.dtype).replace("torch.", ""), "torch")
         return x, Like("torch", name, x.dtype, x.device)
@@ -82,9 +93,39 @@ def check_float(x: Any, fn: str, arg: str) -> tuple[Any, Like]:
             f"{type(x).__name__} that NumPy cannot convert ({exc})."
         ) from None
     dt = a.dtype
+    if promote_int and dt.kind in "biu":
+        dt = _F64 if promote_int == "float64" else np.result_type(dt, np.float16)
+        a = a.astype(dt)
     if dt in (_F16, _F32, _F64):
         return a, Like("numpy", dt.name)
     raise _type_error(fn, arg, dt.name, "numpy")
+
+
+_UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<unset>"})()
+
+
+def alias(fn: str, name: str, value: Any, alt_name: str, alt: Any, default: Any) -> Any:
+    """One value from a scipy/NumPy spelling and its torch spelling (``axis``/``dim``,
+    ``keepdims``/``keepdim``); both given and different is an error."""
+    if alt is _UNSET:
+        return default if value is _UNSET else value
+    if value is _UNSET or value == alt:
+        return alt
+    raise UsageError(f"{fn}: '{name}' and '{alt_name}' are two spellings of the same "
+                     f"argument; got {name}={value!r} and {alt_name}={alt!r}. Pass one.")
+
+
+def norm_axes(axis: Any, ndim: int, fn: str) -> tuple[int, ...] | None:
+    """``axis`` (None, an int or a tuple of ints) as sorted non-negative axes, or None
+    for all of them (a 0-d input counts as 1-d)."""
+    if axis is None:
+        return None
+    if isinstance(axis, (tuple, list)):
+        axes = tuple(norm_dim(d, ndim, fn) for d in axis)
+        if len(set(axes)) != len(axes):
+            raise UsageError(f"{fn}: 'axis' has a repeated axis; got {tuple(axis)!r}.")
+        return tuple(sorted(axes))
+    return (norm_dim(axis, ndim, fn),)
 
 
 def to_compute(x: Any, like: Like, policy: dict) -> np.ndarray:

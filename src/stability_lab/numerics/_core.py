@@ -80,32 +80,41 @@ SOFTPLUS_CUTS = {
 
 
 # --------------------------------------------------------------------------- shape helpers
-def to_rows(a: np.ndarray, dim: int | None) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Move axis ``dim`` last and return a C-contiguous ``(rows, n)`` array + moved shape."""
+def to_rows(a: np.ndarray, dim: int | tuple[int, ...] | None
+            ) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Move axis ``dim`` (or the axes of a tuple, in order) last and return a C-contiguous
+    ``(rows, n)`` array + the moved shape (what :func:`from_rows_full` undoes)."""
     if dim is None:
         flat = np.ascontiguousarray(a).reshape(1, a.size)
         return flat, (a.size,)
-    moved = np.moveaxis(a, dim, -1)
-    shape = moved.shape
-    rows = math.prod(shape[:-1])
-    return np.ascontiguousarray(moved).reshape(rows, shape[-1]), shape
+    axes = (dim,) if isinstance(dim, int) else tuple(dim)
+    k = len(axes)
+    moved = np.moveaxis(a, axes, tuple(range(a.ndim - k, a.ndim)))
+    keep = moved.shape[:a.ndim - k]
+    n = math.prod(moved.shape[a.ndim - k:])
+    rows = math.prod(keep)
+    return np.ascontiguousarray(moved).reshape(rows, n), moved.shape
 
 
-def from_rows_full(r: np.ndarray, shape: tuple[int, ...], dim: int) -> np.ndarray:
+def from_rows_full(r: np.ndarray, shape: tuple[int, ...], dim: int | tuple[int, ...]
+                   ) -> np.ndarray:
     """Inverse of :func:`to_rows` for outputs with the input's shape."""
-    out = np.moveaxis(r.reshape(shape), -1, dim)
+    axes = (dim,) if isinstance(dim, int) else tuple(dim)
+    nd = len(shape)
+    out = np.moveaxis(r.reshape(shape), tuple(range(nd - len(axes), nd)), axes)
     return np.ascontiguousarray(out)
 
 
-def from_rows_reduced(r: np.ndarray, a_shape: tuple[int, ...], dim: int | None,
-                      keepdim: bool) -> np.ndarray:
+def from_rows_reduced(r: np.ndarray, a_shape: tuple[int, ...],
+                      dim: int | tuple[int, ...] | None, keepdim: bool) -> np.ndarray:
     """Shape a per-row result ``(rows,)`` like a reduction of ``a_shape`` over ``dim``."""
     if dim is None:
         out = r.reshape(())
         return out.reshape((1,) * len(a_shape)) if keepdim else out
-    red = a_shape[:dim] + a_shape[dim + 1:]
+    axes = (dim,) if isinstance(dim, int) else tuple(dim)
+    red = tuple(s for i, s in enumerate(a_shape) if i not in axes)
     out = r.reshape(red)
-    return np.expand_dims(out, dim) if keepdim else out
+    return np.expand_dims(out, tuple(sorted(axes))) if keepdim else out
 
 
 # --------------------------------------------------------------------------- element-wise
@@ -343,6 +352,41 @@ def _lse_long_rows(x, lsm, m, big_l):
                 np.subtract(lsm[r], lr, out=lsm[r])
             else:
                 lsm[r] = (row - mr) - lr
+
+
+def lse_weighted_rows(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: ``(log|sum_j w_j exp(x_j)|, sign of the sum)`` (scipy's ``b=`` weights).
+
+    The same split as :func:`lse_rows`, generalised to weights as scipy does it (so
+    results and special values agree with ``scipy.special.logsumexp``): a = max of the
+    x_j whose weight is non-zero (entries with w_j = 0 add nothing even if x_j is inf or
+    NaN), m = sum of the weights at the maximum (ties included), s = sum of the other
+    terms w_j exp(x_j - a) / m, and log|sum| = a + log|m| + log1p(s), with s < -1
+    reflected to -s - 2 (log1p(-s - 2) = log|1 + s|); sign = sign(1 + s) sign(m).
+    Rows whose result is not finite are recomputed directly as log|sum w exp(x)|, so
+    inf/NaN follow IEEE as in scipy. Empty rows: (-inf, -1), scipy's values.
+    """
+    rows, n = x.shape
+    if n == 0:
+        return np.full(rows, -np.inf, x.dtype), np.full(rows, -1, x.dtype)
+    with np.errstate(all="ignore"):
+        a = np.where(w == 0, x.dtype.type(-np.inf), x)
+        amax = a.max(axis=1) if rows else np.empty(0, x.dtype)
+        at_max = a == amax[:, None]
+        m = np.where(at_max, w, 0).sum(axis=1)
+        a = np.where(at_max, x.dtype.type(-np.inf), a)
+        e = w * np.exp(a - amax[:, None])
+        s = e.sum(axis=1)
+        s = np.where(s == 0, s, s / m)
+        sgn = np.sign(s + 1) * np.sign(m)
+        s = np.where(s < -1, -s - 2, s)
+        out = np.log1p(s) + np.log(np.abs(m)) + amax
+        bad = ~np.isfinite(out)
+        if bad.any():
+            direct = (w[bad] * np.exp(x[bad])).sum(axis=1)
+            out[bad] = np.log(np.abs(direct))
+            sgn[bad] = np.sign(direct)
+    return out.astype(x.dtype, copy=False), sgn.astype(x.dtype, copy=False)
 
 
 def softmax_rows(x: np.ndarray) -> np.ndarray:

@@ -23,7 +23,15 @@ def _expand(g: torch.Tensor, dim: int | None, keepdim: bool, ndim: int) -> torch
         return g.reshape(())
     if dim is None:
         return g.reshape((1,) * ndim)
-    return g if keepdim else g.unsqueeze(dim)
+    if keepdim:
+        return g
+    for d in ((dim,) if isinstance(dim, int) else sorted(dim)):
+        g = g.unsqueeze(d)
+    return g
+
+
+def _sum_keep(g: torch.Tensor, dim) -> torch.Tensor:
+    return g.sum() if dim is None else g.sum(dim, keepdim=True)
 
 
 class _Op(torch.autograd.Function):
@@ -78,12 +86,29 @@ def _logsumexp(x, like, dim, keepdim):
     return _Op.apply(lambda x: _n._fwd_lse(x, like, dim, keepdim), bwd, x)
 
 
+def _logsumexp_weighted(x, w, like, dim, keepdim, return_sign):
+    def bwd(ins, outs, grads):
+        (x, w), out, g = ins, outs[0], grads[0]
+        out = _expand(out, dim, keepdim, x.ndim)
+        g = _expand(g, dim, keepdim, x.ndim)
+        # d log|S| / dx_i = sign(S) b_i e^(x_i - log|S|); without return_sign a negative
+        # S gave NaN already, so the sign is 1 wherever the result is a number
+        p = torch.exp(x - out)
+        if return_sign:
+            p = p * _expand(outs[1], dim, keepdim, x.ndim)
+        p = torch.where(torch.isneginf(out), torch.zeros((), dtype=p.dtype), p)
+        return (g * w * p, g * p)
+
+    return _Op.apply(
+        lambda x, w: _n._fwd_lse_weighted(x, w, like, dim, keepdim, return_sign), bwd, x, w)
+
+
 def _log_softmax(x, like, dim):
     def bwd(ins, outs, grads):
         (y,), (g,) = outs, grads
         if y.ndim == 0:
             return (g - torch.exp(y) * g,)
-        return (g - torch.exp(y) * g.sum(dim, keepdim=True),)
+        return (g - torch.exp(y) * _sum_keep(g, dim),)
 
     return _Op.apply(lambda x: _n._fwd_log_softmax(x, like, dim), bwd, x)
 
@@ -93,7 +118,7 @@ def _softmax(x, like, dim):
         (s,), (g,) = outs, grads
         if s.ndim == 0:
             return (s * (g - g * s),)
-        return (s * (g - (g * s).sum(dim, keepdim=True)),)
+        return (s * (g - _sum_keep(g * s, dim)),)
 
     return _Op.apply(lambda x: _n._fwd_softmax(x, like, dim), bwd, x)
 
@@ -175,6 +200,7 @@ def _l2_norm(x, like, dim, keepdim):
 
 _DISPATCH: dict[str, Callable[..., Any]] = {
     "logsumexp": _logsumexp,
+    "logsumexp_weighted": _logsumexp_weighted,
     "log_softmax": _log_softmax,
     "softmax": _softmax,
     "binary_cross_entropy_with_logits": _bce,
