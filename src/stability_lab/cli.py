@@ -8,17 +8,23 @@ without a sub-command means ``stability-lab run --task ...``, so the brief's
 works as written.
 
 Errors a user can cause print one line, ``stability-lab: error: ...``, and exit with
-code 2, without a traceback. Nothing here imports torch: ``--help`` and argument
-errors stay fast.
+code 2, without a traceback; faults of the machine (disk full, read-only or locked or
+damaged store) print one line too and exit with code 3. Nothing here imports torch:
+``--help`` and argument errors stay fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
 from .errors import LabError
+
+#: OSErrors that are faults of the machine (one line, exit 3), not bugs
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                       errno.EIO}
 
 COMMANDS = ("run", "show", "repro", "playbook", "nist")
 PROG = "stability-lab"
@@ -83,12 +89,20 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._main(args) or 0)
     except LabError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted; completed runs are kept in the store\n")
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        from .paths import os_fault
+
+        where = exc.filename or "a file"
+        sys.stderr.write(f"{PROG}: error: {os_fault(exc, where, 'fix that and run again')}\n")
+        return 3
 
 
 def entry() -> None:

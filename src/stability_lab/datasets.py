@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,28 +93,120 @@ def synthetic(n: int = 2000, d: int = 20, kappa: float = 1e8, seed: int = 0) -> 
     return Dataset(name, X, y, [f"x{i}" for i in range(int(d))], "y", ["0", "1"])
 
 
-def load_csv(path: str, target: str | None) -> Dataset:
-    """Read a CSV with a header row; every column but ``target`` is a numeric feature."""
+#: delimiters tried when a CSV's is sniffed, in order of preference
+DELIMITERS = (",", ";", "\t", "|")
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def sniff_delimiter(sample: str) -> str:
+    """The delimiter of a CSV from its first lines (``sample``), ``,`` when unsure.
+
+    Each candidate (comma, semicolon, tab, pipe) splits the first non-empty lines with
+    the csv module's quoting rules; the one that gives the same number of fields (at
+    least two) on every line and the most fields wins, comma on ties. A
+    semicolon-separated file with decimal commas (``1,5;2,0``) is read as semicolon
+    separated: its comma split is ragged.
+    """
+    lines = [line for line in sample.splitlines() if line.strip()][:20]
+    if len(lines) > 1 and not sample.endswith(("\n", "\r")):
+        lines = lines[:-1]  # the last line of a sample may be cut short
+    best, best_fields = ",", 1
+    for delim in DELIMITERS:
+        try:
+            counts = {len(row) for row in csv.reader(lines, delimiter=delim)}
+        except csv.Error:
+            continue
+        if len(counts) == 1 and (fields := counts.pop()) > best_fields:
+            best, best_fields = delim, fields
+    return best
+
+
+def check_header(header: list[str], path: str) -> None:
+    """Duplicate column names are an error that names them (a CSV's header row)."""
+    seen: dict[str, list[int]] = {}
+    for i, name in enumerate(header, start=1):
+        seen.setdefault(name, []).append(i)
+    dups = {name: cols for name, cols in seen.items() if len(cols) > 1}
+    if dups:
+        listed = "; ".join(f"{name!r} (columns {', '.join(map(str, cols))})"
+                           for name, cols in dups.items())
+        raise DataError(f"Data file {path!r} has duplicate column names: {listed}; "
+                        "rename the columns so each name appears once.")
+
+
+def label_key(label: str):
+    """How labels compare: as numbers when they parse as numbers (``1`` = ``1.0``)."""
+    try:
+        value = float(label)
+    except ValueError:
+        return label
+    return value if math.isfinite(value) else label
+
+
+def class_name(key) -> str:
+    """A class's name from its :func:`label_key`: ``1`` for 1.0, ``0.5`` for 0.5."""
+    if isinstance(key, float):
+        return str(int(key)) if key.is_integer() and abs(key) < 2.0 ** 53 else repr(key)
+    return key
+
+
+def encode_labels(labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Labels -> (codes 0..k-1 as float64, class names); numbers before text, sorted."""
+    keys = [label_key(v) for v in labels]
+    distinct = sorted(set(keys), key=lambda k: (1, 0.0, k) if isinstance(k, str) else (0, k, ""))
+    index = {k: i for i, k in enumerate(distinct)}
+    return (np.array([index[k] for k in keys], dtype=np.float64),
+            [class_name(k) for k in distinct])
+
+
+def open_csv_path(path: str) -> Path:
+    """The CSV's path, checked: exists, is a file (a folder gets its own message)."""
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"Data path {path!r} is a folder, not a CSV file; pass the path of "
+                        "a .csv file inside it.")
+    if not p.exists():
+        raise DataError(f"Data file {path!r} does not exist; pass an existing CSV file.")
+    if not p.is_file():
+        raise DataError(f"Data path {path!r} is not a regular file; pass a CSV file.")
+    return p
+
+
+def load_csv(path: str, target: str | None) -> Dataset:
+    """Read a CSV with a header row; every column but ``target`` is a numeric feature.
+
+    A UTF-8 byte-order mark is dropped; the delimiter is sniffed (:func:`sniff_delimiter`);
+    duplicate column names are an error; labels compare as numbers where they are
+    numbers (``0``, ``0.0`` and ``1``, ``1.0`` are two classes).
+    """
     if target is None:
         raise UsageError(
             f"--data {path} needs --target COLUMN naming the label column of the CSV."
         )
-    if not p.is_file():
-        raise DataError(f"Data file {path!r} does not exist; pass an existing CSV file.")
+    p = open_csv_path(path)
     try:
-        with p.open(newline="") as fh:
-            rows = [r for r in csv.reader(fh) if any(cell.strip() for cell in r)]
-    except (OSError, UnicodeDecodeError) as exc:
+        with p.open(newline="", encoding="utf-8-sig") as fh:
+            delim = sniff_delimiter(fh.read(65536))
+            fh.seek(0)
+            rows = [r for r in csv.reader(fh, delimiter=delim) if any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"Cannot read data file {path!r}: {exc}; pass a UTF-8 CSV.") from None
+    if rows and rows[0] and rows[0][0].startswith("\ufeff"):  # a BOM after a BOM
+        rows[0][0] = rows[0][0].lstrip("\ufeff")
     if len(rows) < 2:
         raise DataError(
             f"Data file {path!r} is empty: expected a header row and at least one data row."
         )
     header = [h.strip() for h in rows[0]]
+    check_header(header, path)
     if target not in header:
+        hint = ""
+        if len(header) == 1:
+            hint = (" (one column: the file is not comma, semicolon, tab or pipe "
+                    "separated with the same number of fields on every line)")
         raise DataError(
-            f"Target column {target!r} is not in {path!r}; its columns are: {', '.join(header)}."
+            f"Target column {target!r} is not in {path!r}; its columns are: "
+            f"{', '.join(header)}{hint}."
         )
     ti = header.index(target)
     feats = [i for i in range(len(header)) if i != ti]
@@ -121,11 +214,12 @@ def load_csv(path: str, target: str | None) -> Dataset:
         raise DataError(f"Data file {path!r} has no feature columns besides {target!r}.")
     X = np.empty((len(rows) - 1, len(feats)))
     labels = []
+    sep = _DELIMITER_NAMES[delim]
     for r, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise DataError(
-                f"Row {r} of {path!r} has {len(row)} fields, the header has {len(header)}; "
-                "fix the CSV."
+                f"Row {r} of {path!r} has {len(row)} {sep}-separated fields, the header has "
+                f"{len(header)}; fix the CSV."
             )
         labels.append(row[ti].strip())
         for j, col in enumerate(feats):
@@ -133,9 +227,11 @@ def load_csv(path: str, target: str | None) -> Dataset:
             try:
                 value = float(cell)
             except ValueError:
+                comma = (" (a decimal comma? write 1.5, not 1,5)"
+                         if re.fullmatch(r"[-+]?\d+,\d+", cell) else "")
                 raise DataError(
                     f"Column {header[col]!r} of {path!r} has non-numeric value {cell!r} "
-                    f"at row {r}; encode it as numbers or drop the column."
+                    f"at row {r}{comma}; encode it as numbers or drop the column."
                 ) from None
             if not math.isfinite(value):
                 raise DataError(
@@ -149,25 +245,13 @@ def load_csv(path: str, target: str | None) -> Dataset:
             f"Target column {target!r} of {path!r} is empty or NaN at row {missing[0]} "
             f"({len(missing)} row(s) in all); drop or label those rows."
         )
-    classes = sorted(set(labels), key=_label_key)
+    y, classes = encode_labels(labels)
     if len(classes) < 2:
         raise DataError(
             f"Target column {target!r} of {path!r} has one class ({classes[0]!r}); "
             "a classifier needs at least two."
         )
-    return Dataset(p.name, X, _encode(labels, classes), [header[i] for i in feats], target, classes)
-
-
-def _label_key(label: str):
-    try:
-        return (0, float(label), label)
-    except ValueError:
-        return (1, 0.0, label)
-
-
-def _encode(labels: list[str], classes: list[str]) -> np.ndarray:
-    index = {c: i for i, c in enumerate(classes)}
-    return np.array([index[v] for v in labels], dtype=np.float64)
+    return Dataset(p.name, X, y, [header[i] for i in feats], target, classes)
 
 
 def load(source: str, target: str | None = None, kappa: float | None = None) -> Dataset:
@@ -207,7 +291,8 @@ def check_source(source: str) -> None:
 
 
 def _names_a_file(source: str) -> bool:
-    return source.lower().endswith(".csv") or bool(Path(source).suffix) or "/" in source
+    return (source.lower().endswith(".csv") or bool(Path(source).suffix) or "/" in source
+            or Path(source).exists())
 
 
 def _unknown_source(source: str) -> UsageError:

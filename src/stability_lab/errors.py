@@ -6,6 +6,11 @@ code 2, with no traceback. Messages name the input, say what was expected and wh
 do, in the manner of scikit-learn's parameter validation:
 
     The 'lr' parameter must be a positive float. Got -1 instead; pass e.g. --lr 0.01.
+
+Faults of the machine rather than of the input (a full disk, a read-only folder, a
+store another process holds locked past the bounded wait, a damaged ``lab.sqlite``)
+are an :class:`EnvironmentFault`: one line too, exit code 3, so a script can tell
+"fix the command" (2) from "fix the machine and run the same command again" (3).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 class LabError(Exception):
     """An error caused by the user's input; reported in one line, exit code 2."""
 
+    exit_code = 2
+
 
 class UsageError(LabError, ValueError):
     """A bad option, axis, value or data source."""
@@ -21,3 +28,9 @@ class UsageError(LabError, ValueError):
 
 class DataError(LabError, ValueError):
     """Data that cannot be used as given (missing file, NaN, wrong shape, ...)."""
+
+
+class EnvironmentFault(LabError):
+    """The machine, not the input: disk full, read-only, store locked or damaged; exit 3."""
+
+    exit_code = 3

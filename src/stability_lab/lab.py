@@ -25,6 +25,7 @@ import numpy as np
 from . import engine
 from .diagnosis import diagnose
 from .diagnosis.findings import Finding, Verdict
+from .errors import LabError
 from .formatting import from_jsonable, jsonable
 from .recommend import Context, Recommendation, RunResult, recommend
 from .spec import RunSpec, Sweep
@@ -114,10 +115,15 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
               rerun: bool = False) -> SweepResult:
     """Run, diagnose, recommend and (if ``out`` is given) store one sweep."""
     specs = sweep.specs
+    if out is not None:
+        from .paths import check_output_dir
+
+        check_output_dir(out)  # before any work: a sweep never runs only to fail to save
     prepared = engine.prepare(specs)  # raises on bad input: nothing written yet
     store = Store(out) if out is not None else None
     results: list[RunResult | None] = [None] * len(specs)
     sweep_id = None
+    stored = False  # whether this sweep stored anything (a run or a link)
     try:
         if store is not None:
             sweep_id = store.begin_sweep(command, sweep.base.task, sweep.axes, sweep.base)
@@ -131,6 +137,7 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
                                         reused=True)
                         results[i] = res
                         store.link(sweep_id, spec.run_id, i)
+                        stored = True
         todo = [i for i, r in enumerate(results) if r is None]
 
         def sink(j: int, trace: Trace) -> None:
@@ -138,7 +145,9 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
             res = diagnose_trace(trace)
             results[i] = res
             if store is not None:
+                nonlocal stored
                 store.save_run(record_of(res), trace.metrics, sweep_id, i)
+                stored = True
 
         done_before = len(specs) - len(todo)
 
@@ -160,6 +169,12 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
         if store is not None:
             store.finish_sweep(sweep_id, conditioning, [r.to_dict() for r in recs])
         return result
+    except LabError:
+        # a user error that surfaced mid-sweep (a build() failing on its second call):
+        # no sweep row is left behind unless runs were stored in it
+        if store is not None and not stored:
+            store.discard_if_unused(sweep_id)
+        raise
     finally:
         if store is not None:
             store.close()

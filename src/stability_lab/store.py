@@ -14,11 +14,20 @@ Layout, one database ``lab.sqlite`` in the output folder (default ``./lab-runs``
 
 Every run is written in its own transaction, so an interrupted sweep leaves every
 completed run intact and a re-run of the same command skips them.
+
+Faults (every SQLite error is turned into a one-line
+:class:`~stability_lab.errors.EnvironmentFault`, exit code 3; see :func:`store_fault`):
+a store another process holds locked is waited on for ``STABILITY_LAB_LOCK_TIMEOUT``
+seconds (default 30), then reported; a full disk (SQLITE_FULL) rolls back the run being
+written and keeps every finished one; a read-only folder, and a damaged or foreign
+``lab.sqlite``, are reported as such. ``show`` opens the store read-only.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -26,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import EnvironmentFault, LabError, UsageError
 from .formatting import jsonable
 from .spec import RunSpec
 
@@ -95,23 +104,135 @@ def _float_or_none(value: Any) -> float | None:
         return None
 
 
+def lock_timeout() -> float:
+    """Seconds to wait for a store another process holds locked (bounded)."""
+    try:
+        value = float(os.environ.get("STABILITY_LAB_LOCK_TIMEOUT", "30"))
+    except ValueError:
+        value = 30.0
+    return value if value >= 0 else 30.0
+
+
+def store_fault(exc: sqlite3.Error, path: Path | str) -> LabError:
+    """A one-line fault for an SQLite error on the store at ``path``."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc)
+    low = text.lower()
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in low:
+        return EnvironmentFault(
+            f"The run store {path} is locked by another process (waited "
+            f"{lock_timeout():g} s); let the other stability-lab command finish and run "
+            "again, or pass another --out (STABILITY_LAB_LOCK_TIMEOUT sets the wait).")
+    if name.startswith("SQLITE_FULL") or "is full" in low:
+        return EnvironmentFault(
+            f"The disk holding the run store {path} is full ({text}); the runs finished so "
+            "far are kept: free space, or pass --out on another disk, and run the same "
+            "command again (finished runs are reused).")
+    if (name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM"))
+            or "readonly" in low or "unable to open" in low):
+        return EnvironmentFault(
+            f"Cannot write the run store {path} ({text}): the folder or file system is "
+            "read-only or not permitted; pass --out a writable folder.")
+    if name.startswith("SQLITE_IOERR") or "disk i/o" in low:
+        return EnvironmentFault(
+            f"Input/output error on the run store {path} ({text}); check the disk, or pass "
+            "--out on another one.")
+    return EnvironmentFault(
+        f"The run store {path} is damaged or not a stability-lab store ({text}); move it "
+        "aside (a new store is then created) or pass another --out.")
+
+
+def _guarded(method):
+    """Store methods raise one-line faults, never a raw sqlite3 error."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise store_fault(exc, self.path) from None
+
+    return wrapper
+
+
 class Store:
-    """A handle on ``DIR/lab.sqlite``; create the folder only when writing."""
+    """A handle on ``DIR/lab.sqlite``; create the folder only when writing.
+
+    ``create=False`` opens an existing store read-only (``show``): it works on a
+    read-only file system and cannot change the file.
+    """
 
     def __init__(self, directory: str | Path, *, create: bool = True):
         self.directory = Path(directory)
         self.path = self.directory / DB_NAME
-        if not create and not self.path.exists():
+        if self.directory.exists() and not self.directory.is_dir():
+            raise UsageError(f"--out {directory} is a file, not a folder; pass the folder "
+                             f"that holds (or will hold) the run store {DB_NAME}.")
+        if not create and not self.path.is_file():
             raise UsageError(
                 f"No run store at {self.path}; run a sweep first or pass --out DIR "
                 f"pointing at a folder that holds {DB_NAME}."
             )
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path)
-        self.conn.executescript(SCHEMA)
+        #: True when this handle created the database file (removed again if unused)
+        self.created = not self.path.exists()
+        self._made_dir = not self.directory.exists()
+        self.conn: sqlite3.Connection | None = None
+        try:
+            if create:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            self._connect(create)
+        except (FileExistsError, NotADirectoryError):
+            raise UsageError(f"--out {directory} goes through a file, not a folder; pass "
+                             "another folder.") from None
+        except OSError as exc:
+            from .paths import os_fault
+
+            raise os_fault(exc, f"the run store in {directory}",
+                           "pass --out a writable folder") from None
+
+    def _connect(self, create: bool) -> None:
+        try:
+            if create:
+                self.conn = sqlite3.connect(self.path, timeout=lock_timeout())
+                self.conn.executescript(SCHEMA)
+            else:
+                self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro",
+                                            uri=True, timeout=lock_timeout())
+                self.conn.execute("SELECT count(*) FROM runs").fetchone()
+        except sqlite3.Error as exc:
+            if self.conn is not None:
+                self.conn.close()
+            raise store_fault(exc, self.path) from None
 
     def close(self) -> None:
-        self.conn.close()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def discard_if_unused(self, sweep_id: int | None) -> None:
+        """After a sweep that stopped before storing anything: drop its sweep row, and
+        the database file and folder if this handle created them. Best effort: a fault
+        here (the store locked or full) leaves things as they were."""
+        try:
+            if sweep_id is not None:
+                (n,) = self.conn.execute("SELECT count(*) FROM runs WHERE sweep_id=?",
+                                         (sweep_id,)).fetchone()
+                if n:
+                    return
+                with self.conn:
+                    self.conn.execute("DELETE FROM sweep_runs WHERE sweep_id=?", (sweep_id,))
+                    self.conn.execute("DELETE FROM sweeps WHERE id=?", (sweep_id,))
+            if self.created:
+                (n,) = self.conn.execute(
+                    "SELECT (SELECT count(*) FROM sweeps) + (SELECT count(*) FROM runs)"
+                ).fetchone()
+                if n == 0:
+                    self.close()
+                    self.path.unlink(missing_ok=True)
+                    if self._made_dir:
+                        self.directory.rmdir()
+        except (sqlite3.Error, OSError):
+            pass
 
     def __enter__(self) -> "Store":
         return self
@@ -120,6 +241,7 @@ class Store:
         self.close()
 
     # -- writing -----------------------------------------------------------------
+    @_guarded
     def begin_sweep(self, command: str, task: str, axes: list, base: RunSpec) -> int:
         with self.conn:
             cur = self.conn.execute(
@@ -128,6 +250,7 @@ class Store:
             )
         return int(cur.lastrowid)
 
+    @_guarded
     def finish_sweep(self, sweep_id: int, conditioning: Any, recommendations: Any) -> None:
         with self.conn:
             self.conn.execute(
@@ -135,12 +258,14 @@ class Store:
                 (_dumps(conditioning), _dumps(recommendations), sweep_id),
             )
 
+    @_guarded
     def has_run(self, run_id: str) -> bool:
         row = self.conn.execute(
             "SELECT status FROM runs WHERE id=?", (run_id,)
         ).fetchone()
         return row is not None and row[0] == "ok"
 
+    @_guarded
     def save_run(self, record: dict[str, Any], metrics: dict[str, np.ndarray],
                  sweep_id: int | None = None, position: int = 0) -> None:
         """Write one run and its metrics in one transaction (all or nothing)."""
@@ -181,6 +306,7 @@ class Store:
             if sweep_id is not None:
                 self.link(sweep_id, run_id, position, commit=False)
 
+    @_guarded
     def link(self, sweep_id: int, run_id: str, position: int, commit: bool = True) -> None:
         sql = "INSERT OR REPLACE INTO sweep_runs (sweep_id, run_id, position) VALUES (?,?,?)"
         if commit:
@@ -189,6 +315,7 @@ class Store:
         else:
             self.conn.execute(sql, (sweep_id, run_id, position))
 
+    @_guarded
     def save_verification(self, run_id: str, mitigation: str, fixed_run_id: str | None,
                           row: dict[str, Any]) -> None:
         with self.conn:
@@ -199,16 +326,31 @@ class Store:
             )
 
     # -- reading -----------------------------------------------------------------
+    @_guarded
     def load_run(self, run_id: str) -> dict[str, Any] | None:
+        """The stored run with id ``run_id``, or a unique prefix of one; None if none.
+
+        A prefix that matches several runs is a :class:`UsageError` that says how many.
+        The prefix is compared as text (``%`` and ``_`` are not wildcards).
+        """
         cur = self.conn.execute("SELECT * FROM runs WHERE id=?", (run_id,))
         row = cur.fetchone()
         if row is None:
-            matches = self.conn.execute(
-                "SELECT id FROM runs WHERE id LIKE ?", (run_id + "%",)
-            ).fetchall()
-            if len(matches) != 1:
+            if not run_id:
                 return None
-            return self.load_run(matches[0][0])
+            matches = [r[0] for r in self.conn.execute(
+                "SELECT id FROM runs WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT 6",
+                (len(run_id), run_id))]
+            if not matches:
+                return None
+            if len(matches) > 1:
+                (count,) = self.conn.execute(
+                    "SELECT count(*) FROM runs WHERE substr(id, 1, ?) = ?",
+                    (len(run_id), run_id)).fetchone()
+                shown = ", ".join(matches[:5]) + (", ..." if count > 5 else "")
+                raise UsageError(f"Run id prefix {run_id!r} matches {count} runs ({shown}); "
+                                 "pass more characters of the id.")
+            return self.load_run(matches[0])
         cols = [d[0] for d in cur.description]
         rec = dict(zip(cols, row))
         for key in ("spec", "findings", "summary", "probes", "meta", "extras"):
@@ -221,6 +363,7 @@ class Store:
         ]
         return rec
 
+    @_guarded
     def load_metrics(self, run_id: str) -> dict[str, np.ndarray]:
         out = {}
         for name, values in self.conn.execute(
@@ -229,6 +372,7 @@ class Store:
             out[name] = np.array([float(v) for v in json.loads(values)], dtype=np.float64)
         return out
 
+    @_guarded
     def run_ids(self, sweep_id: int | None = None) -> list[str]:
         if sweep_id is None:
             rows = self.conn.execute("SELECT id FROM runs ORDER BY created, id")

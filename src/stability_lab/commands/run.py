@@ -74,13 +74,10 @@ def build_sweep(args: argparse.Namespace):
         from ..datasets import check_source  # imports numpy: only when --data is given
 
         check_source(data)
-    if args.html:
-        from pathlib import Path
+    if args.html:  # output paths are checked before any work starts
+        from ..paths import check_output_file
 
-        parent = Path(args.html).parent
-        if not parent.is_dir():
-            raise UsageError(f"Cannot write the HTML report to {args.html!r}: folder "
-                             f"{str(parent)!r} does not exist; create it or pick another path.")
+        check_output_file(args.html, "--html")
     base = RunSpec(task=task, data=data, target=args.target,
                    solver="auto" if task == "linear_regression" else None)
     if changes:
@@ -126,7 +123,13 @@ def main(args: argparse.Namespace) -> int:
     if args.html:
         from ..report.html import write_html
 
-        write_html(result, args.html)
+        try:
+            write_html(result, args.html)
+        except OSError as exc:  # checked before the sweep; a disk can still fill up
+            from ..paths import os_fault
+
+            raise os_fault(exc, f"--html {args.html}", "the runs are stored: free space "
+                           "and run the same command again (stored runs are reused)") from None
     if args.json:
         doc = result.to_dict()
         if note:
