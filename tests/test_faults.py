@@ -358,3 +358,33 @@ def test_html_path_checked_before_the_sweep(kind, stored, tmp_path, capsys, monk
     assert rc == 2 and one_line(err), err
     assert "--html" in err
     assert integrity(stored) == ("ok", 2, 1)
+
+
+FLAKY_BUILD = '''
+import torch
+from torch import nn
+
+CALLS = []
+
+
+def build():
+    CALLS.append(1)
+    if len(CALLS) > 1:
+        raise RuntimeError("the second call fails")
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(32, 4, generator=gen)
+    y = (X[:, 0] > 0).long()
+    return nn.Linear(4, 2), [(X, y)], nn.functional.cross_entropy
+'''
+
+
+def test_build_failing_on_its_second_call_leaves_no_sweep_row(stored, tmp_path, capsys):
+    model = tmp_path / "flaky.py"
+    model.write_text(FLAKY_BUILD)
+    for out in (stored, tmp_path / "fresh"):
+        rc, _, err = run_cli(["--task", f"{model}:build", "--epochs", "1", "--no-progress",
+                              "--out", str(out)], capsys)
+        assert rc == 2 and one_line(err), err
+        assert "build() raised RuntimeError: the second call fails" in err
+    assert integrity(stored) == ("ok", 2, 1)  # the earlier sweep, and no new row
+    assert not (tmp_path / "fresh").exists()
