@@ -318,12 +318,18 @@ def gram_condition(X: np.ndarray) -> float:
     X = np.asarray(X, dtype=np.float64)
     if X.size == 0:
         return math.nan
-    s = np.linalg.svd(X, compute_uv=False)
+    # divided by a power of two first (exact; the ratio does not change), so that huge
+    # finite values (1e200, 1e308) do not overflow inside the SVD
+    try:
+        s = np.linalg.svd(X / pow2_scale(X), compute_uv=False)
+    except np.linalg.LinAlgError:
+        return math.nan
     if not np.all(np.isfinite(s)):
         return math.nan
     if s[-1] == 0:
         return math.inf
-    return float((s[0] / s[-1]) ** 2)
+    with np.errstate(over="ignore"):
+        return float((s[0] / s[-1]) ** 2)  # inf when it exceeds float64
 
 
 def condition_number_1norm(A: Any) -> float:
@@ -365,3 +371,39 @@ def condition_number_1norm(A: Any) -> float:
         matmat=lambda M: np.column_stack([sol(c) for c in M.T]),
         rmatmat=lambda M: np.column_stack([tsol(c) for c in M.T]), dtype=np.float64)
     return norm_a * float(scipy.sparse.linalg.onenormest(inv))
+
+
+def pow2_scale(M: Any) -> float:
+    """A power of two near max|M| when that is outside [2^-400, 2^400], else 1.0 (also
+    for an empty, zero or non-finite M). Dividing by it is exact and brings huge finite
+    entries (1e200, 1e308) into range, so the products a factorization forms cannot
+    overflow; data in the ordinary range is left exactly as it is."""
+    M = np.asarray(M, dtype=np.float64)
+    if M.size == 0:
+        return 1.0
+    top = float(np.max(np.abs(M)))
+    if not math.isfinite(top) or top == 0.0 or 2.0 ** -400 <= top <= 2.0 ** 400:
+        return 1.0
+    return math.ldexp(1.0, math.frexp(top)[1] - 1)  # in (top/2, top]
+
+
+def sym_eigvalsh(M: Any) -> np.ndarray:
+    """Ascending eigenvalues of symmetric matrices (``(p, p)`` or ``(R, p, p)``), in
+    float64, that never raise on finite input: each matrix is divided by a power of two
+    near its largest entry first (exact), and the eigenvalues multiplied back, so a value
+    beyond float64's range comes out as +-inf, not as LAPACK's "did not converge". A
+    matrix with an inf or NaN entry gives NaN eigenvalues."""
+    M = np.asarray(M, dtype=np.float64)
+    batch = M.reshape(-1, M.shape[-2], M.shape[-1])
+    out = np.full(batch.shape[:2], np.nan)
+    for k, A in enumerate(batch):
+        if not np.all(np.isfinite(A)):
+            continue
+        c = pow2_scale(A)
+        try:
+            ev = np.linalg.eigvalsh(A / c)
+        except np.linalg.LinAlgError:
+            continue
+        with np.errstate(over="ignore"):
+            out[k] = ev * c
+    return out.reshape(M.shape[:-1])

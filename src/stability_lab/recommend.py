@@ -198,6 +198,8 @@ def lower_lr(ctx: Context) -> list[Recommendation]:
         bound = r.trace.probes.get("start", {}).get("lr_bound")
         if bound is None or r.verdict.status not in ("diverged", "overflow", "nan", "oscillating"):
             continue
+        if not bound > 0:  # L overflowed float64 (features near 1e200): no lr is safe
+            continue
         if r.spec.lr > bound:
             groups.setdefault((r.spec.data, r.spec.scale), []).append(r)
     out = []
@@ -248,7 +250,11 @@ def add_l2(ctx: Context) -> list[Recommendation]:
         if start["cond_XtX"] <= target or key in seen:
             continue
         features = np.asarray(gram)[:-1, :-1]  # the intercept is not penalized
-        ev = np.linalg.eigvalsh(features)
+        from .conditioning import sym_eigvalsh
+
+        ev = sym_eigvalsh(features)  # NaN, not a crash, where the Gram overflowed
+        if not np.all(np.isfinite(ev)):
+            continue
         s_max = float(ev[-1])
         lam = round_sig(_l2_for_eigenvalues(ev, target))
         # a penalty that swamps the data's largest direction is no fix: the format is

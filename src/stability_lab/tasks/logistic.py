@@ -49,7 +49,7 @@ import numpy as np
 
 from .. import datasets, numerics
 from ..numerics import naive
-from ..conditioning import gram_condition
+from ..conditioning import gram_condition, pow2_scale, sym_eigvalsh
 from ..errors import DataError
 from ..precision import FORMATS, Format
 from ..spec import RunSpec
@@ -90,9 +90,11 @@ def round_to(X: np.ndarray, fmt: Format) -> np.ndarray:
 
 def curvature_bound(gram: np.ndarray, lam: float) -> float:
     """L = lambda_max(A^T A / (4 n) + lambda P): the loss's largest possible curvature."""
+    if not np.all(np.isfinite(gram)):  # A^T A / n overflowed: so does its top eigenvalue
+        return math.inf
     H = gram / 4.0
     H = H + lam * _penalty(gram.shape[0])
-    return float(np.linalg.eigvalsh(H)[-1])
+    return float(sym_eigvalsh(H)[-1])
 
 
 def _penalty(p: int) -> np.ndarray:
@@ -126,17 +128,39 @@ def hessian_extremes_batch(A: np.ndarray, W: np.ndarray, lams: np.ndarray,
             "hessian_cond": float("nan")} for _ in range(len(W))]
     if not ok.any():
         return out
-    Z = A @ W[ok].T
-    D = 0.25 * (1.0 - np.tanh(0.5 * Z) ** 2)  # p(1-p) = sigmoid'(z), without overflow
-    if outer is None:
-        outer = design_outer(A)
-    H = (outer.T @ D / n).T.reshape(-1, p, p) + lams[ok, None, None] * _penalty(p)
-    ev = np.linalg.eigvalsh(H)
+    with np.errstate(over="ignore", invalid="ignore"):
+        Z = A @ W[ok].T
+        D = 0.25 * (1.0 - np.tanh(0.5 * Z) ** 2)  # p(1-p) = sigmoid'(z), without overflow
+    # huge finite features (1e200) would overflow the products A[k, i] A[k, j]: the
+    # Hessians are then formed from A / c (c a power of two, exact) and scaled back
+    c = max(pow2_scale(A), 1.0)  # only scaled down, never up
+    if outer is None or c != 1.0:
+        outer = design_outer(A / c)
+    H = (outer.T @ D / n).T.reshape(-1, p, p) + (lams[ok, None, None] / c / c) * _penalty(p)
+    ev = sym_eigvalsh(H)  # of H / c^2
     for k, r in enumerate(np.flatnonzero(ok)):
         lo, hi = float(ev[k, 0]), float(ev[k, -1])
-        out[r] = {"hessian_min": lo, "hessian_max": hi,
-                  "hessian_cond": hi / lo if lo > 0 else float("inf")}
+        with np.errstate(over="ignore", invalid="ignore"):
+            cond = hi / lo if lo > 0 else (float("inf") if lo == lo else float("nan"))
+            out[r] = {"hessian_min": lo * c * c, "hessian_max": hi * c * c,
+                      "hessian_cond": cond}
     return out
+
+
+def gram_eigenvalues(prepared: "Prepared") -> np.ndarray:
+    """Ascending eigenvalues of A^T A / n, A = [X, 1]; never raises on finite data.
+
+    Where A^T A / n overflowed (features near 1e200), they come from the singular values
+    of A / c (c a power of two): s^2 c^2 / n, inf where that exceeds float64.
+    """
+    gram = prepared.gram
+    if np.all(np.isfinite(gram)):
+        return sym_eigvalsh(gram)
+    A = np.hstack([prepared.X64, np.ones((prepared.X64.shape[0], 1))])
+    c = pow2_scale(A)
+    s = np.linalg.svd(A / c, compute_uv=False)
+    with np.errstate(over="ignore"):
+        return np.sort((s * c) ** 2 / A.shape[0])
 
 
 class LogisticRegression(Task):
@@ -178,11 +202,12 @@ class LogisticRegression(Task):
                 f"format max {fmt.max:.3g}); use a smaller scale factor or a wider format."
             )
         A = np.hstack([X, np.ones((X.shape[0], 1))])
-        gram = A.T @ A / A.shape[0]
+        with np.errstate(over="ignore"):  # inf where X^T X overflows: probes use X / c
+            gram = A.T @ A / A.shape[0]
         return Prepared(ds, X, ds.y, fmt, spec.scale, gram, gram_condition(X), spec.data)
 
     def conditioning(self, prepared: Prepared) -> dict[str, Any]:
-        ev = np.linalg.eigvalsh(prepared.gram)
+        ev = gram_eigenvalues(prepared)
         return {
             "cond_XtX": prepared.cond_gram,
             "gram_eig_max": float(ev[-1]),
@@ -348,7 +373,8 @@ def _run_cohort(torch, specs: list[RunSpec], prep: Prepared) -> list[Trace]:
                            "float32 and round once")
     Wf = W.double().numpy()
     lams = np.array([s.lam for s in specs], dtype=np.float64)
-    outer = design_outer(A)  # shared by the start and end Hessians
+    # shared by the start and end Hessians (built there, from A / c, for huge data)
+    outer = design_outer(A) if pow2_scale(A) <= 1.0 else None
     h_start = hessian_extremes_batch(A, W0, lams, outer)
     h_end = hessian_extremes_batch(A, Wf, lams, outer)
     bounds = {lam: curvature_bound(prep.gram, lam) for lam in set(lams.tolist())}
