@@ -28,7 +28,7 @@ from .diagnosis.findings import Finding, Verdict
 from .errors import LabError
 from .formatting import from_jsonable, jsonable
 from .recommend import Context, Recommendation, RunResult, recommend
-from .spec import RunSpec, Sweep
+from .spec import RunSpec, Sweep, content_digests
 from .store import Store
 from .trace import Trace
 
@@ -142,6 +142,7 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
 
         def sink(j: int, trace: Trace) -> None:
             i = todo[j]
+            trace.meta.update(content_digests(trace.spec))  # what the run id hashed
             res = diagnose_trace(trace)
             results[i] = res
             if store is not None:

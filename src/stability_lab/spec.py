@@ -18,6 +18,8 @@ import hashlib
 import itertools
 import json
 import math
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -74,9 +76,18 @@ class RunSpec:
 
     @functools.cached_property
     def run_id(self) -> str:
-        # cached in the instance __dict__ (fields are frozen, so it cannot go stale;
-        # dataclasses.replace builds a new instance and hashes afresh)
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        """The run's identity: a hash of the spec and, where the run reads a file (a
+        CSV data file, the user's model file), of that file's content (SHA-256), so an
+        edited file is a different run. Built-in data hashes the spec alone.
+
+        Cached in the instance ``__dict__``: fields are frozen, and
+        ``dataclasses.replace`` builds a new instance that hashes afresh.
+        """
+        doc = self.to_dict()
+        content = content_digests(self)
+        if content:
+            doc["content"] = content
+        blob = json.dumps(doc, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
     def replace(self, **changes: Any) -> "RunSpec":
@@ -116,6 +127,65 @@ class RunSpec:
             else:
                 parts.append(f"{name}={format_value(value)}")
         return " ".join(parts)
+
+
+#: (real path, mtime_ns, size, inode) -> SHA-256 of the file's bytes
+_DIGESTS: dict[tuple, str] = {}
+#: --data values that name no file
+_NOT_FILES = ("breast_cancer", "digits", "generated", "user")
+
+
+def file_digest(path: str) -> str | None:
+    """SHA-256 of a regular file's bytes (None if it is not one); each version of a
+    file is read once per process (keyed by its path, mtime, size and inode)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size, st.st_ino)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError:
+            return None
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def content_digests(spec: "RunSpec") -> dict[str, str]:
+    """SHA-256 of the files a run reads: ``data_sha256`` for a data file,
+    ``model_sha256`` for the user's model file (``--task file.py:build``, or the
+    module's source file for ``package.module:build``). Empty for built-in data."""
+    out = {}
+    data = spec.data or ""
+    if data not in _NOT_FILES and not data.startswith(("synthetic", "nist:")):
+        digest = file_digest(data)
+        if digest:
+            out["data_sha256"] = digest
+    where, colon, _ = spec.task.rpartition(":")
+    if colon and where:
+        path = where
+        if not (where.endswith(".py") or "/" in where or "\\" in where):
+            path = _module_file(where)
+        digest = file_digest(path) if path else None
+        if digest:
+            out["model_sha256"] = digest
+    return out
+
+
+def _module_file(name: str) -> str | None:
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(name)
+    except Exception:  # the task reports an unimportable module itself
+        return None
+    return found.origin if found is not None and found.has_location else None
 
 
 def format_value(value: Any) -> str:

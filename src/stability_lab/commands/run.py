@@ -134,6 +134,7 @@ def main(args: argparse.Namespace) -> int:
         doc = result.to_dict()
         if note:
             doc["sweep"]["note"] = note
+        doc["sweep"]["reused"] = sum(r.reused for r in result.results)
         json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:

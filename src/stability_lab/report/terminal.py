@@ -99,7 +99,8 @@ def format_sweep(result, note: str | None = None) -> str:
         out.append(f"Note: {note}")
     if result.store_path:
         reused = sum(r.reused for r in result.results)
-        extra = f" ({reused} reused from earlier sweeps)" if reused else ""
+        extra = (f" ({reused} reused: same spec and data; --rerun recomputes)"
+                 if reused else "")
         out.append(f"Stored {len(result.results)} runs{extra} in {result.store_path} "
                    f"(sweep {result.sweep_id}); 'stability-lab show RUN_ID' prints a run's trace.")
     return "\n".join(out) + "\n"
