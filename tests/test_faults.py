@@ -494,3 +494,11 @@ def test_edited_model_file_is_recomputed(tmp_path):
     assert RunSpec(task=f"{model}:build", data="user").run_id == before
     model.write_text("def build():\n    return 2\n")
     assert RunSpec(task=f"{model}:build", data="user").run_id != before
+
+
+def test_help_says_task_file_runs_its_code(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "RUNS ITS CODE" in text and "file.py:build" in text
+

@@ -21,7 +21,9 @@ HELP = "run a task under a sweep of matched configurations and diagnose every ru
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="logistic_regression",
                    help="logistic_regression (default), linear_regression, mlp, attention, "
-                        "or your own model as path/to/file.py:build or package.module:build")
+                        "or your own model as path/to/file.py:build or package.module:build "
+                        "(this imports that file or module and calls build(), i.e. RUNS ITS "
+                        "CODE with your permissions: only pass files you trust)")
     p.add_argument("--data", default=None,
                    help="breast_cancer (default), digits, "
                         "synthetic:n=2000,d=20,kappa=1e8,seed=0, or a CSV path (with --target)")
