@@ -15,8 +15,16 @@ __version__ = "0.1.0"
 from .errors import DataError, LabError, UsageError
 from .spec import RunSpec, Sweep
 
-__all__ = ["__version__", "RunSpec", "Sweep", "run_sweep", "LabError", "UsageError",
-           "DataError"]
+__all__ = ["__version__", "RunSpec", "Sweep", "run_sweep", "watch", "LabError",
+           "UsageError", "DataError"]
+
+
+def watch(model, optimizer=None, **kwargs):
+    """Attach the lab to your own training loop (torch imported here, not at import):
+    see :func:`stability_lab.watcher.watch` and docs/watch.md."""
+    from .watcher import watch as _watch
+
+    return _watch(model, optimizer, **kwargs)
 
 
 def __getattr__(name: str):

@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="lab-runs", metavar="DIR", help="folder of the run store")
     p.add_argument("--all", action="store_true", help="print every step")
     p.add_argument("--json", action="store_true", help="print the stored record as JSON")
+    p.add_argument("--html", metavar="PATH", help="also write the run's HTML report to PATH")
 
 
 def _rows(n: int, onset: int | None, every_step: bool, limit: int = 40) -> list[int]:
@@ -50,6 +51,8 @@ def main(args: argparse.Namespace) -> int:
         )
     trace = trace_from_record(rec)
     phases = phase_dicts(trace)
+    if getattr(args, "html", None):
+        _write_html(rec, trace, args)
     if args.json:
         # the stored record, its metric arrays moved to the end, then the phases
         doc = {k: v for k, v in rec.items() if k != "metrics"}
@@ -81,7 +84,9 @@ def main(args: argparse.Namespace) -> int:
     if meta:
         w("Environment: " + ", ".join(f"{k}={v}" for k, v in meta.items()) + "\n")
     for row in rec.get("verifications") or []:
-        w(f"Verification: {row.get('mitigation')}: {row.get('before')} -> {row.get('after')} "
+        before, after = (v.get("verdict") if isinstance(v, dict) else v
+                         for v in (row.get("before"), row.get("after")))
+        w(f"Verification: {row.get('mitigation')}: {before} -> {after} "
           f"(fixed: {row.get('fixed')})\n")
     metrics = rec["metrics"]
     names = [n for n in ("loss", "grad_norm", "update_norm", "weight_norm", "update_ratio",
@@ -96,3 +101,32 @@ def main(args: argparse.Namespace) -> int:
     w(f"\nTrace ({n} {rec['step_unit']}s):\n")
     w(table([rec["step_unit"], *names], rows) + "\n")
     return 0
+
+
+def _write_html(rec, trace, args) -> None:
+    """The sweep report's HTML page (report/html.py) for this one run."""
+    import json as _json
+
+    from ..diagnosis.findings import Finding, Verdict
+    from ..formatting import from_jsonable
+    from ..lab import SweepResult
+    from ..recommend import Recommendation, RunResult
+    from ..report.html import write_html
+    from ..spec import Sweep
+    from ..store import Store
+
+    verdict = Verdict(rec["verdict"] or "error", rec["onset"], rec["verdict_detail"] or "")
+    res = RunResult(trace.spec, trace, verdict,
+                    [Finding(**f) for f in from_jsonable(rec["findings"] or [])])
+    recs = []
+    if rec.get("sweep_id") is not None:
+        with Store(args.out, create=False) as store:
+            row = store.conn.execute("SELECT recommendations FROM sweeps WHERE id=?",
+                                     (rec["sweep_id"],)).fetchone()
+        for r in _json.loads(row[0]) if row and row[0] else []:
+            recs.append(Recommendation(r["action"], r["text"], r["reason"],
+                                       r.get("delta") or {}, tuple(r.get("runs") or ()),
+                                       r.get("evidence") or {}))
+    result = SweepResult(Sweep(trace.spec), [res], recommendations=recs,
+                         verification=list(rec.get("verifications") or []))
+    write_html(result, args.html)
