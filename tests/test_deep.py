@@ -191,18 +191,28 @@ def test_loss_scaling_recovers_a_run_that_underflows_without_it():
 
 # -- attention ---------------------------------------------------------------------------
 
+@pytest.mark.blas
 def test_attention_logit_growth_overflows_fp16_and_qk_layernorm_fixes_it():
-    common = dict(lr=0.1, epochs=200, policy="mixed-fp16")
+    # lr 0.3: the logits overflow float16 and the loss goes NaN by step ~17 of 200 on every
+    # CPU kernel tried (torch's AVX2 and default ATen kernels, MKL/oneDNN limited to
+    # SSE4.x, 1 or 2 threads). At lr 0.1 the overflow came at step ~190, at the edge of
+    # the budget: on an AVX-512 machine it came later and the run ended not_converged.
+    common = dict(lr=0.3, epochs=200, policy="mixed-fp16")
     spec, bad = run("attention", **common)
     attr = bad.extras["attribution"]
-    assert decide(bad).failed
+    verdict = decide(bad)
+    assert verdict.failed and verdict.onset < 100, verdict
     assert attr["first_creator"]["module"] == "blocks.0.attn"
     assert attr["first_creator"]["pass"] == "forward"
     sigs = {f["signature"] for f in bad.extras["deep_findings"]}
     assert "attention_logit_growth" in sigs
     _, good = run("attention", qk_layernorm=True, **common)
     assert not decide(good).failed and good.extras["accuracy"] > 0.9
-    assert np.nanmax(good.metrics["attn_logit_max"]) < 100
+    # bounded: finite, and below where the growth detector fires (float16's max less
+    # HEADROOM_BITS = 6 powers of two, ~1e3); the peak itself (150-230) varies by kernel
+    peak = np.nanmax(good.metrics["attn_logit_max"])
+    assert np.isfinite(peak) and peak < 65504 * 2.0 ** -6
+    assert "attention_logit_growth" not in {f["signature"] for f in good.extras["deep_findings"]}
     results = [RunResult(t.spec, t, decide(t)) for t in (bad, good)]
     recs = {r.action: r for r in recommend(Context(results))}
     assert recs["qk_layernorm"].delta == {"qk_layernorm": True}

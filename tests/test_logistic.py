@@ -19,6 +19,7 @@ def specs_grid(**base):
                                                ("seed", [0, 1])])
 
 
+@pytest.mark.blas
 @pytest.mark.parametrize("precision,scale", [("float64", "standardized"), ("float32", "raw"),
                                              ("bfloat16", "standardized"),
                                              ("float16", "raw")])
@@ -45,6 +46,7 @@ def test_cohort_equals_one_at_a_time(precision, scale):
                                        err_msg=f"{name} lr={a.spec.lr}")
 
 
+@pytest.mark.blas
 def test_full_batch_gradient_matches_float64_reference():
     spec = RunSpec(precision="float64", scale="standardized", lr=0.5, lam=0.01, epochs=3)
     task = LogisticRegression()
@@ -65,6 +67,7 @@ def test_full_batch_gradient_matches_float64_reference():
         w = w - 0.5 * g
 
 
+@pytest.mark.blas
 def test_probes_in_float64():
     spec = RunSpec(scale="raw", lam=0.1, epochs=2)
     task = LogisticRegression()

@@ -35,6 +35,7 @@ def test_repro_list_and_unknown(capsys):
     assert "overflow" in err and "saturation" in err
 
 
+@pytest.mark.blas
 @pytest.mark.parametrize("command", re.findall(r"^(stability-lab repro \S+)$",
                                                PLAYBOOK.read_text() if PLAYBOOK.exists()
                                                else "", flags=re.M))
