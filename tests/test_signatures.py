@@ -189,7 +189,7 @@ def test_no_false_alarms_on_healthy_grid():
             for lam in (0.0, 1e-3, 0.1):
                 base = RunSpec(data=data, scale="standardized", precision=prec, lam=lam,
                                epochs=150)
-                bound = 2.0 / curvature_bound(task.prepare(base).gram, lam)
+                bound = 2.0 / curvature_bound(task.prepare(base).curv, lam)
                 for f in (0.05, 0.2, 0.5):
                     for seed in (0, 1):
                         specs.append(base.replace(lr=f * bound, seed=seed))

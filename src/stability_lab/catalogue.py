@@ -726,9 +726,9 @@ def _nondet_run(cfg: dict):
     try:
         for order, threads in ((0, 1), (1, 1), (2, 2), (3, 2)):
             torch.set_num_threads(threads)
-            perm = np.random.default_rng(order).permutation(prep.X64.shape[0]) if order else \
-                np.arange(prep.X64.shape[0])
-            p2 = dataclasses.replace(prep, X64=prep.X64[perm], y64=prep.y64[perm])
+            perm = np.random.default_rng(order).permutation(prep.X.shape[0]) if order else \
+                np.arange(prep.X.shape[0])
+            p2 = dataclasses.replace(prep, X=prep.X[perm], y64=prep.y64[perm])
             traces.append(task.run(spec, p2))
     finally:
         torch.set_num_threads(old)

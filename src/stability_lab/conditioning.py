@@ -63,6 +63,9 @@ __all__ = [
     "cond_gram",
     "condition_number_1norm",
     "sigma_max",
+    "DesignSpectrum",
+    "design_spectrum",
+    "tsqr_r",
 ]
 
 METHODS = ("auto", "svd", "gram")
@@ -311,25 +314,16 @@ def cond_gram(A: Any, **kwargs: Any) -> float:
 
 
 def gram_condition(X: np.ndarray) -> float:
-    """cond(X^T X) = (s_max / s_min)^2 from the singular values of a dense X, with no
-    rank cutoff: the number the lab prints as "Condition number(X^T X)". Unlike
+    """cond(X^T X) = (s_max / s_min)^2 from the singular values of a dense X
+    (:func:`design_spectrum`: exact for min(n, p) <= 2000, without copying a large X
+    in float64; the Gram estimate beyond), with no rank cutoff: the number the lab
+    prints as "Condition number(X^T X)". Unlike
     :func:`cond_gram` it stays finite for numerically rank-deficient X (Filip: 3e30),
     and is inf only when s_min is exactly 0."""
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X)
     if X.size == 0:
         return math.nan
-    # divided by a power of two first (exact; the ratio does not change), so that huge
-    # finite values (1e200, 1e308) do not overflow inside the SVD
-    try:
-        s = np.linalg.svd(X / pow2_scale(X), compute_uv=False)
-    except np.linalg.LinAlgError:
-        return math.nan
-    if not np.all(np.isfinite(s)):
-        return math.nan
-    if s[-1] == 0:
-        return math.inf
-    with np.errstate(over="ignore"):
-        return float((s[0] / s[-1]) ** 2)  # inf when it exceeds float64
+    return design_spectrum(X).cond_gram
 
 
 def condition_number_1norm(A: Any) -> float:
@@ -407,3 +401,111 @@ def sym_eigvalsh(M: Any) -> np.ndarray:
         with np.errstate(over="ignore"):
             out[k] = ev * c
     return out.reshape(M.shape[:-1])
+
+
+#: exact singular values (TSQR + LAPACK) when min(n, p) is at most this
+EXACT_SVD_LIMIT = 2000
+#: rows (or columns) per block of the blocked QR: block x p float64 at most 32 MiB
+_BLOCK_ENTRIES = 1 << 22
+
+
+def _pow2_of(X: np.ndarray) -> float:
+    """:func:`pow2_scale` of X without a float64 copy of X."""
+    if X.size == 0:
+        return 1.0
+    with np.errstate(invalid="ignore"):
+        top = float(max(abs(float(np.max(X))), abs(float(np.min(X)))))
+    if not math.isfinite(top) or top == 0.0 or 2.0 ** -400 <= top <= 2.0 ** 400:
+        return 1.0
+    return math.ldexp(1.0, math.frexp(top)[1] - 1)
+
+
+def tsqr_r(X: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """The R factor of a tall X (n >= p) by blocked Householder QR (TSQR): R of
+    ``[R_prev; X_block]`` block after block, in float64. O(n p^2) time and O(block p +
+    p^2) memory: X is never copied whole, whatever its dtype. ``R^T R = X^T X`` and R
+    has X's singular values (Demmel, Grigori, Hoemmen & Langou, 2012). ``scale``
+    divides every block first (R of X / scale)."""
+    n, p = X.shape
+    rows = max(p, _BLOCK_ENTRIES // max(p, 1))
+    R = np.zeros((0, p))
+    for i in range(0, n, rows):
+        block = np.asarray(X[i:i + rows], dtype=np.float64)
+        if scale != 1.0:
+            block = block / scale
+        R = np.linalg.qr(np.vstack([R, block]), mode="r")
+    return R
+
+
+@dataclass
+class DesignSpectrum:
+    """Extreme singular values of a data matrix X and how they were obtained."""
+
+    sigma_max: float
+    sigma_min: float  # of the min(n, p) singular values (0 only if exactly singular)
+    exact: bool
+    method: str
+    relative_error_bound: float  # of sigma_max / sigma_min
+    #: s_max / s_min when s_max itself is beyond float64 (huge finite data)
+    _ratio: float | None = None
+
+    @property
+    def cond_gram(self) -> float:
+        """cond(X^T X) = (s_max / s_min)^2: inf when s_min is exactly 0 or the value is
+        beyond float64, NaN when the singular values are unknown."""
+        ratio = self._ratio
+        if ratio is None:
+            if math.isnan(self.sigma_max) or math.isnan(self.sigma_min):
+                return math.nan
+            if self.sigma_min == 0:
+                return math.inf
+            ratio = self.sigma_max / self.sigma_min
+        with np.errstate(over="ignore"):
+            return float(np.float64(ratio) ** 2)
+
+
+def design_spectrum(X: np.ndarray, *, exact_limit: int = EXACT_SVD_LIMIT) -> DesignSpectrum:
+    """Extreme singular values of X (n x p, any float dtype) without copying X whole in
+    float64 and without any n x p x p intermediate.
+
+    ``min(n, p) <= exact_limit``: exact to rounding, LAPACK singular values of the R
+    factor of X (tall) or of X^T (wide) from :func:`tsqr_r`: O(n p min(n, p)) time,
+    O(block + min(n, p)^2) memory. Larger: the ``gram`` estimate of
+    :func:`condition_info` (Lanczos on the Gram matrix, shift-invert for the smallest),
+    with its stated relative error.
+    """
+    n, p = X.shape
+    if n == 0 or p == 0:
+        return DesignSpectrum(math.nan, math.nan, True, "empty", 0.0)
+    k = min(n, p)
+    # divided by a power of two first (exact; the ratio does not change), so that huge
+    # finite values (1e200, 1e308) do not overflow inside the factorizations
+    c = _pow2_of(X)
+    if k <= exact_limit:
+        try:
+            if n * p <= _BLOCK_ENTRIES:  # small: LAPACK on X itself, as it always was
+                s = np.linalg.svd(np.asarray(X, dtype=np.float64) / c, compute_uv=False)
+            else:
+                s = np.linalg.svd(tsqr_r(X if n >= p else X.T, c), compute_uv=False)
+        except np.linalg.LinAlgError:
+            return DesignSpectrum(math.nan, math.nan, True, "svd", math.nan)
+        if not np.all(np.isfinite(s)):
+            return DesignSpectrum(math.nan, math.nan, True, "svd", math.nan)
+        with np.errstate(over="ignore"):
+            smax, smin = float(s[0] * c), float(s[-1] * c)
+        if smax == math.inf and smin < math.inf:  # the ratio is still known
+            return DesignSpectrum(smax, smin, True, "svd (beyond float64)", 0.0,
+                                  _ratio=float(s[0] / s[-1]) if s[-1] > 0 else math.inf)
+        eps = float(np.finfo(np.float64).eps)
+        bound = min(k * eps * smax / smin, 1.0) if smin > 0 else math.inf
+        return DesignSpectrum(smax, smin, True,
+                              "LAPACK singular values of R from blocked Householder QR",
+                              bound)
+    info = condition_info(X if c == 1.0 else np.asarray(X, dtype=np.float64) / c,
+                          method="gram", rank_tol=0.0)
+    with np.errstate(over="ignore"):
+        return DesignSpectrum(float(np.float64(info.sigma_max) * c),
+                              float(np.float64(info.sigma_min) * c), False, info.estimator,
+                              info.relative_error_bound,
+                              _ratio=(info.sigma_max / info.sigma_min
+                                      if info.sigma_min > 0 else math.inf))

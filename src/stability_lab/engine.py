@@ -62,17 +62,10 @@ def prepare(specs: Sequence[RunSpec], prepared: Prepared | None = None) -> Prepa
     return prepared
 
 
-def run_specs(specs: Sequence[RunSpec], prepared: Prepared | None = None,
-              progress: Progress | None = None, cohorts: bool = True,
-              sink: Callable[[int, Trace], None] | None = None) -> list[Trace]:
-    """Run specs and return their traces in the same order.
-
-    ``sink(i, trace)`` is called as soon as each group finishes, so a caller can store
-    completed runs before the rest of the sweep has run.
-    """
-    prepared = prepare(specs, prepared)
-    out: dict[int, Trace] = {}
-    total = len(specs)
+def cohort_groups(specs: Sequence[RunSpec], prepared: Prepared,
+                  cohorts: bool = True) -> list[list[int]]:
+    """Indices of the specs grouped into the units the engine runs: cohorts (same task,
+    data variant and cohort key) or single specs, in first-seen order."""
     groups: dict[Hashable, list[int]] = {}
     for i, spec in enumerate(specs):
         task = prepared.task(spec.task)
@@ -81,19 +74,44 @@ def run_specs(specs: Sequence[RunSpec], prepared: Prepared | None = None,
         else:
             key = (spec.task, "single", i)
         groups.setdefault(key, []).append(i)
-    for idx in groups.values():
-        group = [specs[i] for i in idx]
-        task = prepared.task(group[0].task)
-        data = prepared.get(group[0])
-        if len(group) > 1:
-            try:
-                traces = task.run_cohort(group, data)
-            except LabError:
-                raise
-            except Exception:
-                traces = [_run_one(task, s, data) for s in group]
-        else:
-            traces = [_run_one(task, group[0], data)]
+    return list(groups.values())
+
+
+def run_group(group: Sequence[RunSpec], prepared: Prepared) -> list[Trace]:
+    """Run one group of :func:`cohort_groups` (the unit of work of every executor):
+    a cohort in lockstep, re-run one spec at a time if it raises."""
+    task = prepared.task(group[0].task)
+    data = prepared.get(group[0])
+    if len(group) > 1:
+        try:
+            return task.run_cohort(list(group), data)
+        except LabError:
+            raise
+        except Exception:
+            return [_run_one(task, s, data) for s in group]
+    return [_run_one(task, group[0], data)]
+
+
+def run_specs(specs: Sequence[RunSpec], prepared: Prepared | None = None,
+              progress: Progress | None = None, cohorts: bool = True,
+              sink: Callable[[int, Trace], None] | None = None,
+              executor: Any = None) -> list[Trace]:
+    """Run specs and return their traces in the same order.
+
+    ``sink(i, trace)`` is called as soon as each group finishes, so a caller can store
+    completed runs before the rest of the sweep has run. ``executor`` (e.g.
+    :class:`stability_lab.distributed.DaskExecutor`) runs the groups elsewhere and
+    yields (group indices, traces) as they finish; None runs them here, in order.
+    """
+    prepared = prepare(specs, prepared)
+    out: dict[int, Trace] = {}
+    total = len(specs)
+    groups = cohort_groups(specs, prepared, cohorts)
+    if executor is None:
+        finished = ((idx, run_group([specs[i] for i in idx], prepared)) for idx in groups)
+    else:
+        finished = executor.run_groups(specs, groups)
+    for idx, traces in finished:
         for i, trace in zip(idx, traces):
             out[i] = trace
             if sink is not None:

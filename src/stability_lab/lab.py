@@ -112,8 +112,11 @@ def record_of(result: RunResult) -> dict[str, Any]:
 
 def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
               progress: Callable[[int, int], None] | None = None, cohorts: bool = True,
-              rerun: bool = False) -> SweepResult:
-    """Run, diagnose, recommend and (if ``out`` is given) store one sweep."""
+              rerun: bool = False, executor: Any = None) -> SweepResult:
+    """Run, diagnose, recommend and (if ``out`` is given) store one sweep.
+
+    ``executor`` runs the cohorts elsewhere (:class:`stability_lab.distributed.DaskExecutor`);
+    their traces come back here, and only this process writes the store."""
     specs = sweep.specs
     if out is not None:
         from .paths import check_output_dir
@@ -158,7 +161,8 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
 
         if progress and done_before:
             progress(done_before, len(specs))
-        engine.run_specs([specs[i] for i in todo], prepared, relay, cohorts, sink)
+        engine.run_specs([specs[i] for i in todo], prepared, relay, cohorts, sink,
+                         executor=executor)
         final = [r for r in results if r is not None]
         conditioning, ctx = _context(final, prepared, sweep)
         recs = recommend(ctx)
@@ -197,9 +201,9 @@ def _context(results: list[RunResult], prepared: engine.Prepared,
         facts = facts_of[(task_name, data_key)] = task.conditioning(variant)
         if facts:
             conditioning[getattr(variant, "variant", str(data_key))] = facts
-        gram = getattr(variant, "gram", None)
-        if gram is not None:
-            grams[(variant.source, variant.scale, variant.fmt.name)] = gram
+        eig = getattr(variant, "feature_eig", None)  # extremes of X^T X / n
+        if eig is not None:
+            grams[(variant.source, variant.scale, variant.fmt.name)] = eig
     #: standardized float64 variants already looked at (their value finite or not)
     tried: set[tuple] = set()
     for r in results:

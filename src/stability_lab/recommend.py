@@ -117,7 +117,8 @@ class Context:
     #: cond(X^T X) after standardizing, per data source (for scale_features)
     standardized_cond: dict[str, float] = field(default_factory=dict)
     axes: list[str] = field(default_factory=list)
-    #: (data, scale, precision) -> A^T A / n of the design [X, 1] the runs saw
+    #: (data, scale, precision) -> [smallest, largest] eigenvalue of X^T X / n of the
+    #: features the runs saw (the intercept is not penalized, so not included)
     grams: dict[tuple, np.ndarray] = field(default_factory=dict)
     #: run id -> the first result with that id (built on first use)
     _by_id: dict[str, RunResult] | None = field(default=None, init=False, repr=False,
@@ -249,11 +250,8 @@ def add_l2(ctx: Context) -> list[Recommendation]:
         target = 0.01 / fmt.unit_roundoff
         if start["cond_XtX"] <= target or key in seen:
             continue
-        features = np.asarray(gram)[:-1, :-1]  # the intercept is not penalized
-        from .conditioning import sym_eigvalsh
-
-        ev = sym_eigvalsh(features)  # NaN, not a crash, where the Gram overflowed
-        if not np.all(np.isfinite(ev)):
+        ev = np.asarray(gram)  # extreme eigenvalues of X^T X / n (no intercept)
+        if not np.all(np.isfinite(ev)):  # beyond float64 (huge data): no number to give
             continue
         s_max = float(ev[-1])
         lam = round_sig(_l2_for_eigenvalues(ev, target))

@@ -49,7 +49,7 @@ import numpy as np
 
 from .. import datasets, numerics
 from ..numerics import naive
-from ..conditioning import gram_condition, pow2_scale, sym_eigvalsh
+from ..conditioning import DesignSpectrum, _pow2_of, design_spectrum, sym_eigvalsh
 from ..errors import DataError
 from ..precision import FORMATS, Format
 from ..spec import RunSpec
@@ -63,12 +63,16 @@ INIT_SCALE = 1e-3
 @dataclass
 class Prepared:
     dataset: datasets.Dataset
-    X64: np.ndarray  # the features the run sees, as float64
+    #: the features the run sees, once, in the run's storage type: float64 or float32
+    #: arrays as such; float16/bfloat16 values (rounded to the format) held in float32
+    X: np.ndarray
     y64: np.ndarray
     fmt: Format
     scale: str
-    gram: np.ndarray  # A^T A / n with A = [X, 1], float64
-    cond_gram: float
+    #: the curvature probes' view of A = [X, 1] (Hessian extremes, 2/L)
+    curv: "Curvature"
+    #: the extreme singular values of X (cond(X^T X))
+    spectrum: DesignSpectrum
     #: the --data value the variant came from
     source: str = ""
 
@@ -76,91 +80,292 @@ class Prepared:
     def variant(self) -> str:
         return f"{self.dataset.name} scale={self.scale} {self.fmt.name}"
 
+    @property
+    def X64(self) -> np.ndarray:
+        """The features as float64 (a copy unless the run is in float64)."""
+        return np.asarray(self.X, dtype=np.float64)
+
+    @property
+    def cond_gram(self) -> float:
+        return self.spectrum.cond_gram
+
+    @property
+    def feature_eig(self) -> np.ndarray:
+        """[smallest, largest] eigenvalue of X^T X / n (0 when X has more columns than
+        rows): what the L2 recommendation needs of the features' Gram matrix."""
+        n, d = self.X.shape
+        s = np.array([self.spectrum.sigma_min if n >= d else 0.0, self.spectrum.sigma_max])
+        with np.errstate(over="ignore"):
+            return s * s / n  # inf beyond float64
+
 
 def round_to(X: np.ndarray, fmt: Format) -> np.ndarray:
-    """Round float64 values to a format and back (what the run sees)."""
+    """Round float64 values to a format and back (what the run sees), as float64."""
+    return np.asarray(storage(X, fmt), dtype=np.float64)
+
+
+def storage(X: np.ndarray, fmt: Format) -> np.ndarray:
+    """X rounded to a format, in the smallest NumPy type that holds it exactly: float64
+    for float64, float32 for the others (float16 and bfloat16 values are exact in
+    float32). One copy at most; none when X already has that type."""
     if fmt.name == "float64":
-        return X
+        return np.asarray(X, dtype=np.float64)
+    X32 = np.asarray(X, dtype=np.float32)
     if fmt.name == "float32":
-        return X.astype(np.float32).astype(np.float64)
+        return X32
     import torch
 
-    return torch.from_numpy(X).to(fmt.torch_dtype()).to(torch.float64).numpy()
+    t = torch.from_numpy(X32 if X32 is not X else X32.copy())
+    return t.to(fmt.torch_dtype()).to(torch.float32).numpy()
 
 
-def curvature_bound(gram: np.ndarray, lam: float) -> float:
+#: exact Hessian eigenvalues (LAPACK on a k x k matrix) for k = min(n, p) + 1 up to this;
+#: Lanczos on Hessian-vector products beyond
+EXACT_HESSIAN_LIMIT = 1500
+#: rows per block when streaming over the data: block x k float64 at most 32 MiB
+_BLOCK_ENTRIES = 1 << 22
+
+
+class Curvature:
+    """Everything the curvature probes need from the design A (n x k1), computed once per
+    data variant without any n x k1 x k1 intermediate.
+
+    The probes are eigenvalues of H = A^T diag(c) A / n + lambda P, with c the curvature
+    weights (p(1-p) for the Hessian, 1/4 for the bound L) and P the projector onto every
+    coordinate but the last (the unpenalized intercept). A is either ``[X, 1]`` (``X``
+    given, ``append_ones=True``) or the given matrix itself; it is never formed whole:
+    every pass streams over blocks of rows, converted to float64 a block at a time.
+
+    - Tall data (n >= k1): H is formed in the original coordinates, k = k1, by one
+      weighted Gram product per block: O(n k^2) time, O(block k + k^2) memory.
+    - Wide data (n < k1): S = rowspace(A) + span(e_last) is invariant under H and H is
+      lambda I on its complement, so the eigenvalues of H are those of V^T H V (V an
+      orthonormal basis of S, k = n + 1 columns, from one Householder QR of [A^T, e])
+      and lambda (k1 - k times). O(n^2 k1) time, O(n k1) memory: the 2 x 9,999 case is a
+      3 x 3 eigenproblem.
+
+    For k <= ``exact_limit`` the eigenvalues are exact to rounding (LAPACK ``syevd`` on
+    the k x k matrix). Beyond, they are estimated by Lanczos (ARPACK ``eigsh``) on
+    Hessian-vector products, ``v -> C^T (c * (C v)) / n + lambda (v - q q^T v)`` with C
+    the reduced design, O(n k) per product; the estimate's error is the Ritz residual
+    ``||H x - theta x||``, a bound on the distance from theta to an eigenvalue of H
+    (Parlett, *The Symmetric Eigenvalue Problem*, thm 4.5.1), recorded with it.
+    """
+
+    def __init__(self, X: np.ndarray, append_ones: bool = True,
+                 exact_limit: int = EXACT_HESSIAN_LIMIT):
+        self.X = X
+        self.append_ones = append_ones
+        n, d = X.shape
+        self.n = n
+        self.k1 = d + 1 if append_ones else d  # parameters
+        self.exact_limit = exact_limit
+        #: A is used as A / c (c a power of two, exact; 1 for data in the ordinary
+        #: range), so that huge finite features (1e200) cannot overflow the products;
+        #: eigenvalues are multiplied back by c^2 (inf where beyond float64)
+        self.c = np.float64(max(_pow2_of(X), 1.0))
+        if n >= self.k1:
+            self.C = None  # the design itself, streamed from X
+            self.k = self.k1
+            self.q = np.zeros(self.k)
+            self.q[-1] = 1.0
+            self.basis = "original coordinates"
+        else:
+            At = np.empty((self.k1, n + 1))
+            At[:, :n] = self._design(0, n).T
+            At[:, n] = 0.0
+            At[-1, n] = 1.0
+            R = np.linalg.qr(At, mode="r")  # [A^T, e] = V R: A V = R[:, :n]^T, V^T e = R[:, n]
+            self.C = np.ascontiguousarray(R[:, :n].T)
+            self.q = R[:, n].copy()
+            self.k = n + 1
+            self.basis = f"rowspace(A) + intercept direction ({self.k} of {self.k1})"
+        self.exact = self.k <= exact_limit
+        #: a design that fits in one block is built once and kept
+        self._whole = (self._design(0, n) if self.C is None and n * self.k <= _BLOCK_ENTRIES
+                       else None)
+        self._gram: np.ndarray | None = None
+        self._bounds: dict[float, float] = {}
+
+    # -- streaming over the reduced design -------------------------------------------
+    def _design(self, i: int, j: int) -> np.ndarray:
+        """Rows i:j of A in float64."""
+        block = np.asarray(self.X[i:j], dtype=np.float64)
+        if self.c != 1.0:
+            block = block / self.c
+        if not self.append_ones:
+            return block
+        out = np.empty((block.shape[0], self.k1))
+        out[:, :-1] = block
+        out[:, -1] = 1.0 / self.c
+        return out
+
+    def blocks(self):
+        """(start, rows of C) for every block of rows, C = A (tall) or A V (wide)."""
+        if self.C is not None or self._whole is not None:
+            yield 0, self.C if self.C is not None else self._whole
+            return
+        rows = max(1, _BLOCK_ENTRIES // self.k)
+        for i in range(0, self.n, rows):
+            yield i, self._design(i, min(i + rows, self.n))
+
+    def logits(self, W: np.ndarray) -> np.ndarray:
+        """A w for every row w of W (R x k1), as an (n, R) float64 array."""
+        W = np.asarray(W, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.C is not None:  # wide: V is not kept, so use A itself
+                return (self._design(0, self.n) @ W.T) * self.c
+            Z = np.empty((self.n, W.shape[0]))
+            for i, Cb in self.blocks():
+                Z[i:i + len(Cb)] = Cb @ W.T
+            return Z * self.c
+
+    def weighted_gram(self, c: np.ndarray | None) -> np.ndarray:
+        """C^T diag(c) C / n (c = None: all ones), k x k."""
+        M = np.zeros((self.k, self.k))
+        for i, Cb in self.blocks():
+            if c is None:
+                M += Cb.T @ Cb
+            else:
+                M += (Cb * c[i:i + len(Cb), None]).T @ Cb
+        return M / self.n
+
+    @property
+    def gram(self) -> np.ndarray:
+        """C^T C / n (A^T A / n in the reduced coordinates), computed once."""
+        if self._gram is None:
+            self._gram = self.weighted_gram(None)
+        return self._gram
+
+    def _penalty(self, lam: float) -> np.ndarray:
+        """lambda P in the scaled reduced coordinates (lambda / c^2)."""
+        return (lam / self.c / self.c) * (np.eye(self.k) - np.outer(self.q, self.q))
+
+    # -- eigenvalues ----------------------------------------------------------------
+    def _extremes_exact(self, M: np.ndarray, lam: float) -> tuple[float, float]:
+        """Extremes of c^2 M (M in the scaled coordinates), with lambda on the
+        complement of the invariant subspace for wide data."""
+        ev = sym_eigvalsh(M)  # NaN, never a crash, for a matrix that overflowed
+        with np.errstate(over="ignore", invalid="ignore"):
+            lo, hi = float(ev[0] * self.c * self.c), float(ev[-1] * self.c * self.c)
+        if self.k < self.k1:  # lambda on the complement of the invariant subspace
+            lo, hi = min(lo, lam), max(hi, lam)
+        return lo, hi
+
+    def _operator(self, c: np.ndarray | None, lam: float):
+        import scipy.sparse.linalg as sla
+
+        q = self.q
+
+        def matvec(v):
+            v = np.ravel(v)
+            out = np.zeros(self.k)
+            for i, Cb in self.blocks():
+                z = Cb @ v
+                if c is not None:
+                    z = z * c[i:i + len(Cb)]
+                out += Cb.T @ z
+            return out / self.n + (lam / self.c / self.c) * (v - q * (q @ v))
+
+        return sla.LinearOperator((self.k, self.k), matvec=matvec, dtype=np.float64)
+
+    def _extremes_lanczos(self, c: np.ndarray | None, lam: float,
+                          which=("SA", "LA")) -> tuple[dict[str, float], dict[str, float]]:
+        """Lanczos estimates of the extremes and their Ritz residuals."""
+        import scipy.sparse.linalg as sla
+
+        op = self._operator(c, lam)
+        v0 = np.random.default_rng(0).standard_normal(self.k)
+        vals, errs = {}, {}
+        for w in which:
+            try:
+                lam_w, vec = sla.eigsh(op, k=1, which=w, tol=1e-8, v0=v0,
+                                       maxiter=20 * self.k)
+            except sla.ArpackNoConvergence as exc:
+                if not len(exc.eigenvalues):
+                    vals[w], errs[w] = math.nan, math.nan
+                    continue
+                lam_w, vec = exc.eigenvalues, exc.eigenvectors
+            x = vec[:, 0] / np.linalg.norm(vec[:, 0])
+            theta = float(lam_w[0])
+            with np.errstate(over="ignore"):
+                vals[w] = float(np.float64(theta) * self.c * self.c)
+                errs[w] = float(np.linalg.norm(op.matvec(x) - theta * x) * self.c * self.c)
+        if self.k < self.k1:
+            if "SA" in vals and lam < vals["SA"]:
+                vals["SA"], errs["SA"] = lam, 0.0
+            if "LA" in vals and lam > vals["LA"]:
+                vals["LA"], errs["LA"] = lam, 0.0
+        return vals, errs
+
+    def bound(self, lam: float) -> float:
+        """L = lambda_max(A^T A / (4 n) + lambda P): the loss's largest curvature."""
+        lam = float(lam)
+        if lam not in self._bounds:
+            if self.exact:
+                self._bounds[lam] = self._extremes_exact(self.gram / 4.0 + self._penalty(lam),
+                                                         lam)[1]
+            else:
+                vals, errs = self._extremes_lanczos(np.full(self.n, 0.25), lam, ("LA",))
+                # Lanczos converges to lambda_max from below: add the residual, so that
+                # 2/L stays a safe step size
+                self._bounds[lam] = vals["LA"] + errs["LA"]
+        return self._bounds[lam]
+
+    def gram_extremes(self) -> tuple[float, float]:
+        """Smallest and largest eigenvalues of A^T A / n."""
+        if self.exact:
+            return self._extremes_exact(self.gram, 0.0)
+        vals, _ = self._extremes_lanczos(None, 0.0)
+        return vals["SA"], vals["LA"]
+
+    def hessians(self, W: np.ndarray, lams: np.ndarray) -> list[dict[str, float]]:
+        """Extreme eigenvalues of H(w) = A^T diag(p(1-p)) A / n + lambda P for every row
+        w of W (lambda from ``lams``), in float64. Non-finite weights give NaN."""
+        W = np.asarray(W, dtype=np.float64)
+        out = [{"hessian_min": math.nan, "hessian_max": math.nan, "hessian_cond": math.nan}
+               for _ in range(len(W))]
+        ok = np.flatnonzero(np.all(np.isfinite(W), axis=1))
+        if not ok.size:
+            return out
+        # curvature weights of a group of runs: (n, group) float64 at most 32 MiB
+        group = max(1, _BLOCK_ENTRIES // max(self.n, 1))
+        for g0 in range(0, ok.size, group):
+            rows = ok[g0:g0 + group]
+            Z = self.logits(W[rows])
+            D = 0.25 * (1.0 - np.tanh(0.5 * Z) ** 2)  # p(1-p) = sigmoid'(z), no overflow
+            del Z
+            for j, r in enumerate(rows):
+                lam = float(lams[r])
+                if self.exact:
+                    lo, hi = self._extremes_exact(
+                        self.weighted_gram(D[:, j]) + self._penalty(lam), lam)
+                    est = {}
+                else:
+                    vals, errs = self._extremes_lanczos(np.ascontiguousarray(D[:, j]), lam)
+                    lo, hi = vals["SA"], vals["LA"]
+                    est = {"hessian_min_error": errs["SA"], "hessian_max_error": errs["LA"]}
+                out[r] = {"hessian_min": lo, "hessian_max": hi,
+                          "hessian_cond": hi / lo if lo > 0 else math.inf, **est}
+        return out
+
+    def describe(self) -> str:
+        how = ("exact: LAPACK eigenvalues of the k x k matrix" if self.exact else
+               "estimate: Lanczos (ARPACK eigsh, tol 1e-8) on Hessian-vector products; "
+               "*_error is the Ritz residual, a bound on the distance to an eigenvalue")
+        return f"{how}; k = {self.k} ({self.basis})"
+
+
+def curvature_bound(curv: "Curvature", lam: float) -> float:
     """L = lambda_max(A^T A / (4 n) + lambda P): the loss's largest possible curvature."""
-    if not np.all(np.isfinite(gram)):  # A^T A / n overflowed: so does its top eigenvalue
-        return math.inf
-    H = gram / 4.0
-    H = H + lam * _penalty(gram.shape[0])
-    return float(sym_eigvalsh(H)[-1])
-
-
-def _penalty(p: int) -> np.ndarray:
-    P = np.eye(p)
-    P[-1, -1] = 0.0  # the intercept is not penalized
-    return P
+    return curv.bound(lam)
 
 
 def hessian_extremes(A: np.ndarray, w: np.ndarray, lam: float) -> dict[str, float]:
-    """Extreme eigenvalues of H(w) = A^T diag(p(1-p)) A / n + lambda P, in float64."""
-    return hessian_extremes_batch(A, w[None, :], np.array([lam]))[0]
-
-
-def design_outer(A: np.ndarray) -> np.ndarray:
-    """The (n, p*p) matrix of products A[k, i] A[k, j] that every Hessian is built from."""
-    n, p = A.shape
-    return (A[:, :, None] * A[:, None, :]).reshape(n, p * p)
-
-
-def hessian_extremes_batch(A: np.ndarray, W: np.ndarray, lams: np.ndarray,
-                           outer: np.ndarray | None = None) -> list[dict[str, float]]:
-    """:func:`hessian_extremes` for many weight vectors (rows of W) at once.
-
-    All Hessians come from one matrix product: the (p*p, n) matrix of products
-    A[k, i] A[k, j] (``outer``, :func:`design_outer` of A, built here if not given)
-    times the (n, R) curvature weights p(1-p).
-    """
-    n, p = A.shape
-    ok = np.all(np.isfinite(W), axis=1)
-    out = [{"hessian_min": float("nan"), "hessian_max": float("nan"),
-            "hessian_cond": float("nan")} for _ in range(len(W))]
-    if not ok.any():
-        return out
-    with np.errstate(over="ignore", invalid="ignore"):
-        Z = A @ W[ok].T
-        D = 0.25 * (1.0 - np.tanh(0.5 * Z) ** 2)  # p(1-p) = sigmoid'(z), without overflow
-    # huge finite features (1e200) would overflow the products A[k, i] A[k, j]: the
-    # Hessians are then formed from A / c (c a power of two, exact) and scaled back
-    c = max(pow2_scale(A), 1.0)  # only scaled down, never up
-    if outer is None or c != 1.0:
-        outer = design_outer(A / c)
-    H = (outer.T @ D / n).T.reshape(-1, p, p) + (lams[ok, None, None] / c / c) * _penalty(p)
-    ev = sym_eigvalsh(H)  # of H / c^2
-    for k, r in enumerate(np.flatnonzero(ok)):
-        lo, hi = float(ev[k, 0]), float(ev[k, -1])
-        with np.errstate(over="ignore", invalid="ignore"):
-            cond = hi / lo if lo > 0 else (float("inf") if lo == lo else float("nan"))
-            out[r] = {"hessian_min": lo * c * c, "hessian_max": hi * c * c,
-                      "hessian_cond": cond}
-    return out
-
-
-def gram_eigenvalues(prepared: "Prepared") -> np.ndarray:
-    """Ascending eigenvalues of A^T A / n, A = [X, 1]; never raises on finite data.
-
-    Where A^T A / n overflowed (features near 1e200), they come from the singular values
-    of A / c (c a power of two): s^2 c^2 / n, inf where that exceeds float64.
-    """
-    gram = prepared.gram
-    if np.all(np.isfinite(gram)):
-        return sym_eigvalsh(gram)
-    A = np.hstack([prepared.X64, np.ones((prepared.X64.shape[0], 1))])
-    c = pow2_scale(A)
-    s = np.linalg.svd(A / c, compute_uv=False)
-    with np.errstate(over="ignore"):
-        return np.sort((s * c) ** 2 / A.shape[0])
+    """Extreme eigenvalues of H(w) = A^T diag(p(1-p)) A / n + lambda P, in float64, for a
+    design A whose last coordinate is not penalized."""
+    return Curvature(np.asarray(A), append_ones=False).hessians(w[None, :],
+                                                                np.array([lam]))[0]
 
 
 class LogisticRegression(Task):
@@ -194,31 +399,33 @@ class LogisticRegression(Task):
         ds = dataset if dataset is not None else self.load_dataset(spec)
         fmt = FORMATS[spec.precision]
         scaled = datasets.scale_features(ds.X, spec.scale)
-        X = round_to(scaled, fmt)
+        X = storage(scaled, fmt)
         if not np.all(np.isfinite(X)):
             raise DataError(
                 f"Features of {ds.name!r} overflow {fmt.name} after scale={spec.scale} "
                 f"(largest |x| = {np.max(np.abs(scaled)):.3g}, "
                 f"format max {fmt.max:.3g}); use a smaller scale factor or a wider format."
             )
-        A = np.hstack([X, np.ones((X.shape[0], 1))])
-        with np.errstate(over="ignore"):  # inf where X^T X overflows: probes use X / c
-            gram = A.T @ A / A.shape[0]
-        return Prepared(ds, X, ds.y, fmt, spec.scale, gram, gram_condition(X), spec.data)
+        del scaled
+        return Prepared(ds, X, ds.y, fmt, spec.scale, Curvature(X), design_spectrum(X),
+                        spec.data)
 
     def conditioning(self, prepared: Prepared) -> dict[str, Any]:
-        ev = gram_eigenvalues(prepared)
-        return {
+        lo, hi = prepared.curv.gram_extremes()
+        out = {
             "cond_XtX": prepared.cond_gram,
-            "gram_eig_max": float(ev[-1]),
-            "gram_eig_min": float(ev[0]),
+            "gram_eig_max": hi,
+            "gram_eig_min": lo,
             "n": prepared.dataset.n,
             "d": prepared.dataset.d,
         }
+        if not prepared.spectrum.exact:
+            out["cond_XtX_relative_error"] = 2 * prepared.spectrum.relative_error_bound
+        return out
 
     def lr_bound(self, spec: RunSpec, prepared: Prepared) -> float:
         """2/L for a spec's data variant and lambda (used to re-bound lr after a fix)."""
-        return 2.0 / curvature_bound(prepared.gram, spec.lam)
+        return 2.0 / prepared.curv.bound(spec.lam)
 
     # -- running ---------------------------------------------------------------------
     def cohort_key(self, spec: RunSpec):
@@ -229,9 +436,27 @@ class LogisticRegression(Task):
         return self.run_cohort([spec], prepared)[0]
 
     def run_cohort(self, specs: Sequence[RunSpec], prepared: Prepared) -> list[Trace]:
+        """Run a cohort in chunks of at most :func:`chunk_runs` runs (bounded memory);
+        every chunk sees the same data and, for mini-batches, the same batch order."""
         import torch
 
-        return _run_cohort(torch, list(specs), prepared)
+        specs = list(specs)
+        size = chunk_runs(prepared.X.shape[0], prepared.fmt)
+        out: list[Trace] = []
+        for i in range(0, len(specs), size):
+            out.extend(_run_cohort(torch, specs[i:i + size], prepared))
+        return out
+
+
+#: memory for a cohort chunk's (n x runs) arrays (logits, loss and gradient terms)
+COHORT_BYTES = 512 << 20
+
+
+def chunk_runs(n: int, fmt: Format) -> int:
+    """Runs per cohort chunk: about 8 (n x runs) arrays in the run's format (float32
+    for 16-bit formats, where the products accumulate) within :data:`COHORT_BYTES`."""
+    itemsize = 8 if fmt.name == "float64" else 4
+    return max(1, COHORT_BYTES // (8 * itemsize * max(n, 1)))
 
 
 def initial_weights(seed: int, p: int) -> np.ndarray:
@@ -263,11 +488,11 @@ def _run_cohort(torch, specs: list[RunSpec], prep: Prepared) -> list[Trace]:
     fmt = prep.fmt
     dtype = fmt.torch_dtype()
     R = len(specs)
-    n, d = prep.X64.shape
+    n, d = prep.X.shape
     p = d + 1
     base = specs[0]
     with torch.no_grad():
-        X = torch.from_numpy(prep.X64).to(dtype)
+        X = torch.from_numpy(prep.X).to(dtype)  # no copy for float32/float64 runs
         y = torch.from_numpy(prep.y64).to(dtype).reshape(n, 1)
         W0 = np.stack([initial_weights(s.seed, p) for s in specs])
         W = torch.from_numpy(W0).to(dtype)  # (R, p): weights then intercept
@@ -363,7 +588,6 @@ def _run_cohort(torch, specs: list[RunSpec], prep: Prepared) -> list[Trace]:
             if not active.any():
                 break
 
-    A = np.hstack([prep.X64, np.ones((n, 1))])
     meta = environment()
     meta["matmul"] = (
         f"{fmt.name} inputs, float32 accumulation, rounded to {fmt.name} (tensor-core semantics)"
@@ -371,20 +595,24 @@ def _run_cohort(torch, specs: list[RunSpec], prep: Prepared) -> list[Trace]:
     )
     meta["elementwise"] = (f"{fmt.name}; numerics primitives compute 16-bit formats in "
                            "float32 and round once")
+    meta["probes"] = {"cond_XtX": ("exact: " if prep.spectrum.exact else "estimate: ")
+                      + prep.spectrum.method,
+                      "hessian": prep.curv.describe()}
     Wf = W.double().numpy()
     lams = np.array([s.lam for s in specs], dtype=np.float64)
-    # shared by the start and end Hessians (built there, from A / c, for huge data)
-    outer = design_outer(A) if pow2_scale(A) <= 1.0 else None
-    h_start = hessian_extremes_batch(A, W0, lams, outer)
-    h_end = hessian_extremes_batch(A, Wf, lams, outer)
-    bounds = {lam: curvature_bound(prep.gram, lam) for lam in set(lams.tolist())}
+    h_start = prep.curv.hessians(W0, lams)
+    h_end = prep.curv.hessians(Wf, lams)
+    bounds = {lam: prep.curv.bound(lam) for lam in set(lams.tolist())}
+    est = ({} if prep.spectrum.exact else
+           {"cond_XtX_relative_error": 2 * prep.spectrum.relative_error_bound})
     traces = []
     for r, spec in enumerate(specs):
         k = int(stopped_at[r])
         metrics = {name: rec[name][:k, r].copy() for name in names}
         L = bounds[spec.lam]
-        start = {"cond_XtX": prep.cond_gram, "L": L, "lr_bound": 2.0 / L, **h_start[r]}
-        end = {"cond_XtX": prep.cond_gram, **h_end[r]}
+        start = {"cond_XtX": prep.cond_gram, **est, "L": L, "lr_bound": 2.0 / L,
+                 **h_start[r]}
+        end = {"cond_XtX": prep.cond_gram, **est, **h_end[r]}
         trace = Trace(spec=spec, metrics=metrics, probes={"start": start, "end": end},
                       meta=dict(meta), step_unit="epoch", final_params=Wf[r].copy())
         trace.extras["format"] = {"name": fmt.name, "eps": fmt.eps, "max": fmt.max,
