@@ -50,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cohorts", action="store_true",
                    help="run specs one at a time instead of in lockstep cohorts")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    dist = p.add_argument_group("parallel sweeps on Dask (cohorts run on workers; only this "
+                                "process writes the store)")
+    dist.add_argument("--workers", default=None, metavar="N",
+                      help="start a local cluster of N worker processes for the sweep")
+    dist.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                      help="run the sweep on an existing Dask cluster")
 
 
 def build_sweep(args: argparse.Namespace):
@@ -104,8 +110,28 @@ def build_sweep(args: argparse.Namespace):
     return Sweep(base, axes), note
 
 
+def executor_options(args: argparse.Namespace) -> dict | None:
+    """``--workers N`` / ``--scheduler ADDR`` checked (no dask import): the keyword
+    arguments of :class:`~stability_lab.distributed.DaskExecutor`, or None."""
+    workers = getattr(args, "workers", None)
+    scheduler = getattr(args, "scheduler", None)
+    if workers is None and scheduler is None:
+        return None
+    if workers is not None and scheduler is not None:
+        raise UsageError("Pass either --workers N (a local cluster) or --scheduler "
+                         "tcp://HOST:PORT (an existing one), not both.")
+    if workers is not None:
+        from ..params import int_at_least
+
+        return {"workers": int_at_least("workers", 1)(workers)}
+    from ..distributed import check_scheduler_address
+
+    return {"scheduler": check_scheduler_address(scheduler)}
+
+
 def main(args: argparse.Namespace) -> int:
     sweep, note = build_sweep(args)
+    dask_options = executor_options(args)
     n = sweep.size  # counted from the axes: the product is not expanded here
     if n > 100_000:
         raise UsageError(f"The sweep has {n} runs; the limit is 100000. Sweep fewer values.")
@@ -114,8 +140,17 @@ def main(args: argparse.Namespace) -> int:
     progress = None if (args.no_progress or not sys.stderr.isatty()) else _bar
     # the arguments main() parsed (not sys.argv: a library call has its caller's argv)
     command = "stability-lab " + shlex.join(getattr(args, "_argv", None) or sys.argv[1:])
-    result = run_sweep(sweep, out=args.out, command=command, progress=progress,
-                       cohorts=not args.no_cohorts, rerun=args.rerun)
+    executor = None
+    if dask_options is not None:
+        from ..distributed import DaskExecutor
+
+        executor = DaskExecutor(**dask_options)
+    try:
+        result = run_sweep(sweep, out=args.out, command=command, progress=progress,
+                           cohorts=not args.no_cohorts, rerun=args.rerun, executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     if progress:
         sys.stderr.write("\n")
     if args.verify:
