@@ -272,7 +272,8 @@ def candidates(trace, culprit: str | None, had_scaler: bool) -> list[dict[str, A
     import numpy as np
 
     fmt = (trace.extras.get("format") or {})
-    low = {fmt.get("activations"), fmt.get("name")} & {"float16", "bfloat16"}
+    created_in = (trace.extras.get("watched") or {}).get("creator_dtype")
+    low = {fmt.get("activations"), fmt.get("name"), created_in} & {"float16", "bfloat16"}
     out = []
     if "float16" in low and not had_scaler:
         out.append({"mitigation": "loss_scaling", "text": "use dynamic loss scaling "

@@ -182,6 +182,9 @@ class Watcher:
         #: (model, batch) -> loss, for replay: set by integrations whose step is theirs
         self.step_fn: Callable | None = None
         self._seen_opt = optimizer
+        #: True: the optimizer pre-hook does not read the gradients; the integration
+        #: calls before_update() (Lightning runs forward+backward inside step(closure))
+        self.manual_pre = False
         self.verbose = verbose
         self.rank, self.world = _dist_rank()
         self.params = [p for p in self.inner.parameters() if p.requires_grad]
@@ -248,10 +251,21 @@ class Watcher:
         k = AUTO_ATTRIBUTE_EVERY if a == "auto" else (1 if a is True else int(a))
         return self._recording() and (self.step_no // self.every) % k == 0
 
-    def _fwd_pre(self, module, args, kwargs):
+    def begin_batch(self, batch: Any) -> None:
+        """A micro-batch starts (integrations whose step does not call the root module's
+        forward, e.g. Lightning's ``training_step`` calling a submodule): the batch is
+        kept for replays, which re-run ``self.step_fn(model, batch)``."""
+        self._new_micro(batch=batch)
+
+    def end_forward(self) -> None:
+        """The forward pass of the first micro-batch is over (integrations call this
+        when the root module's forward hook cannot: Lightning's ``on_before_backward``)."""
+        if self._attr_active and len(self._micro) == 1 and not self._micro[0].get("fwd"):
+            self._micro[0]["fwd"] = True
+            self._attributor.end_forward()
+
+    def _new_micro(self, **fields: Any) -> None:
         torch = self.torch
-        if not torch.is_grad_enabled() or not module.training:
-            return None
         on = torch.is_autocast_enabled("cpu")
         self._autocast = (on, torch.get_autocast_dtype("cpu") if on else None)
         if not self._micro:
@@ -261,10 +275,19 @@ class Watcher:
             if self.ring is not None:
                 self.ring.maybe_checkpoint(self.step_no)
         self._micro.append({
-            "args": args, "kwargs": kwargs, "autocast": self._autocast,
+            "autocast": self._autocast,
             "rng": torch.get_rng_state() if self.attribute is not False else None,
             "scale": float(self.scaler.get_scale()) if self.scaler is not None else None,
-        })
+            **fields})
+
+    def _fwd_pre(self, module, args, kwargs):
+        if not self.torch.is_grad_enabled() or not module.training:
+            return None
+        last = self._micro[-1] if self._micro else None
+        if last is not None and "batch" in last and "args" not in last and "out" not in last:
+            last.update(args=args, kwargs=kwargs)  # the batch begin_batch announced
+            return None
+        self._new_micro(args=args, kwargs=kwargs)
         return None
 
     def _fwd_post(self, module, args, output):
@@ -277,9 +300,13 @@ class Watcher:
             out = output.logits
         mb = self._micro[-1]
         mb["out"] = out
+        loss = getattr(output, "loss", None)  # Hugging Face outputs carry their loss
+        if isinstance(loss, self.torch.Tensor) and loss.numel() == 1:
+            mb["loss"] = loss
         if out is not None and out.requires_grad:
             out.register_hook(lambda g, mb=mb: mb.__setitem__("out_grad", g))
-        if self._attr_active and len(self._micro) == 1:
+        if self._attr_active and len(self._micro) == 1 and not mb.get("fwd"):
+            mb["fwd"] = True
             self._attributor.end_forward()
         return None
 
@@ -311,18 +338,38 @@ class Watcher:
         if not self._owns(optimizer):
             return
         self._seen_opt = self._seen_opt or optimizer
+        if self.manual_pre:  # an integration calls before_update() when grads are ready
+            return
+        self.before_update(optimizer)
+
+    def before_update(self, optimizer) -> None:
+        """The gradients of the step are ready and the weights not yet updated.
+
+        Called from the optimizer's step pre-hook, or by integrations whose optimizer
+        step runs the forward and backward inside a closure (Lightning:
+        ``on_before_optimizer_step``)."""
         torch = self.torch
+        self._seen_opt = self._seen_opt or optimizer
         self._policy = self._policy or self._policy_of()
-        bad_out = any(mb.get("out") is not None and not bool(torch.isfinite(
-            mb["out"].detach()).all()) for mb in self._micro)
+        # the outputs' absmax (NaN propagates): the finiteness check and the metric
+        amaxes = [float(mb["out"].detach().abs().max()) for mb in self._micro
+                  if mb.get("out") is not None and mb["out"].numel()]
+        out_amax = max(amaxes) if amaxes and not any(a != a for a in amaxes) else (
+            math.nan if amaxes else math.nan)
+        self._pending["out_amax"] = out_amax
+        bad_out = bool(amaxes) and not math.isfinite(out_amax)
         recording = self._recording()
         if recording or bad_out:
             grads = [p.grad for p in self.params if p.grad is not None]
-            norms = torch._foreach_norm(grads, 2) if grads else []
-            gn = float(torch.linalg.vector_norm(torch.stack(
-                [n.double() for n in norms]))) if grads else 0.0
-            amax = max((float(a) for a in torch._foreach_norm(grads, math.inf)),
-                       default=0.0) if grads else 0.0
+            if grads:
+                both = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)
+                                   + torch._foreach_norm(grads, math.inf,
+                                                         dtype=torch.float64))
+                k = len(grads)
+                gn = float(torch.linalg.vector_norm(both[:k]))
+                amax = float(both[k:].max())
+            else:
+                gn = amax = 0.0
             nbad = 0 if math.isfinite(gn) else int(sum(int((~torch.isfinite(g)).sum())
                                                          for g in grads))
             self._pending.update(grad_norm=gn, grad_absmax=amax, nonfinite_grads=nbad,
@@ -379,6 +426,11 @@ class Watcher:
                     p.grad = None
                 if mb.get("rng") is not None:
                     torch.set_rng_state(mb["rng"])
+                if self.step_fn is not None and "batch" in mb and "args" not in mb:
+                    loss = self.step_fn(model, mb["batch"])
+                    output_hook(loss, loss)
+                    loss.backward()
+                    return
                 on, dt = mb["autocast"]
                 with torch.autocast("cpu", dtype=dt or torch.bfloat16, enabled=on):
                     output = _call(model, mb["args"], mb["kwargs"])
@@ -394,6 +446,13 @@ class Watcher:
                 output_hook(output, pseudo)
                 pseudo.backward()
 
+            dtypes: dict[Any, Any] = {}
+
+            def note_dtype(mod, args, output, dtypes=dtypes):
+                if isinstance(output, torch.Tensor):
+                    dtypes.setdefault(mod, output.dtype)
+
+            handle = torch.nn.modules.module.register_module_forward_hook(note_dtype)
             try:
                 with _no_watch(self):
                     events = find_creators(model, fb, step)
@@ -401,6 +460,14 @@ class Watcher:
                 events = [{"step": step, "pass": "replay", "module": ROOT, "kind": "unknown",
                            "detail": "replay with checks failed: "
                                      f"{str(exc).splitlines()[0][:160]}", "type": ""}]
+            finally:
+                handle.remove()
+            names = {m: (n or ROOT) for n, m in model.named_modules()}
+            by_name = {names[m]: str(d).replace("torch.", "") for m, d in dtypes.items()
+                       if m in names}
+            for e in events:  # the format the module computed in (autocast included)
+                if e["module"] in by_name:
+                    e["dtype"] = by_name[e["module"]]
             if any(e["kind"] == "created" for e in events):
                 break
         for p, g in zip(self.params, saved):
@@ -423,7 +490,12 @@ class Watcher:
         torch = self.torch
         if self._closed:
             raise UsageError("watch: step() after close(); create a new watcher.")
-        if loss is not None:
+        if loss is None:  # the loss the model returned (Hugging Face), per micro-batch
+            self._losses.extend(float(mb["loss"].detach().double()) for mb in self._micro
+                                if mb.get("loss") is not None and not mb.get("counted"))
+            for mb in self._micro:
+                mb["counted"] = True
+        else:
             lv = float(loss.detach().double()) if isinstance(loss, torch.Tensor) else \
                 float(loss)
             self._losses.append(lv)
@@ -459,8 +531,7 @@ class Watcher:
             nbad_w = 0 if math.isfinite(wn) else int(sum(int((~torch.isfinite(q)).sum())
                                                         for q in self.params))
             outs = [mb.get("out") for mb in self._micro if mb.get("out") is not None]
-            amax = max((float(o.detach().abs().max().double()) for o in outs if o.numel()),
-                       default=math.nan)
+            amax = p.get("out_amax", math.nan)
             fmt_out = _fmax(torch, outs[0].dtype) if outs else math.nan
             grad_fmt = _fmax(torch, self.params[0].dtype) if self.params else math.nan
             gam = p.get("grad_absmax", math.nan)
@@ -539,6 +610,8 @@ class Watcher:
                        "gradients": policy.grad_format.name, "outputs": policy.output,
                        "max": policy.act_format.max, "tiny": policy.act_format.tiny},
             "steps_run": n, "steps_planned": n, "watched": {
+                "creator_dtype": next((c.get("dtype") for c in self.creators
+                                       if c["kind"] == "created"), None),
                 "optimizer_steps": self.step_no, "recorded_steps": self.steps,
                 "every": self.every, "compiled": self.compiled, "world_size": self.world,
                 "torch": torch.__version__},
