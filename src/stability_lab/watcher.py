@@ -406,7 +406,8 @@ class Watcher:
     def _find_creators(self) -> None:
         """Replay this step's micro-batches with checks (weights not yet updated)."""
         if self._creator_replays >= MAX_CREATOR_REPLAYS or not self._micro or any(
-                c["kind"] == "created" for c in self.creators):
+                c["kind"] == "created" for c in self.creators) or self.world > 1:
+            # (under DDP a backward pass would fire the reducer's all-reduce on one rank)
             return
         self._creator_replays += 1
         torch = self.torch
