@@ -42,9 +42,15 @@ def test_default_command_text(tmp_path, capsys):
     assert any(line.startswith("Condition number(X^T X): 2.2e12") for line in lines)
     rec = [line for line in lines if line.startswith("Recommendation: ")]
     assert rec and "scale features" in rec[0]
-    # the brief's order: run lines, then the condition number, then the recommendation
+    # the answer first: the header (model or computation, the condition number, the
+    # recommendation), then the stability map, then the brief's run lines
+    assert lines[0].startswith("Model or computation? The computation: ")
     first_cond = next(i for i, line in enumerate(lines) if line.startswith("Condition"))
-    assert first_cond > max(i for i, line in enumerate(lines) if line.startswith("Run "))
+    first_rec = next(i for i, line in enumerate(lines) if line.startswith("Recommendation"))
+    first_map = next(i for i, line in enumerate(lines) if line.startswith("Stability map"))
+    assert first_cond < first_rec < first_map < min(
+        i for i, line in enumerate(lines) if line.startswith("Run "))
+    assert not any(line.startswith("Verdicts:") for line in lines)  # the table: --verbose
 
 
 def test_default_command_json(default_json):

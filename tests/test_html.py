@@ -1,9 +1,15 @@
-"""The HTML report: verdict lines, recommendations and plots in one self-contained file."""
+"""The HTML report: one self-contained file whose data names every run it draws."""
 
-import base64
+import json
 import re
 
 from stability_lab.cli import main
+
+
+def page_data(html: str) -> dict:
+    blob = re.search(r"<script id='lab-data' type='application/json'>(.*?)</script>", html,
+                     re.S).group(1)
+    return json.loads(blob.replace("<\\/", "</"))
 
 
 def test_html_report(tmp_path, capsys):
@@ -12,12 +18,27 @@ def test_html_report(tmp_path, capsys):
                "--epochs", "30", "--html", str(page), "--out", str(tmp_path / "s")])
     assert rc == 0, capsys.readouterr().err
     html = page.read_text()
-    assert html.count("<li") >= 8  # 8 run lines, then recommendations
-    assert "Condition number(X^T X): 2.2e12" in html
-    assert "scale features" in html
-    images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
-    assert len(images) == 2  # loss and gradient norm
-    assert all(base64.b64decode(img).startswith(b"\x89PNG") for img in images)
+    # self-contained: no resource from anywhere else
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)
+    assert "<script>" in html and "labReport" in html
+    d = page_data(html)
+    assert d["condition"].startswith("Condition number(X^T X): 2.2e12")
+    assert d["header"][0].startswith("Model or computation? The computation:")
+    assert d["recommendation"][0].startswith("Recommendation: ") and \
+        "scale features" in d["recommendation"][0]
+    # the map: lr x precision, one panel per scale, every cell a run of the sweep
+    m = d["map"]
+    assert (m["x"], m["y"], m["panel_axes"]) == ("lr", "precision", ["scale"])
+    cells = [c for p in m["panels"] for row in p["cells"] for c in row]
+    assert len(cells) == 8 and {c["run_id"] for c in cells} == set(d["order"])
+    raw = m["panels"][0]
+    assert raw["title"] == "scale=raw" and raw["bounds"][0]["lr_bound"] < 1e-5
+    # every run is named, with its metrics, findings and phases for the detail view
+    assert len(d["runs"]) == 8
+    for run in d["runs"].values():
+        assert run["id"] in d["order"] and run["label"]
+        assert len(run["metrics"]["loss"]) >= 1 and "phases" in run and "findings" in run
+    assert d["curves"] == {"panel_axes": ["precision", "scale"], "colour": "lr", "dash": []}
 
 
 def test_html_into_missing_folder_is_a_usage_error(tmp_path, capsys):

@@ -3,7 +3,10 @@
 Layout, one database ``lab.sqlite`` in the output folder (default ``./lab-runs``):
 
 - ``sweeps``: one row per invocation: command line, axes, base spec, conditioning,
-  recommendations (JSON).
+  recommendations, and what the reports need besides the runs: the task's own report
+  (the policy evaluation of deep nets), the sweep's verification rows and its note
+  (JSON). Stores made before those three columns existed get them when next opened for writing
+  (:data:`MIGRATIONS`); ``stability-lab report`` rebuilds what they lack from the runs.
 - ``runs``: one row per run, keyed by the spec's hash: full spec, status
   (``ok``/``error``), verdict, onset, final loss, findings, summary, probes, meta, the
   error message if the run raised, and the sweep it was first run in.
@@ -91,6 +94,14 @@ CREATE TABLE IF NOT EXISTS verifications (
     PRIMARY KEY (run_id, mitigation)
 );
 """
+
+
+#: columns added after the first release: (table, column, type), added when a store is opened for writing
+MIGRATIONS = (
+    ("sweeps", "report", "TEXT"),
+    ("sweeps", "verification", "TEXT"),
+    ("sweeps", "note", "TEXT"),
+)
 
 
 def _dumps(value: Any) -> str:
@@ -195,6 +206,7 @@ class Store:
             if create:
                 self.conn = sqlite3.connect(self.path, timeout=lock_timeout())
                 self.conn.executescript(SCHEMA)
+                self._migrate()
             else:
                 self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro",
                                             uri=True, timeout=lock_timeout())
@@ -203,6 +215,14 @@ class Store:
             if self.conn is not None:
                 self.conn.close()
             raise store_fault(exc, self.path) from None
+
+    def _migrate(self) -> None:
+        """Add the columns a store made by an older version lacks (NULL in old rows)."""
+        for table, column, kind in MIGRATIONS:
+            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                with self.conn:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         if self.conn is not None:
@@ -256,6 +276,20 @@ class Store:
             self.conn.execute(
                 "UPDATE sweeps SET conditioning=?, recommendations=? WHERE id=?",
                 (_dumps(conditioning), _dumps(recommendations), sweep_id),
+            )
+
+    @_guarded
+    def save_sweep_report(self, sweep_id: int, *, report: Any = None,
+                          verification: Any = None, note: str | None = None) -> None:
+        """What the reports of a sweep need besides its runs (re-rendered by
+        ``stability-lab report SWEEP_ID``)."""
+        with self.conn:
+            # key order kept (a fix's delta prints in the order it was made)
+            self.conn.execute(
+                "UPDATE sweeps SET report=?, verification=?, note=? WHERE id=?",
+                (None if report is None else json.dumps(jsonable(report)),
+                 None if verification is None else json.dumps(jsonable(verification)),
+                 note, sweep_id),
             )
 
     @_guarded
@@ -370,6 +404,33 @@ class Store:
             'SELECT name, "values" FROM metrics WHERE run_id=? ORDER BY name', (run_id,)
         ):
             out[name] = np.array([float(v) for v in json.loads(values)], dtype=np.float64)
+        return out
+
+    @_guarded
+    def load_sweep(self, sweep_id: int) -> dict[str, Any] | None:
+        """The ``sweeps`` row, JSON columns decoded; None when there is no such sweep."""
+        cur = self.conn.execute("SELECT * FROM sweeps WHERE id=?", (sweep_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        rec = dict(zip([d[0] for d in cur.description], row))
+        for key in ("axes", "base", "conditioning", "recommendations", "report",
+                    "verification"):
+            rec[key] = json.loads(rec[key]) if rec.get(key) else None
+        return rec
+
+    @_guarded
+    def last_sweep_id(self) -> int | None:
+        row = self.conn.execute("SELECT MAX(id) FROM sweeps").fetchone()
+        return None if row is None else row[0]
+
+    @_guarded
+    def verification_rows(self, run_ids: list[str]) -> list[dict[str, Any]]:
+        """Stored verification rows of these runs, in run order."""
+        out = []
+        for rid in run_ids:
+            out += [json.loads(r[0]) for r in self.conn.execute(
+                "SELECT row FROM verifications WHERE run_id=? ORDER BY rowid", (rid,))]
         return out
 
     @_guarded

@@ -56,6 +56,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="start a local cluster of N worker processes for the sweep")
     dist.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                       help="run the sweep on an existing Dask cluster")
+    add_view_arguments(p)
+
+
+def add_view_arguments(p: argparse.ArgumentParser) -> None:
+    """How the terminal report is laid out (shared with ``stability-lab report``)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quiet", action="store_true",
+                   help="print the header only (answer, condition numbers, recommendation)")
+    g.add_argument("--verbose", action="store_true",
+                   help="also print the full run table and every layer of deep nets")
+    p.add_argument("--map", metavar="X,Y", default=None,
+                   help="the stability map's axes: two swept axes, columns then rows "
+                        "(default lr,precision)")
+
+
+def view_options(args: argparse.Namespace, axes) -> dict:
+    """Keyword arguments of report.terminal.print_sweep from the view options."""
+    from ..report.maps import parse_map_arg
+
+    xy = parse_map_arg(args.map, axes) if getattr(args, "map", None) else None
+    return {"quiet": bool(getattr(args, "quiet", False)),
+            "verbose": bool(getattr(args, "verbose", False)), "map_axes": xy}
 
 
 def build_sweep(args: argparse.Namespace):
@@ -132,6 +154,7 @@ def executor_options(args: argparse.Namespace) -> dict | None:
 def main(args: argparse.Namespace) -> int:
     sweep, note = build_sweep(args)
     dask_options = executor_options(args)
+    view = view_options(args, sweep.axis_names)
     n = sweep.size  # counted from the axes: the product is not expanded here
     if n > 100_000:
         raise UsageError(f"The sweep has {n} runs; the limit is 100000. Sweep fewer values.")
@@ -157,11 +180,13 @@ def main(args: argparse.Namespace) -> int:
         from ..verify import verify_sweep
 
         verify_sweep(result, out=args.out)
+    if result.sweep_id is not None:
+        _store_report(result, note, args.out)
     if args.html:
         from ..report.html import write_html
 
         try:
-            write_html(result, args.html)
+            write_html(result, args.html, map_axes=view["map_axes"])
         except OSError as exc:  # checked before the sweep; a disk can still fill up
             from ..paths import os_fault
 
@@ -175,12 +200,21 @@ def main(args: argparse.Namespace) -> int:
         json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        from ..report.terminal import format_sweep
+        from ..report.terminal import print_sweep
 
-        sys.stdout.write(format_sweep(result, note=note))
+        print_sweep(result, note=note, **view)
         if args.html:
             sys.stdout.write(f"HTML report: {args.html}\n")
     return 0
+
+
+def _store_report(result, note: str | None, out: str) -> None:
+    """Keep what ``stability-lab report SWEEP_ID`` needs besides the runs."""
+    from ..store import Store
+
+    with Store(out) as store:
+        store.save_sweep_report(result.sweep_id, report=result.task_report,
+                                verification=result.verification, note=note)
 
 
 def _bar(done: int, total: int) -> None:

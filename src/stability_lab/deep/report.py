@@ -185,7 +185,42 @@ def _f(v: Any, spec: str = ".3g") -> str:
     return format(v, spec)
 
 
-def format_report(report: dict[str, Any]) -> str:
+#: a layer is a culprit when its headroom (powers of two left before overflow) is at
+#: most this, or it flushed at least CULPRIT_FLUSH of its gradient values to zero
+CULPRIT_HEADROOM = 2.0
+CULPRIT_FLUSH = 0.01
+
+
+def culprit_modules(tab: dict[str, Any], policy_row: dict[str, Any] | None = None) -> list[str]:
+    """The layers worth printing for one policy: the creators of non-finite values, the
+    layers whose headroom is nearly gone (or projected to run out within twice the steps
+    run) and the layers that flushed gradients to zero."""
+    names: list[str] = []
+
+    def add(name: str | None) -> None:
+        if name and name not in names:
+            names.append(name)
+
+    if policy_row and policy_row.get("first_nonfinite"):
+        add(policy_row["first_nonfinite"].get("module"))
+    for c in tab.get("creators") or []:
+        if isinstance(c, dict) and c.get("kind", "created") != "passed":
+            add(c.get("module"))
+    for pr in tab.get("projections") or []:
+        if pr["projected_step"] <= 2 * max(pr["fitted_steps"][1], 1):
+            add(pr["module"])
+    for name, m in (tab.get("modules") or {}).items():
+        hr = [m.get(k) for k in ("act_headroom_min", "grad_headroom_min")
+              if m.get(k) is not None]
+        if (hr and min(hr) <= CULPRIT_HEADROOM) or \
+                (m.get("grad_flush_max") or 0) >= CULPRIT_FLUSH:
+            add(name)
+    return [n for n in names if n in (tab.get("modules") or {})]
+
+
+def format_report(report: dict[str, Any], verbose: bool = False) -> str:
+    """The policy evaluation as text; per-layer tables cut to the culprit layers
+    (:func:`culprit_modules`) unless ``verbose``."""
     tol = report["tolerance"]
     lines = [f"Policy evaluation (tolerance: accuracy within {tol['accuracy_drop']:.0%} and "
              f"final loss within {tol['loss_rtol']:.0%} + {tol['loss_atol']:g} of the "
@@ -220,11 +255,28 @@ def format_report(report: dict[str, Any]) -> str:
                 lines.append(f"  {p['policy']}: first non-finite value created by "
                              f"{fc['module']} ({fc['pass']} pass, step {fc['step']}): "
                              f"{fc['detail']}")
+        rows_of = {p["policy"]: p for p in g["policies"]}
+        clean = [pol for pol, tab in g["layers"].items()
+                 if tab["modules"] and not culprit_modules(tab, rows_of.get(pol))]
+        if clean and not verbose:
+            lines.append(f"  per layer: no culprit layer in {', '.join(clean)} "
+                         "(--verbose lists every layer)")
         for pol, tab in g["layers"].items():
             mods = tab["modules"]
-            if mods:
+            if mods and not verbose:
+                keep = culprit_modules(tab, rows_of.get(pol))
+                if not keep:
+                    continue
+                else:
+                    hidden = len(mods) - len(keep)
+                    mods = {k: mods[k] for k in keep}
+                    lines.append("")
+                    lines.append(f"  per layer, {pol}: culprit layer(s)"
+                                 + (f"; {hidden} other(s) with --verbose" if hidden else ""))
+            elif mods:
                 lines.append("")
                 lines.append(f"  per layer, {pol}:")
+            if mods:
                 rows = [[name, m.get("type", ""), _f(m.get("act_absmax_max")),
                          _f(m.get("act_headroom_min"), ".1f"),
                          _f(m.get("grad_absmax_max")), _f(m.get("grad_headroom_min"), ".1f"),
@@ -241,7 +293,7 @@ def format_report(report: dict[str, Any]) -> str:
             near = [pr for pr in tab["projections"]
                     if pr["projected_step"] <= 2 * max(pr["fitted_steps"][1], 1)]
             far = len(tab["projections"]) - len(near)
-            if far:
+            if far and verbose:
                 lines.append(f"    ({far} slower headroom decline(s) projected beyond twice "
                              "the steps run: see --json)")
             for pr in near:

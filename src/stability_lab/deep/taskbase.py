@@ -40,7 +40,7 @@ class DeepTask(Task):
 
         return sweep_report(results)
 
-    def format_report(self, report: dict[str, Any]) -> str:
+    def format_report(self, report: dict[str, Any], verbose: bool = False) -> str:
         from .report import format_report
 
-        return format_report(report)
+        return format_report(report, verbose=verbose)

@@ -1,31 +1,40 @@
-"""HTML report with plots: one self-contained file (PNG plots inlined as base64).
+"""HTML report: one self-contained, offline file with interactive SVG charts.
 
-Sections: the verdict lines, the condition numbers, the recommendations with their
-evidence, loss and gradient-norm curves, one panel per policy, precision or solver
-(whichever the sweep varies; one line per run, failures marked at their onset), the
-verification table if any, and the run table.
+The page is built from a ``SweepResult`` (a fresh sweep, or one loaded from the store by
+``stability-lab report SWEEP_ID``) in two parts: the data as one JSON document (every
+run's config, verdict, findings, phases, metrics, attribution and verification rows)
+and a small script (``assets/report.js``, inlined) that draws it as SVG in the browser.
+No plotting library and nothing fetched: why is written in docs/architecture.md
+("HTML report").
+
+Sections, in order: the header (model or computation, the condition numbers, the
+recommendation with its verified outcomes), the stability map (report/maps.py: one
+grid per panel, cells coloured by verdict with onset, the 2/L bound and the
+verification outcome), loss and gradient-norm curves (one panel per row of the map,
+colour by the map's column axis, dash by the remaining axes; failures marked at onset),
+digits per solver (linear tasks), the policy evaluation and its conclusion, and a
+module x step attribution heatmap per run (deep nets), the verification table, and the
+table of every run. Hovering a curve, a map cell, a bar or a table row shows the run's
+id and config; clicking it opens the run's detail (trace plots of every metric,
+findings, phases, verification, attribution).
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-from collections import defaultdict
+import json
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import UsageError
 
+ASSETS = Path(__file__).with_name("assets")
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-#: the axes that get a panel each, in order of preference
+#: the axes that get a panel each for the curves, in order of preference (kept for
+#: callers of :func:`panels`)
 PANEL_AXES = ("policy", "precision", "solver")
 
 
@@ -38,97 +47,155 @@ def panels(results) -> dict[str, list]:
     if axis is None:
         axis = next((a for a in PANEL_AXES if any(getattr(r.spec, a, None) for r in runs)),
                     None)
-    groups: dict[str, list] = defaultdict(list)
+    groups: dict[str, list] = {}
     for r in runs:
-        groups[f"{axis}={getattr(r.spec, axis)}" if axis else "run"].append(r)
-    return dict(groups)
+        groups.setdefault(f"{axis}={getattr(r.spec, axis)}" if axis else "run", []).append(r)
+    return groups
 
 
-def _curves(result, metric: str, title: str) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    groups = panels(result.results)
-    if not groups:
+def _num(x: Any) -> Any:
+    """A float with 5 significant digits (the page's precision), None if not finite."""
+    if x is None:
         return None
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2), squeeze=False)
-    for ax, (key, runs) in zip(axes[0], groups.items()):
-        for r in runs:
-            y = r.trace.metric(metric)
-            x = np.arange(1, len(y) + 1)
-            finite = np.isfinite(y) & (y > 0)
-            color = "tab:green" if r.verdict.status == "converged" else (
-                "tab:red" if r.verdict.failed else "tab:gray")
-            ax.plot(x[finite], y[finite], color=color, alpha=0.6, lw=1)
-            if r.verdict.onset and r.verdict.failed and r.verdict.onset <= len(y):
-                k = r.verdict.onset - 1
-                yk = y[k] if np.isfinite(y[k]) and y[k] > 0 else (
-                    y[finite][-1] if finite.any() else 1.0)
-                ax.plot([k + 1], [yk], "x", color="tab:red")
-        ax.set_yscale("log")
-        ax.set_title(f"{title}: {key}", fontsize=9)
-        ax.legend(handles=[Line2D([], [], color="tab:green", label="converged"),
-                           Line2D([], [], color="tab:red", label="failed (x: onset)"),
-                           Line2D([], [], color="tab:gray", label="other")],
-                  fontsize=7, loc="best")
-        ax.set_xlabel(result.results[0].trace.step_unit)
-    fig.tight_layout()
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return x
+    if not math.isfinite(f):
+        return None
+    return float(f"{f:.5g}")
 
 
-def render(result) -> str:
-    from .terminal import conditioning_line, run_table
+def _series(values) -> list:
+    return [_num(v) for v in np.asarray(values, dtype=np.float64).tolist()]
 
-    esc = html.escape
-    axes = result.sweep.axis_names
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>stability-lab report</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;}"
-        "pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}"
-        ".fail{color:#b00}.ok{color:#070}</style></head><body>",
-        "<h1>stability-lab report</h1>",
-        f"<p>Task <b>{esc(result.sweep.base.task)}</b>, data <b>{esc(result.sweep.base.data)}"
-        f"</b>, {len(result.results)} runs, axes: {esc(', '.join(axes) or '(none)')}.</p>",
-        "<h2>Runs</h2><ul>",
-    ]
-    for r in result.results:
-        cls = "ok" if r.verdict.status == "converged" else ("fail" if r.verdict.failed else "")
-        parts.append(f"<li class='{cls}'>Run {esc(r.spec.label(axes))}: {esc(str(r.verdict))}"
-                     "</li>")
-    parts.append("</ul>")
-    line = conditioning_line(result)
-    if line:
-        parts.append(f"<h2>Conditioning</h2><p>{esc(line)}</p>")
-    parts.append("<h2>Recommendations</h2>")
-    if result.recommendations:
-        parts.append("<ul>")
-        for rec in result.recommendations:
-            parts.append(f"<li><b>{esc(rec.text)}</b>: {esc(rec.reason)}</li>")
-        parts.append("</ul>")
+
+def _compact(value: Any) -> Any:
+    """JSON-safe and short: floats to 5 significant digits, non-finite as strings."""
+    from ..formatting import jsonable
+
+    value = jsonable(value)
+
+    def walk(v):
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, float):
+            return float(f"{v:.5g}")
+        return v
+
+    return walk(value)
+
+
+def curve_layout(result, smap) -> dict[str, Any]:
+    """How the curves are laid out: panels (rows of the map, times scale when it is
+    swept), colour (the map's column axis) and dash (the other axes)."""
+    axes = list(result.sweep.axis_names)
+    if smap is None:
+        return {"panel_axes": [], "colour": None, "dash": []}
+    if smap.y is None:
+        panel_axes, colour = [], smap.x
     else:
-        parts.append("<p>None: no rule's evidence holds.</p>")
-    for metric, title in (("loss", "loss"), ("grad_norm", "gradient norm")):
-        img = _curves(result, metric, title)
-        if img:
-            parts.append(f"<h2>{title.capitalize()}</h2><img src='data:image/png;base64,{img}'>")
-    if result.verification:
-        from .verification import format_verification
-
-        parts.append(f"<h2>Verification</h2><pre>{esc(format_verification(result.verification))}"
-                     "</pre>")
-    parts.append(f"<h2>Table</h2><pre>{esc(run_table(result))}</pre></body></html>")
-    return "\n".join(parts)
+        panel_axes, colour = [smap.y], smap.x
+        if "scale" in axes and "scale" not in (smap.x, smap.y):
+            panel_axes.append("scale")
+    dash = [a for a in axes if a not in panel_axes and a != colour]
+    return {"panel_axes": panel_axes, "colour": colour, "dash": dash}
 
 
-def write_html(result, path: str | Path) -> None:
+def page_data(result, map_axes=None) -> dict[str, Any]:
+    """Everything the page draws, as one JSON-able document."""
+    from ..diagnosis.phases import phase_dicts
+    from .maps import build_map
+    from .terminal import answer_lines, conditioning_line, recommendation_lines
+    from .verification import summarize
+
+    axes = list(result.sweep.axis_names)
+    smap = build_map(result, map_axes)
+    verif_of: dict[str, list] = {}
+    for row in result.verification or []:
+        verif_of.setdefault(row["run_id"], []).append(row)
+    runs = {}
+    for r in result.results:
+        t = r.trace
+        attr = t.extras.get("attribution") or {}
+        runs[r.run_id] = {
+            "id": r.run_id, "label": r.spec.label(axes) or r.run_id,
+            "config": {a: r.spec.get(a) for a in axes},
+            "spec": {k: v for k, v in r.spec.to_dict().items()
+                     if v not in (None, [], {}, ())},
+            "verdict": r.verdict.status, "verdict_text": str(r.verdict),
+            "onset": r.verdict.onset, "failed": r.failed, "final_loss": t.final_loss,
+            "step_unit": t.step_unit, "error": t.error,
+            "findings": [f.to_dict() for f in r.findings],
+            "phases": phase_dicts(t) if t.n_steps else [],
+            "metrics": {k: _series(v) for k, v in t.metrics.items()},
+            "probes": t.probes, "accuracy": t.extras.get("accuracy"),
+            "digits": (t.probes.get("end") or {}).get("digits"),
+            "attribution": {k: attr[k] for k in ("modules", "series", "creators",
+                                                  "first_creator", "order")
+                            if k in attr} or None,
+            "verification": verif_of.get(r.run_id, []),
+        }
+    header = answer_lines(result)
+    cond = conditioning_line(result)
+    doc = {
+        "task": result.sweep.base.task, "data": result.sweep.base.data, "axes": axes,
+        "sweep_id": result.sweep_id, "n_runs": len(result.results),
+        "header": header, "condition": cond,
+        "recommendation": recommendation_lines(result),
+        "map": smap.to_dict() if smap else None,
+        "curves": curve_layout(result, smap),
+        "order": [r.run_id for r in result.results],
+        "runs": runs,
+        "verification": [{k: v for k, v in row.items() if k != "plan"}
+                         for row in result.verification or []],
+        "verification_summary": summarize(result.verification or []),
+        "verification_plan": (result.verification[0].get("plan")
+                              if result.verification else None),
+        "policy": result.task_report,
+        "solves": all(r.trace.step_unit == "solve" for r in result.results),
+    }
+    return _compact(doc)
+
+
+def render(result, map_axes=None) -> str:
+    """The report page as one HTML string (no external resource)."""
+    esc = html.escape
+    data = page_data(result, map_axes)
+    blob = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    # a JSON string inside <script>: only "</" could end the element early
+    blob = blob.replace("</", "<\\/")
+    css = (ASSETS / "report.css").read_text()
+    js = (ASSETS / "report.js").read_text()
+    title = (f"stability-lab: {result.sweep.base.task} on {result.sweep.base.data}, "
+             f"{len(result.results)} runs")
+    return "\n".join([
+        "<!doctype html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{esc(title)}</title>",
+        f"<style>{css}</style></head><body>",
+        f"<header><h1>{esc(title)}</h1>"
+        f"<p class='sub'>Sweep {esc(str(result.sweep_id or '-'))}; axes: "
+        f"{esc(', '.join(result.sweep.axis_names) or '(none)')}. Hover a curve, map cell, "
+        "bar or row for its run; click it for the run's detail.</p></header>",
+        "<main id='app'><noscript>This report draws its charts with JavaScript.</noscript>"
+        "</main>",
+        "<div id='tip' role='tooltip' hidden></div>",
+        "<dialog id='detail'><div class='dhead'><h2 id='dtitle'></h2>"
+        "<button id='dclose' type='button' aria-label='close'>close</button></div>"
+        "<div id='dbody'></div></dialog>",
+        f"<script id='lab-data' type='application/json'>{blob}</script>",
+        f"<script>{js}</script>",
+        "</body></html>",
+    ])
+
+
+def write_html(result, path: str | Path, map_axes=None) -> None:
     path = Path(path)
     if not path.parent.exists():
         raise UsageError(f"Cannot write the HTML report to {str(path)!r}: folder "
                          f"{str(path.parent)!r} does not exist.")
-    path.write_text(render(result))
-
+    path.write_text(render(result, map_axes), encoding="utf-8")

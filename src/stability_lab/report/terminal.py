@@ -1,4 +1,4 @@
-"""Terminal report: the brief's lines first, then a table.
+"""Terminal report: the answer first (header), the stability map, the brief's lines.
 
 ::
 
@@ -50,60 +50,281 @@ def conditioning_line(result) -> str | None:
     return "Condition number(X^T X): " + ", ".join(parts)
 
 
-def format_sweep(result, note: str | None = None) -> str:
-    axes = result.sweep.axis_names
+#: how the header names the cause behind each recommendation's action
+CAUSES = {
+    "scale_features": "unscaled features",
+    "lower_lr": "lr above 2/L",
+    "add_l2": "X^T X near-singular for the format",
+    "fused_logloss": "the naive loss formula",
+    "higher_precision": "the number format",
+    "clip": "gradient blow-up",
+    "switch_solver": "the solver",
+}
+
+_SHORT = {"add l2": "add L2", "fused logloss": "fused log-loss",
+          "higher precision": "wider precision", "clip": "clip gradients"}
+
+
+def _short(action: str) -> str:
+    short = action.replace("_", " ")
+    return _SHORT.get(short, short)
+
+
+def _counts(items) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
+                     sorted(Counter(items).items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _best_outcomes(rows) -> dict[str, str]:
+    """Failing run id -> best outcome of its verification re-runs."""
+    rank = {"fixed": 2, "improved": 1, "not fixed": 0}
+    best: dict[str, str] = {}
+    for row in rows or []:
+        o = row.get("outcome") or ("fixed" if row.get("fixed") else "not fixed")
+        if row["run_id"] not in best or rank.get(o, -1) > rank.get(best[row["run_id"]], -1):
+            best[row["run_id"]] = o
+    return best
+
+
+def _reach(working, axes) -> str:
+    """What the runs that work reach: digits (solves), accuracy (deep nets), loss."""
+    import math
+
+    if not working:
+        return ""
+    if all(r.trace.step_unit == "solve" for r in working):
+        d = [float(r.trace.probes.get("end", {}).get("digits")) for r in working
+             if r.trace.probes.get("end", {}).get("digits") is not None]
+        if d:
+            best = max(working, key=lambda r: r.trace.probes.get("end", {}).get("digits")
+                       or -1)
+            return (f"reach {min(d):.1f}-{max(d):.1f} correct digits of the certified/"
+                    f"reference solution (best: {best.spec.label(axes)})")
+    acc = [(r.trace.extras.get("accuracy"), r) for r in working
+           if r.trace.extras.get("accuracy") is not None]
+    losses = [(r.trace.final_loss, r) for r in working
+              if r.trace.final_loss is not None and math.isfinite(r.trace.final_loss)]
+    parts = []
+    if losses:
+        lo = min(losses, key=lambda t: t[0])
+        hi = max(t[0] for t in losses)
+        parts.append(f"final loss {fmt_num(lo[0])}" + (f"-{fmt_num(hi)}" if hi > lo[0] else "")
+                     + f" (lowest: {lo[1].spec.label(axes)})")
+    if acc:
+        a = [t[0] for t in acc]
+        parts.append(f"test accuracy {min(a):.1%}-{max(a):.1%}")
+    return "reach " + "; ".join(parts) if parts else ""
+
+
+def answer_lines(result) -> list[str]:
+    """One or two lines: is it the model or the computation, with numbers."""
+    runs = result.results
+    n = len(runs)
+    failing = [r for r in runs if r.failed]
+    working = [r for r in runs if not r.failed]
+    status = Counter(r.verdict.status for r in working)
+    work_words = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in status.items())
+    if not failing:
+        first = (f"Model or computation? No run of {n} fails: nothing in this sweep points at "
+                 "the computation.")
+    else:
+        covered: dict[str, set[str]] = {}
+        failing_ids = {r.run_id for r in failing}
+        for rec in result.recommendations:
+            ids = set(rec.runs) & failing_ids
+            if ids:
+                covered.setdefault(CAUSES.get(rec.action, _short(rec.action)), set()).update(ids)
+        traced = set().union(*covered.values()) if covered else set()
+        causes = ", ".join(f"{k} ({len(v)})" for k, v in
+                           sorted(covered.items(), key=lambda kv: -len(kv[1])))
+        verdicts = _counts(r.verdict.status for r in failing)
+        best = _best_outcomes(result.verification)
+        fixed = sum(1 for rid, o in best.items() if o == "fixed" and rid in failing_ids)
+        improved = sum(1 for rid, o in best.items() if o == "improved" and rid in failing_ids)
+        verified = sum(1 for rid in best if rid in failing_ids)
+        if traced and len(traced) == len(failing):
+            word = "The computation"
+            trace_text = f"every one traced to a numerical cause: {causes}"
+        elif traced:
+            word = "Mostly the computation"
+            trace_text = (f"{len(traced)} traced to a numerical cause ({causes}); "
+                          f"{len(failing) - len(traced)} not traced")
+        else:
+            word = "Not shown to be the computation"
+            trace_text = "no rule's evidence ties them to a numerical cause"
+        first = (f"Model or computation? {word}: {len(failing)} of {n} runs fail ({verdicts}), "
+                 f"{trace_text}.")
+        if verified:
+            first += (f" Re-run with the same seed, {fixed} of the {verified} verified were "
+                      f"fixed and {improved} improved.")
+    lines = [first]
+    if working:
+        reach = _reach(working, result.sweep.axis_names or DEFAULT_LABEL_AXES)
+        lines.append(f"The {len(working)} run(s) that work ({work_words}) {reach}."
+                     if reach else f"The {len(working)} run(s) that work: {work_words}.")
+    elif failing:
+        lines.append("No run works in this sweep.")
+    for g in (result.task_report or {}).get("groups") or []:
+        # deep nets: the policy evaluation's conclusion belongs to the answer
+        n_pol = len(g.get("policies") or [])
+        rejected = list((g.get("rejected") or {}).keys())
+        choice = g.get("cheapest_within_tolerance")
+        head = (f"Cheapest policy within tolerance of {g.get('reference')}: {choice}"
+                if choice else "No policy stayed within tolerance of the reference")
+        if len(result.task_report["groups"]) > 1:
+            head += f" ({g['label']})"
+        tail = (f"; {len(rejected)} of {n_pol} outside it: {', '.join(rejected)}"
+                if rejected else f"; all {n_pol} policies within it")
+        lines.append(head + tail + ".")
+    return lines
+
+
+def recommendation_lines(result) -> list[str]:
+    """``Recommendation: a + b`` with its verified outcomes, then one line per rule."""
+    from .verification import summarize
+
+    recs = result.recommendations
     out = []
+    if not recs:
+        failing = sum(r.failed for r in result.results)
+        return ["Recommendation: none" + (
+            " (no rule's evidence holds for the failing runs)" if failing else
+            " (no run failed)")]
+    names = []
+    for rec in recs:
+        if _short(rec.action) not in names:
+            names.append(_short(rec.action))
+    summary = {s["mitigation"]: s for s in summarize(result.verification or [])}
+
+    def outcome(s) -> str:
+        return (f"fixed {s['fixed']}, improved {s['improved']}, not fixed {s['not fixed']} "
+                f"of {s['runs']}")
+
+    line = "Recommendation: " + " + ".join(names)
+    key = "all" if "all" in summary else (recs[0].action if len(recs) == 1 else None)
+    if key in summary:
+        line += (f" (verified, same seed{', all together' if key == 'all' else ''}: "
+                 f"{outcome(summary[key])} re-runs)")
+    elif result.verification:
+        line += " (verified: see each line)"
+    else:
+        line += " (not verified: add --verify)"
+    out.append(line)
+    for rec in recs:
+        s = summary.get(rec.action)
+        tail = f" [verified: {outcome(s)}]" if s else ""
+        out.append(f"  - {rec.text}: {rec.reason}{tail}")
+    return out
+
+
+def header_lines(result) -> list[str]:
+    """The answer first: model or computation, the condition numbers, the recommendation."""
+    lines = answer_lines(result)
+    cond = conditioning_line(result)
+    if cond:
+        lines.append(cond)
+    return lines + recommendation_lines(result)
+
+
+def sweep_lines(result, note: str | None = None, *, quiet: bool = False,
+                verbose: bool = False, width: int = 100,
+                map_axes: tuple[str | None, str] | None = None):
+    """The report as lines of styled segments ``[(text, style), ...]``.
+
+    Order: header (answer, condition numbers, recommendation), the stability map, the
+    brief's ``Run ...:`` lines, the task's own report, (``verbose``) the run table,
+    the verification and the store line. ``quiet``: the header only.
+    """
+    from .maps import build_map, format_map
+
+    axes = result.sweep.axis_names
+    out: list[list[tuple[str, str]]] = []
+
+    def add(text: str = "", style: str = "") -> None:
+        for line in text.split("\n"):
+            out.append([(line, style)] if line else [])
+
+    head = header_lines(result)
+    for i, line in enumerate(head):
+        if line.startswith("Model or computation?"):
+            q, _, rest = line.partition("? ")
+            word, _, more = rest.partition(": ")
+            out.append([(q + "? ", "bold"), (word, "bold red" if "computation" in word
+                                             and not word.startswith("Not") else "bold"),
+                        (": " + more, "")])
+        elif line.startswith(("Recommendation:", "Condition number")):
+            label, _, rest = line.partition(": ")
+            out.append([(label + ": ", "bold"), (rest, "")])
+        else:
+            add(line)
+    if quiet:
+        return out
+    smap = build_map(result, map_axes)
+    if smap is not None and smap.panels:
+        add()
+        out.append([("Stability map", "bold"), (f" ({smap.y} x {smap.x})" if smap.y else
+                                                  f" ({smap.x})", "dim")])
+        out.extend(format_map(smap, width))
+    add()
     for r in result.results:
         label = r.spec.label(axes or DEFAULT_LABEL_AXES)
-        out.append(f"Run {label}: {r.verdict}")
-    line = conditioning_line(result)
-    if line:
-        out.append(line)
-    recs = result.recommendations
-    if recs:
-        names = []
-        for rec in recs:
-            short = rec.action.replace("_", " ")
-            short = {"add l2": "add L2", "fused logloss": "fused log-loss",
-                     "higher precision": "wider precision",
-                     "clip": "clip gradients"}.get(short, short)
-            if short not in names:
-                names.append(short)
-        out.append("Recommendation: " + " + ".join(names))
-        for rec in recs:
-            out.append(f"  - {rec.text}: {rec.reason}")
-    else:
-        failing = sum(r.failed for r in result.results)
-        out.append("Recommendation: none" + (
-            " (no rule's evidence holds for the failing runs)" if failing else
-            " (no run failed)"))
-    if result.task_report is not None:
-        from ..tasks import get_task
+        style = "green" if r.verdict.status == "converged" else ("red" if r.failed else "")
+        out.append([(f"Run {label}: ", ""), (str(r.verdict), style)])
+    if result.task_report is not None and "groups" in result.task_report:
+        # the deep nets' policy evaluation (deep/report.py imports no torch, so a stored
+        # sweep's report renders without it)
+        from ..deep.report import format_report
 
-        task = get_task(result.sweep.base.task)
-        if hasattr(task, "format_report"):
-            out.append("")
-            out.append(task.format_report(result.task_report))
-    out.append("")
-    out.append(run_table(result))
-    counts = Counter(r.verdict.status for r in result.results)
-    out.append("")
-    out.append("Verdicts: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
-                                        sorted(counts.items(), key=lambda kv: -kv[1])))
+        add()
+        add(format_report(result.task_report, verbose=verbose))
+    if verbose:
+        add()
+        add(run_table(result))
+        counts = Counter(r.verdict.status for r in result.results)
+        add()
+        add("Verdicts: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
+                                     sorted(counts.items(), key=lambda kv: -kv[1])))
     if result.verification:
         from .verification import format_verification
 
-        out.append("")
-        out.append(format_verification(result.verification))
+        add()
+        add(format_verification(result.verification))
     if note:
-        out.append(f"Note: {note}")
+        add(f"Note: {note}", "dim")
     if result.store_path:
         reused = sum(r.reused for r in result.results)
         extra = (f" ({reused} reused: same spec and data; --rerun recomputes)"
                  if reused else "")
-        out.append(f"Stored {len(result.results)} runs{extra} in {result.store_path} "
-                   f"(sweep {result.sweep_id}); 'stability-lab show RUN_ID' prints a run's trace.")
-    return "\n".join(out) + "\n"
+        add(f"Stored {len(result.results)} runs{extra} in {result.store_path} "
+            f"(sweep {result.sweep_id}); 'stability-lab show RUN_ID' prints a run's trace, "
+            f"'stability-lab report {result.sweep_id}' this report again.", "dim")
+    return out
+
+
+def format_sweep(result, note: str | None = None, **kw) -> str:
+    """The report as plain text (what a pipe or a file gets)."""
+    lines = sweep_lines(result, note, **kw)
+    return "\n".join("".join(t for t, _ in line).rstrip() for line in lines) + "\n"
+
+
+def print_sweep(result, note: str | None = None, file=None, **kw) -> None:
+    """Write the report: colour through rich on a terminal, plain text otherwise."""
+    import sys
+
+    file = file or sys.stdout
+    if not (hasattr(file, "isatty") and file.isatty()):
+        file.write(format_sweep(result, note, **kw))
+        return
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(file=file, highlight=False, soft_wrap=True, force_terminal=True)
+    kw.setdefault("width", max(60, console.width))
+    for line in sweep_lines(result, note, **kw):
+        text = Text()
+        for t, style in line:
+            text.append(t, style=style or None)
+        console.print(text)
 
 
 def solve_table(result) -> str:
