@@ -245,7 +245,7 @@ def sweep_lines(result, note: str | None = None, *, quiet: bool = False,
             out.append([(line, style)] if line else [])
 
     head = header_lines(result)
-    for i, line in enumerate(head):
+    for line in head:
         if line.startswith("Model or computation?"):
             q, _, rest = line.partition("? ")
             word, _, more = rest.partition(": ")

@@ -163,7 +163,11 @@
           last = [X(x), Y(v)];
         });
         var g = sv("g", {"class": "run"}, plot);
-        if (d) {
+        if (d && d.indexOf("L") < 0) {  // a single finite point: a dot
+          var dot = sv("circle", {cx: last[0], cy: last[1], r: 3.5, fill: s.color,
+                                  "class": "curve dot"}, g);
+          bindRun(dot, s.run, s.extra);
+        } else if (d) {
           sv("path", {d: d, "class": "curve", stroke: s.color,
                       "stroke-dasharray": s.dash || null}, g);
           var hit = sv("path", {d: d, "class": "hit"}, g);
@@ -233,8 +237,8 @@
       var cw = (W - m.l - m.r) / Math.max(nc, 1);
       var flat = [];
       opt.z.forEach(function (row) { row.forEach(function (v) { if (v !== null) flat.push(v); }); });
-      var lo = opt.lo !== undefined ? opt.lo : Math.min.apply(null, flat.concat([0]));
-      var hi = opt.hi !== undefined ? opt.hi : Math.max.apply(null, flat.concat([1]));
+      var lo = flat.length ? Math.min.apply(null, flat) : 0;
+      var hi = flat.length ? Math.max.apply(null, flat) : 1;
       function colour(v) {
         if (v === null || v === undefined) return "#ddd";
         var f = Math.max(0, Math.min(1, (v - lo) / ((hi - lo) || 1)));
@@ -257,9 +261,9 @@
         if (j % every) return;
         sv("text", {x: m.l + (j + 0.5) * cw, y: H - m.b + 13, "text-anchor": "middle"}, ax, step);
       });
-      sv("text", {x: (m.l + W) / 2, y: H - 3, "text-anchor": "middle"}, ax,
-         opt.unit + " (colour: " + opt.what + ", red " + fmt(lo, 2) + " to blue " +
-         fmt(hi, 2) + "; grey: not measured)");
+      sv("text", {x: (m.l + W) / 2, y: H - 3, "text-anchor": "middle"}, ax, opt.unit);
+      el("div", {"class": "note"}, box, "colour: " + opt.what + ", red " + fmt(lo, 2) +
+         " to blue " + fmt(hi, 2) + "; grey: not measured");
     }
     draw();
     redraws.push(draw);
@@ -328,7 +332,17 @@
         title += "  2/L = " + fmt(lo, 2) + (hi > lo * 1.05 ? ".." + fmt(hi, 2) : "");
       }
       if (M.panels.length > 1 || bounds.length) el("h3", {}, box, title);
-      var t = el("table", {"class": "map"}, box);
+      if (!M.y) {  // one swept axis: a strip of cells that wraps on narrow screens
+        var strip = el("div", {"class": "strip"}, box);
+        p.cells[0].forEach(function (c, xi) {
+          var item = el("div", {"class": "item"}, strip);
+          el("div", {"class": "xv"}, item, val(M.x_values[xi]));
+          cellNode(el("div", {}, item), c, null, xi);
+        });
+        return;
+      }
+      var t = el("table", {"class": "map", style: "max-width:" +
+                           (4.2 * (M.x_values.length + 2)) + "em"}, box);
       var hr = el("tr", {}, t);
       el("th", {"class": "rowh"}, hr, M.y ? M.y + " \\ " + M.x : M.x);
       M.x_values.forEach(function (v) { el("th", {}, hr, val(v)); });
@@ -336,24 +350,27 @@
         var tr = el("tr", {}, t);
         el("th", {"class": "rowh"}, tr, M.y ? val(M.y_values[yi]) : "");
         var b = p.bounds[yi];
-        row.forEach(function (c, xi) {
-          var cls = "cell" + (c ? " v-" + c.verdict : "");
-          if (c && c.outcome) cls += " o-" + c.outcome.replace(" ", "");
-          if (b && b.columns_at_or_below === xi) cls += " bound";
-          var td = el("td", {"class": cls}, tr);
-          if (!c) { td.textContent = "."; return; }
-          var mark = c.outcome ? M.outcome_marks[c.outcome] : "";
-          td.textContent = c.text.slice(0, c.text.length - mark.length);
-          if (mark) el("span", {"class": "mark"}, td, mark);
-          var extra = c.verification.length ? "verified: " + c.verification.map(function (v) {
-            return v.mitigation + " \u2192 " + v.outcome; }).join(", ") : "";
-          bindRun(td, c.run_id, extra);
-        });
+        row.forEach(function (c, xi) { cellNode(el("td", {}, tr), c, b, xi); });
         if (b && b.columns_at_or_below === row.length) {
           el("td", {"class": "bound", style: "min-width:0;width:3px;padding:0"}, tr);
         }
       });
     });
+  }
+
+  /* one map cell: verdict colour, letter and onset, verification mark, 2/L bar */
+  function cellNode(node, c, b, xi) {
+    var cls = "cell" + (c ? " v-" + c.verdict : "");
+    if (c && c.outcome) cls += " o-" + c.outcome.replace(" ", "");
+    if (b && b.columns_at_or_below === xi) cls += " bound";
+    node.setAttribute("class", cls);
+    if (!c) { node.textContent = "."; return; }
+    var mark = c.outcome ? D.map.outcome_marks[c.outcome] : "";
+    node.textContent = c.text.slice(0, c.text.length - mark.length);
+    if (mark) el("span", {"class": "mark"}, node, mark);
+    var extra = c.verification.length ? "verified: " + c.verification.map(function (v) {
+      return v.mitigation + " \u2192 " + v.outcome; }).join(", ") : "";
+    bindRun(node, c.run_id, extra);
   }
 
   function keyOf(run, axes) {
@@ -501,7 +518,14 @@
   function attributionSection() {
     var runs = D.order.map(function (id) { return D.runs[id]; })
       .filter(function (r) { return r.attribution && r.attribution.series; });
-    if (!runs.length) return;
+    if (!runs.length) {
+      if (D.policy && D.policy.groups) {  // a deep net run without per-layer statistics
+        var n = section("Attribution", "attribution");
+        el("p", {}, n, "No per-layer statistics in this sweep: run it with --attribute K " +
+           "(every K steps) for the module \u00d7 step heatmap.");
+      }
+      return;
+    }
     var s = section("Attribution: module \u00d7 " + runs[0].step_unit, "attribution");
     el("p", {"class": "note"}, s, "Per module and attribution step; red is little headroom " +
        "left before overflow. Creators of non-finite values are named in the policy " +
