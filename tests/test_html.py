@@ -72,3 +72,36 @@ def test_panels_follow_the_axis_the_sweep_varies(tmp_path):
     logi = _result(tmp_path, ["--sweep", "precision=float64,float32", "--epochs", "3",
                               "--scale", "raw"])
     assert list(panels(logi.results)) == ["precision=float64", "precision=float32"]
+
+
+def test_default_sized_page_stays_under_5_mb():
+    """72 runs x 200 epochs (the default command's shape) with every metric the logistic
+    task records, filled with full-precision random values (the worst case for the page's
+    5-significant-digit numbers): the page stays well under 5 MB."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from stability_lab.diagnosis.findings import Finding, Verdict
+    from stability_lab.recommend import RunResult
+    from stability_lab.report.html import render
+    from stability_lab.spec import RunSpec, Sweep
+    from stability_lab.trace import Trace
+
+    names = ["loss", "grad_norm", "update_norm", "weight_norm", "update_ratio",
+             "nonfinite_weights", "nonfinite_grads", "max_abs_logit", "headroom_log2",
+             "frac_unchanged", "lr_eff", "grad_max"]
+    rng = np.random.default_rng(0)
+    sweep = Sweep(RunSpec(), [("precision", ["float64", "float32", "bfloat16", "float16"]),
+                              ("lr", [0.01, 0.2, 1.0]), ("lambda", [0.0, 0.001, 0.1]),
+                              ("scale", ["raw", "standardized"])])
+    results = []
+    for spec in sweep.specs:
+        trace = Trace(spec, {n: rng.random(200) * 10.0 ** rng.integers(-8, 8) for n in names},
+                      {"start": {"lr_bound": 4.8e-6, "cond_XtX": 2.2e12, "L": 4.2e5}})
+        results.append(RunResult(spec, trace, Verdict("diverged", 2, "loss growing"),
+                                 [Finding("divergence", 2, "loss grows " * 10)]))
+    res = SimpleNamespace(sweep=sweep, results=results, recommendations=[], verification=[],
+                          task_report=None, store_path=None, sweep_id=1)
+    size = len(render(res).encode())
+    assert size < 5e6, size
