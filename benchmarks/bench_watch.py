@@ -15,6 +15,10 @@ The watcher stores nothing here (``out=None``) and the run is healthy (no replay
 are each variant's median over the plain median, and the median of the per-repeat
 ratios (each watched measurement over the plain one just before it), same run.
 
+Clocks: the CPU time of the measuring thread (``time.thread_time``; torch runs its ops on
+the calling thread with ``--threads 1``), which a shared machine's other processes
+inflate less than wall time, and wall time. Both are printed.
+
 Usage: ``python benchmarks/bench_watch.py [--steps 100] [--repeats 7] [--threads 1]``
 """
 
@@ -75,7 +79,7 @@ def main() -> None:
                 "metrics-10": dict(every=10, attribute=False),
                 "attr-1": dict(every=1, attribute=True)}
 
-    def run(make, kw) -> float:
+    def run(make, kw) -> tuple[float, float]:
         model, x, y, lf = make()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         w = None if kw is None else stability_lab.watch(model, opt, out=None,
@@ -87,7 +91,7 @@ def main() -> None:
             opt.zero_grad()
             if w is not None:
                 w.step(loss)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         for _ in range(args.steps):
             loss = lf(model(x), y)
             loss.backward()
@@ -96,24 +100,32 @@ def main() -> None:
             if w is not None:
                 w.step(loss)
         dt = (time.perf_counter() - t0) / args.steps
+        dc = (time.thread_time() - c0) / args.steps
         if w is not None:
             w.close()
-        return dt
+        return dc, dt
 
     for label, make in (("mlp (64-64-64-64-10, batch 1437)", mlp),
                         ("transformer block (d=64, 4 heads, seq 32, batch 16)", block)):
-        times: dict[str, list[float]] = {k: [] for k in variants}
+        cpu: dict[str, list[float]] = {k: [] for k in variants}
+        wall: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(args.repeats):
             for k, kw in variants.items():
-                times[k].append(run(make, kw))
-        base = statistics.median(times["plain"])
+                c, t = run(make, kw)
+                cpu[k].append(c)
+                wall[k].append(t)
         print(f"\n== {label}")
-        print(f"{'variant':<12}{'median ms/step':>16}{'ratio':>9}{'paired median':>15}")
+        print(f"{'variant':<12}{'cpu ms/step':>12}{'ratio':>8}{'paired':>8}"
+              f"{'wall ms/step':>14}{'ratio':>8}{'paired':>8}")
         for k in variants:
-            med = statistics.median(times[k])
-            ratios = sorted(t / p for t, p in zip(times[k], times["plain"]))
-            print(f"{k:<12}{med * 1e3:>16.3f}{med / base:>9.3f}{statistics.median(ratios):>12.3f}")
-
+            cells = []
+            for times in (cpu, wall):
+                med, base = statistics.median(times[k]), statistics.median(times["plain"])
+                paired = statistics.median(t / p for t, p in zip(times[k], times["plain"]))
+                cells.append((med, med / base, paired))
+            (c1, c2, c3), (w1, w2, w3) = cells
+            print(f"{k:<12}{c1 * 1e3:>12.3f}{c2:>8.3f}{c3:>8.3f}"
+                  f"{w1 * 1e3:>14.3f}{w2:>8.3f}{w3:>8.3f}")
 
 if __name__ == "__main__":
     main()

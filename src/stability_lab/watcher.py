@@ -54,7 +54,8 @@ import numpy as np
 
 from .errors import UsageError
 
-#: recorded steps between two online diagnoses (and at every non-finite event)
+#: recorded steps between two online diagnoses, at least (and at the first non-finite
+#: step); more when a diagnosis costs more than 1% of that many steps' time
 DIAGNOSE_EVERY = 25
 #: "auto" attribution: per-layer statistics on every this many recorded steps
 AUTO_ATTRIBUTE_EVERY = 25
@@ -205,6 +206,8 @@ class Watcher:
         self._creator_replays = 0
         self._failed_at: int | None = None
         self._bad_seen = False
+        self._diag_cost = 0.0   # seconds the last online diagnosis took
+        self._diag_at = 0       # recorded steps at the last one
         self._attributor = None
         self._attr_active = False
         self._policy = None
@@ -218,6 +221,9 @@ class Watcher:
         from .replay import Ring
 
         self.ring = Ring(self, replay, replay_storage) if replay else None
+        # import what the online diagnosis needs now, not inside the user's loop
+        from .deep import detectors, loop  # noqa: F401
+        from .diagnosis import diagnose, phases, signatures  # noqa: F401
         self._install()
 
     # -- hooks ---------------------------------------------------------------------
@@ -351,14 +357,20 @@ class Watcher:
         torch = self.torch
         self._seen_opt = self._seen_opt or optimizer
         self._policy = self._policy or self._policy_of()
-        # the outputs' absmax (NaN propagates): the finiteness check and the metric
-        amaxes = [float(mb["out"].detach().abs().max()) for mb in self._micro
-                  if mb.get("out") is not None and mb["out"].numel()]
-        out_amax = max(amaxes) if amaxes and not any(a != a for a in amaxes) else (
-            math.nan if amaxes else math.nan)
-        self._pending["out_amax"] = out_amax
-        bad_out = bool(amaxes) and not math.isfinite(out_amax)
         recording = self._recording()
+        outs = [mb["out"].detach() for mb in self._micro
+                if mb.get("out") is not None and mb["out"].numel()]
+        if recording:  # the outputs' absmax (NaN propagates): the metric and the check
+            amaxes = [float(o.abs().max()) for o in outs]
+            out_amax = max(amaxes) if amaxes and not any(a != a for a in amaxes) \
+                else math.nan
+            self._pending["out_amax"] = out_amax
+            bad_out = bool(amaxes) and not math.isfinite(out_amax)
+        else:  # one pass, no temporary: a sum is finite when every value is (an
+            # overflowing sum of finite values is confirmed by the exact check)
+            bad_out = not all(math.isfinite(float(o.sum())) for o in outs)
+            if bad_out:
+                bad_out = not all(bool(torch.isfinite(o).all()) for o in outs)
         if recording or bad_out:
             grads = [p.grad for p in self.params if p.grad is not None]
             if grads:
@@ -497,8 +509,7 @@ class Watcher:
             for mb in self._micro:
                 mb["counted"] = True
         else:
-            lv = float(loss.detach().double()) if isinstance(loss, torch.Tensor) else \
-                float(loss)
+            lv = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
             self._losses.append(lv)
         if self._micro:
             self._micro[-1]["targets"] = targets
@@ -561,8 +572,15 @@ class Watcher:
             self._bad_seen = self._bad_seen or bool(bad)
             if bad and self._failed_at is None and not skipped:
                 self._failed_at = self.step_no
-            if first_bad or len(self.steps) % DIAGNOSE_EVERY == 0:
+            # online diagnosis at the first bad step, and every DIAGNOSE_EVERY recorded
+            # steps or rarer: at most ~1% of the loop's time (its cost is measured)
+            gap = max(DIAGNOSE_EVERY, math.ceil(100 * self._diag_cost /
+                                                max(row["step_time"], 1e-6)))
+            if first_bad or len(self.steps) - self._diag_at >= gap:
+                t = time.perf_counter()
                 self._online_diagnosis()
+                self._diag_cost = time.perf_counter() - t
+                self._diag_at = len(self.steps)
         self._last_scale = scale_now
         self._losses.clear()
         self._micro = []
