@@ -16,7 +16,8 @@ baseline must fail again, or nothing can be verified), then once per mitigation:
 - ``upcast_module``: the culprit module (the creator of the first non-finite value) in
   float32, autocast off inside it;
 - ``lower_lr``: every group's learning rate / 10;
-- ``clip``: gradients clipped to the median gradient norm measured before the onset.
+- ``clip``: gradients clipped to the median of the first half of the finite gradient
+  norms recorded (before the onset).
 
 A mitigation *removes the failure* when no loss and no weight is non-finite over the
 horizon (a GradScaler may skip up to ``SKIP_LIMIT`` of the steps while it calibrates)
@@ -291,12 +292,11 @@ def candidates(trace, culprit: str | None, had_scaler: bool) -> list[dict[str, A
                 "keeps the iterates where the arithmetic is stable"})
     g = trace.metric("grad_norm")
     fin = g[np.isfinite(g) & (g > 0)]
-    onset_ix = None
     if fin.size:
         clip = float(np.median(fin[: max(1, fin.size // 2)]))
         out.append({"mitigation": "clip", "clip": clip, "text": f"clip gradients to norm "
-                    f"{clip:.3g}", "reason": "the median gradient norm before the onset"})
-    del onset_ix
+                    f"{clip:.3g}", "reason": "the median of the first half of the finite "
+                    "gradient norms (before the onset)"})
     return out
 
 

@@ -46,7 +46,6 @@ def finish(w):
     from .deep import detectors
     from .diagnosis import diagnose
     from .diagnosis.phases import phase_dicts
-    from .lab import record_of
     from .recommend import Recommendation, RunResult
     from .watcher import WatchReport
 
@@ -115,7 +114,6 @@ def finish(w):
         recommendations=[{**r.to_dict(), "verified": r.evidence.get("verified")}
                          for r in recs],
         replay=trace.extras.get("replay"), printed=list(w.printed))
-    _ = record_of, math
     return report
 
 
@@ -143,7 +141,7 @@ def _store(w, result, recs, replay) -> None:
                          (result.trace.extras.get("attribution") or {}).get(
                              "first_creator", {}).get("module"), w.loss_fn,
                          getattr(w, "step_fn", None))
-        except (TypeError, AttributeError, Exception) as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 (pickling raises many kinds)
             # unpicklable (a lambda loss, a class defined in __main__...): say so
             result.trace.extras.setdefault("replay", {})["cli_note"] = (
                 f"checkpoint not saved for 'stability-lab replay': {exc}")

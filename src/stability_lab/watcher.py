@@ -46,7 +46,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -409,10 +408,9 @@ class Watcher:
                 torch._foreach_sub_(self._before, [p.detach() for p in self.params])
                 self._pending["update_norm"] = _norm(torch, self._before)
         if self._attr_active:
-            scale = self._micro[0].get("scale") if self._micro else None
+            # (a GradScaler has unscaled the gradients before the optimizer step)
             self._attributor.end_step(grad_scale=1.0)
             self._attr_active = False
-            del scale
 
     # -- creators ------------------------------------------------------------------
     def _find_creators(self) -> None:
@@ -766,5 +764,3 @@ def _dist_rank() -> tuple[int, int]:
         return d.get_rank(), d.get_world_size()
     return 0, 1
 
-
-_ = weakref  # (kept for integrations that hold watchers weakly)
