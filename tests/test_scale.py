@@ -199,3 +199,69 @@ def test_curvature_of_huge_finite_data_is_scaled_exactly():
     assert hb["hessian_max"] == pytest.approx(hr["hessian_max"] * 2.0 ** 900, rel=1e-10)
     assert design_spectrum(X * 2.0 ** 700).cond_gram == pytest.approx(
         design_spectrum(X).cond_gram, rel=1e-12)
+
+
+CSVS = {
+    "plain": "a,b,y\n1,2.5,yes\n3,-4e3,no\n5,6,yes\n",
+    "bom_semicolon": "\ufeffa;b;y\n1;2.5;1\n3;-4;0.0\n5;6;1.0\n",
+    "quoted": '"a","b","y"\n1,2,"cat"\n3,4,"dog"\n5,6,"cat"\n',
+    "spaces": "a, b, y\n 1, 2, 0\n3 ,4 ,1\n",
+    "tab_numeric_labels": "y\ta\tb\n0\t1\t2\n1\t3\t4\n1.0\t5\t6\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CSVS))
+def test_fast_csv_reader_equals_the_validating_reader(name, tmp_path, monkeypatch):
+    from stability_lab import datasets
+
+    path = tmp_path / f"{name}.csv"
+    path.write_text(CSVS[name], encoding="utf-8")
+    fast = datasets._load_csv_fast(path, "y")
+    assert fast is not None
+    monkeypatch.setattr(datasets, "_load_csv_fast", lambda p, t: None)
+    slow = datasets.load_csv(str(path), "y")
+    np.testing.assert_array_equal(fast.X, slow.X)
+    np.testing.assert_array_equal(fast.y, slow.y)
+    assert (fast.feature_names, fast.classes, fast.name) == \
+        (slow.feature_names, slow.classes, slow.name)
+
+
+@pytest.mark.parametrize("text", ["a,b,y\n1,x,0\n2,3,1\n", "a,b,y\n1,nan,0\n2,3,1\n",
+                                  "a,b,y\n1,2\n2,3,1\n", "a,a,y\n1,2,0\n2,3,1\n",
+                                  "a,b,y\n1,2,0\n2,3,0\n", "a,b,y\n1,2,\n2,3,1\n"])
+def test_fast_csv_reader_leaves_faults_to_the_validating_reader(text, tmp_path):
+    from stability_lab import datasets
+
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    assert datasets._load_csv_fast(path, "y") is None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+def test_torch_fused_loss_matches_the_numerics_kernel(dtype):
+    """The cohort loop's torch kernel against numerics.log_loss_and_grad: within an ulp
+    or two everywhere (of the subnormal spacing in the subnormal band), equal on
+    infinities and NaN."""
+    import torch
+
+    from stability_lab import numerics
+    from stability_lab.tasks.logistic import _fused_hard_labels
+
+    dt = getattr(torch, dtype)
+    rng = np.random.default_rng(10)
+    z = np.concatenate([rng.standard_normal(2000) * 10, np.linspace(-800, 800, 4001),
+                        [np.inf, -np.inf, np.nan, 0.0, -0.0, 90.0, -95.0, 100.0, 720.0]])
+    Z = torch.from_numpy(z).to(dt).reshape(-1, 1).repeat(1, 2)
+    Y = torch.tensor([[0.0], [1.0]]).repeat((len(z) + 1) // 2, 1)[:len(z)].to(dt)
+    loss, grad = _fused_hard_labels(torch, Z, Y)
+    ref_loss, ref_grad = numerics.log_loss_and_grad(Z, Y)
+    assert loss.dtype == dt and grad.dtype == dt
+    eps = float(torch.finfo(dt).eps)
+    for a, b in ((loss, ref_loss), (grad, ref_grad)):
+        a, b = a.double().numpy(), b.double().numpy()
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        ok = ~np.isnan(a)
+        # 4 ulps: relative for normal values, of the subnormal spacing below them
+        sub = float(torch.finfo(dt).smallest_normal) * eps
+        np.testing.assert_allclose(a[ok], b[ok], rtol=4 * eps, atol=4 * sub)
+        np.testing.assert_array_equal(np.isinf(a), np.isinf(b))

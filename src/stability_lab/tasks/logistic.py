@@ -124,6 +124,18 @@ def storage(X: np.ndarray, fmt: Format) -> np.ndarray:
 EXACT_HESSIAN_LIMIT = 1500
 #: rows per block when streaming over the data: block x k float64 at most 32 MiB
 _BLOCK_ENTRIES = 1 << 22
+#: up to this k, all runs' Hessians come from one product per block (rows x k^2)
+_BATCH_K = 64
+
+
+def _batch_eigvalsh(M: np.ndarray) -> np.ndarray:
+    """Ascending eigenvalues of a stack of symmetric matrices; never raises."""
+    if np.all(np.isfinite(M)):
+        try:
+            return np.linalg.eigvalsh(M)
+        except np.linalg.LinAlgError:
+            pass
+    return sym_eigvalsh(M)
 
 
 class Curvature:
@@ -230,6 +242,19 @@ class Curvature:
                 M += (Cb * c[i:i + len(Cb), None]).T @ Cb
         return M / self.n
 
+    def _weighted_grams(self, D: np.ndarray) -> np.ndarray:
+        """C^T diag(D[:, j]) C / n for every column j of D: (runs, k, k), from blocks of
+        at most _BLOCK_ENTRIES products (never n x k x k)."""
+        k = self.k
+        M = np.zeros((k * k, D.shape[1]))
+        rows = max(1, _BLOCK_ENTRIES // (k * k))
+        for i, Cb in self.blocks():
+            for a in range(0, len(Cb), rows):
+                blk = Cb[a:a + rows]
+                outer = (blk[:, :, None] * blk[:, None, :]).reshape(len(blk), k * k)
+                M += outer.T @ D[i + a:i + a + len(blk)]
+        return np.ascontiguousarray((M / self.n).T).reshape(-1, k, k)
+
     @property
     def gram(self) -> np.ndarray:
         """C^T C / n (A^T A / n in the reduced coordinates), computed once."""
@@ -335,6 +360,21 @@ class Curvature:
             Z = self.logits(W[rows])
             D = 0.25 * (1.0 - np.tanh(0.5 * Z) ** 2)  # p(1-p) = sigmoid'(z), no overflow
             del Z
+            if self.exact and self.k <= _BATCH_K:
+                # small k: every run's Hessian from one product per block of rows, the
+                # block's (rows x k^2) products A_i A_j times the (rows x runs) weights
+                M = self._weighted_grams(D)
+                M += (lams[rows, None, None] / self.c / self.c) * (
+                    np.eye(self.k) - np.outer(self.q, self.q))
+                ev = _batch_eigvalsh(M)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    ev = ev * self.c * self.c
+                for j, r in enumerate(rows):
+                    lo, hi = float(ev[j, 0]), float(ev[j, -1])
+                    out[r] = {"hessian_min": lo, "hessian_max": hi,
+                              "hessian_cond": hi / lo if lo > 0 else (
+                                  math.inf if lo == lo else math.nan)}
+                continue
             for j, r in enumerate(rows):
                 lam = float(lams[r])
                 if self.exact:
@@ -479,9 +519,48 @@ def _loss_and_dz(torch, Z, Y, loss_form: str, n: int):
     """Per-run mean loss (R,) and dL/dZ (n, R), in Z's format."""
     if loss_form == "naive":
         per, dz = naive.log_loss_and_grad(Z, Y)
+    elif bool(((Y == 0) | (Y == 1)).all()):
+        per, dz = _fused_hard_labels(torch, Z, Y)
     else:
         per, dz = numerics.log_loss_and_grad(Z, Y)
     return per.sum(0) / n, dz / n
+
+
+#: |x| above which exp(-|x|) is subnormal, and above which it is 0, per dtype
+_EXP_LIMITS = {"float32": (87.0, 105.0), "float64": (708.0, 746.0)}
+
+
+def _exp_neg(torch, ax):
+    """exp(-ax) for ax >= 0, the same values as ``torch.exp(-ax)``, without the x86
+    subnormal slow path on every element: the exponential is taken on ax clamped to
+    the normal range, results beyond it are 0 (exp underflows to 0 past the second
+    limit) and only the elements in the subnormal band are recomputed exactly."""
+    normal, zero = _EXP_LIMITS[str(ax.dtype).replace("torch.", "")]
+    e = torch.exp(-ax.clamp(max=normal))
+    big = ax > normal  # NaN compares False: NaN stays NaN from the clamp's NaN
+    if bool(big.any()):
+        e = e.masked_fill(big, 0.0)
+        band = big & (ax < zero)
+        if bool(band.any()):
+            e[band] = torch.exp(-ax[band])
+    return e
+
+
+def _fused_hard_labels(torch, Z, Y):
+    """``numerics.log_loss_and_grad``'s hard-label path, in torch's vectorized kernels:
+    with e = exp(-|z|), s = 1 - 2t and u = s z, the loss is max(u, 0) + log1p(e) and the
+    gradient s (1 if u >= 0 else e) / (1 + e): no cancellation, a saturated logit keeps
+    its tiny gradient; 16-bit formats computed in float32 and rounded once. The same
+    formulas as the NumPy kernel (tested against it); torch's exp and log1p may differ
+    from NumPy's in the last bit."""
+    x = Z.float() if Z.dtype in (torch.float16, torch.bfloat16) else Z
+    t = Y.to(x.dtype)
+    e = _exp_neg(torch, x.abs())
+    s = 1.0 - 2.0 * t
+    u = x * s
+    loss = u.clamp_min(0.0).add_(torch.log1p(e))
+    grad = torch.where(u >= 0, torch.ones_like(e), e).div_(e.add(1.0)).mul_(s)
+    return loss.to(Z.dtype), grad.to(Z.dtype)
 
 
 def _run_cohort(torch, specs: list[RunSpec], prep: Prepared) -> list[Trace]:
