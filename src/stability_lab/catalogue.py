@@ -581,6 +581,9 @@ def _onehot_design(intercept: bool = True, drop_reference: bool = False):
     return X, data.y, data.codes
 
 
+_N_SCORE = 50
+
+
 def _blowup_run(cfg: dict):
     X, y, codes = _onehot_design(drop_reference=cfg["drop_reference"])
     lam = cfg.get("ridge", 0.0)
@@ -594,10 +597,23 @@ def _blowup_run(cfg: dict):
     # a new row: intercept only (a category unseen in training for every feature)
     new_row = np.zeros(X.shape[1])
     new_row[0] = 1.0
+    # 50 scoring rows: distinct training combinations (sorted, so the same rows whatever
+    # the training rows' order) with one feature set to an unseen category (all-zero block)
+    from .onehot import design_from_codes
+
+    rng = np.random.default_rng([11, 1])
+    combos = np.unique(codes, axis=0)
+    score_codes = combos[rng.integers(0, len(combos), size=_N_SCORE)].copy()
+    score_codes[np.arange(_N_SCORE), rng.integers(0, codes.shape[1], size=_N_SCORE)] = -1
+    X_score = design_from_codes(score_codes, 5, drop_reference=cfg["drop_reference"]).toarray()
+    with np.errstate(all="ignore"):
+        score_overflow = int(np.sum(~np.isfinite(np.exp(X_score @ b))))
     s = np.linalg.svd(X, compute_uv=False)
     probes = {"start": {"cond_X": float(s[0] / s[-1]) if s[-1] > 0 else float("inf")},
               "end": {"weight_norm": float(np.linalg.norm(b)),
-                      "max_abs_prediction": float(abs(new_row @ b))},
+                      "max_abs_coef": float(np.max(np.abs(b))),
+                      "max_abs_prediction": float(abs(new_row @ b)),
+                      "score_overflow": score_overflow, "score_rows": _N_SCORE},
               "reference": {"weight_norm": float(np.linalg.norm(b_ref))},
               "design": {"rank": int(np.linalg.matrix_rank(X)), "columns": int(X.shape[1])}}
     metrics = {"loss": np.array([0.5 * np.mean(resid ** 2)]),
@@ -795,6 +811,15 @@ def _saturation(ws: Path) -> Repro:
                        (), {}),
     ]
     return _fn_scenario("saturation", _saturation_run, base, recs)
+
+
+#: the run function of each scenario on this module's own trainer, by name: a stored
+#: run of task ``catalogue:NAME`` is re-run by ``RUNNERS[NAME](config)`` (``portability``)
+RUNNERS: dict[str, Callable[[dict], Any]] = {
+    "loss_spike": _spike_run, "gradient_underflow": _underflow_run,
+    "catastrophic_cancellation": _cancellation_run, "ill_conditioned_blowup": _blowup_run,
+    "nondeterminism": _nondet_run, "saturation": _saturation_run,
+}
 
 
 def evidence_line(f: Finding) -> str:
