@@ -25,14 +25,14 @@ def default_json(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "stability_lab.py", "--task", "logistic_regression", "--sweep",
          "precision,lr,lambda", "--out", str(out), "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout), out
 
 
 def test_default_command_text(tmp_path, capsys):
     rc, out, err = run_cli(["--task", "logistic_regression", "--sweep", "precision,lr,lambda",
-                            "--out", str(tmp_path)], capsys)
+                            "--out", str(tmp_path), "--no-verify"], capsys)
     assert rc == 0, err
     lines = out.splitlines()
     run_lines = [line for line in lines if line.startswith("Run ")]
@@ -73,6 +73,25 @@ def test_default_command_json(default_json):
         assert rec["reason"] and rec["runs"]
     scale = next(r for r in doc["recommendations"] if r["action"] == "scale_features")
     assert scale["evidence"]["cond_after"] < scale["evidence"]["cond_before"] / 1e6
+
+
+def test_default_command_recommendations_are_verified(default_json):
+    """The default command verifies by default (its re-runs are few) and every action its
+    Recommendation line lists fixed or improved a failing run on re-run; add_l2, which
+    fixes none, is reported as tried and not helping."""
+    doc, _ = default_json
+    assert doc["verification_status"]["status"] == "verified"
+    assert doc["verification"]
+    for rec in doc["recommendations"]:
+        v = rec["verification"]
+        assert v["status"] in ("fixed", "improved", "not_helping"), rec
+        if v["status"] != "not_helping":
+            assert v["fixed"] + v["improved"] >= 1
+    l2 = [r for r in doc["recommendations"] if r["action"] == "add_l2"]
+    assert all(r["verification"]["status"] == "not_helping" for r in l2)
+    # float32 runs that converge: the brief's 'Run fp32 lr=1e-1: converged' side
+    assert any(r["verdict"] == "converged" and r["config"]["precision"] == "float32"
+               for r in doc["runs"])
 
 
 def test_lower_lr_number_is_the_bound(default_json):

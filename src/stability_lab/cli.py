@@ -26,7 +26,8 @@ from .errors import LabError
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
                        errno.EIO}
 
-COMMANDS = ("run", "show", "repro", "playbook", "nist", "replay", "report", "portability")
+COMMANDS = ("run", "show", "repro", "playbook", "nist", "replay", "report", "portability",
+            "evaluate")
 PROG = "stability-lab"
 
 

@@ -48,6 +48,15 @@ class SweepResult:
     context: Context | None = None
     #: the sweep's prepared data variants (``--verify`` re-runs reuse them)
     prepared: engine.Prepared | None = field(default=None, repr=False, compare=False)
+    #: "verified", "skipped" (more re-runs than verification takes by default), "off"
+    #: (--no-verify) or None (the API caller decides)
+    verify_status: str | None = None
+    #: re-runs verification takes (or took)
+    verify_reruns: int | None = None
+    #: lower_lr re-runs at a ladder of lrs, per feature scale (verify.py)
+    lr_ladder: dict[str, Any] = field(default_factory=dict)
+    #: advisories that hold whether or not a run failed (advisories.py)
+    advisories: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         from .diagnosis.phases import phase_dicts
@@ -76,6 +85,11 @@ class SweepResult:
             out["report"] = self.task_report
         if self.verification:
             out["verification"] = self.verification
+        out["advisories"] = self.advisories
+        if self.verify_status is not None:
+            out["verification_status"] = {"status": self.verify_status,
+                                          "reruns": self.verify_reruns,
+                                          "lr_ladder": self.lr_ladder}
         return jsonable(out)
 
 
@@ -164,6 +178,12 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
         engine.run_specs([specs[i] for i in todo], prepared, relay, cohorts, sink,
                          executor=executor)
         final = [r for r in results if r is not None]
+        from .diagnosis import reconcile
+
+        for res in reconcile(final):  # never narrower-and-converged beside wider-and-not
+            if store is not None:
+                store.save_run(record_of(res), res.trace.metrics, sweep_id,
+                               results.index(res))
         conditioning, ctx = _context(final, prepared, sweep)
         recs = recommend(ctx)
         task = prepared.task(sweep.base.task)
@@ -171,6 +191,9 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
         result = SweepResult(sweep, final, conditioning, recs, sweep_id,
                              str(store.path) if store else None, report, context=ctx,
                              prepared=prepared)
+        from .advisories import advisories
+
+        result.advisories = advisories(result)
         if store is not None:
             store.finish_sweep(sweep_id, conditioning, [r.to_dict() for r in recs])
         return result

@@ -102,6 +102,15 @@ class Recommendation:
     delta: dict[str, Any] = field(default_factory=dict)
     runs: tuple[str, ...] = ()
     evidence: dict[str, Any] = field(default_factory=dict)
+    #: what re-running the failing runs with this action showed (set by
+    #: :func:`stability_lab.verify.close_recommendations`): ``status`` is "fixed",
+    #: "improved", "not_helping" or "not_verified", with the counts
+    verification: dict[str, Any] | None = None
+
+    @property
+    def advised(self) -> bool:
+        """Printed as advice: verified to fix or improve a run, or not verified yet."""
+        return self.verification is None or self.verification.get("status") != "not_helping"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

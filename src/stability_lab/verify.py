@@ -36,11 +36,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .diagnosis.findings import FAILED
-from .diagnosis.signatures import attach_reference, detect_all
+from .diagnosis.signatures import attach_reference
 from .params import DEFAULT_LABEL_AXES
+from .formatting import round_sig
 from .recommend import Recommendation, RunResult, safe_lr
 
 MAX_GROUPS = 8
+#: verification runs by default when a sweep needs at most this many re-runs
+VERIFY_BY_DEFAULT = 200
+#: multiples of the safe lr (0.9 * 2/L) tried to find the largest lr that converges
+LR_LADDER = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 #: exhaustive verification (every failing run) up to this many re-runs
 MAX_RERUNS = 600
 
@@ -132,11 +137,12 @@ def plan(results: Sequence[RunResult], recommendations: Sequence[Recommendation]
     recs_of: dict[str, list[Recommendation]] = {}
     unrecommended = 0
     for r in results:
-        if not r.failed or r.trace.error:
+        # failing runs, and runs that did not converge which a recommendation lists
+        if not (r.failed or r.verdict.status == "not_converged") or r.trace.error:
             continue
         recs = [rec for rec in recommendations if r.run_id in rec.runs]
         if not recs:
-            unrecommended += 1
+            unrecommended += r.failed
             continue
         recs_of[r.run_id] = recs
         key = (tuple(rec.action for rec in recs), r.verdict.status)
@@ -191,6 +197,97 @@ def rebound_lr(before, delta: dict[str, Any], prepared=None) -> None:
     delta["lr"] = min(before.lr, safe_lr(bound(spec, prepared.get(spec))))
 
 
+def rerun_count(result, max_groups: int = MAX_GROUPS) -> int:
+    """How many re-runs verifying a sweep takes (the attempts, not their references)."""
+    prepared = getattr(result, "prepared", None)
+    exhaustive = True
+    if prepared is not None:
+        exhaustive = prepared.task(result.sweep.base.task).supports_cohort
+    attempts, _ = plan(result.results, result.recommendations, max_groups,
+                       exhaustive=exhaustive)
+    return len(attempts)
+
+
+def close_recommendations(result, status: str = "verified", reruns: int | None = None,
+                          ) -> None:
+    """Attach to each recommendation what verification showed, and give numeric advice
+    the value that worked.
+
+    ``status``: "verified" (``result.verification`` holds the rows), "skipped" (too many
+    re-runs: each action is marked not verified) or "off" (``--no-verify``). An action
+    whose re-runs fixed or improved nothing is ``not_helping``: reports list it as tried,
+    never as advice. ``lower_lr`` becomes the largest lr of the ladder that converged on
+    re-run, beside the theoretical bound 2/L; when none did, it says so, and a
+    ``scale_features`` that helped is put first.
+    """
+    from dataclasses import replace
+
+    result.verify_status = status
+    if reruns is not None:
+        result.verify_reruns = reruns
+    recs = list(result.recommendations)
+    if status != "verified":
+        result.recommendations = [replace(r, verification={
+            "status": "not_verified", "why": status, "reruns_needed": reruns}) for r in recs]
+        return
+    rows = result.verification
+    ladder = getattr(result, "lr_ladder", {}) or {}
+    out = []
+    for rec in recs:
+        ids = set(rec.runs)
+        mine = [r for r in rows if r["mitigation"] == rec.action and r["run_id"] in ids]
+        fixed = sum(r.get("outcome") == "fixed" for r in mine)
+        improved = sum(r.get("outcome") == "improved" for r in mine)
+        info: dict[str, Any] = {"reruns": len(mine), "fixed": fixed, "improved": improved,
+                                "status": ("fixed" if fixed else "improved" if improved
+                                           else "not_helping" if mine else "not_verified")}
+        if not mine:
+            info["why"] = "no failing run of this action was re-run"
+        text, delta = rec.text, dict(rec.delta)
+        lad = (ladder.get(rec.action) or {}).get(str(rec.evidence.get("scale")))
+        if rec.action == "lower_lr" and lad:
+            info["ladder"] = lad
+            bound = rec.evidence.get("lr_bound")
+            epochs = lad.get("epochs")
+            worked = lad.get("largest_converged")
+            if worked is not None:
+                c, total = lad["converged_at_largest"]
+                text = (f"lower lr to {worked:g} (the largest lr tried that converged within "
+                        f"{epochs} epochs on re-run: {c} of {total} re-runs; the theoretical "
+                        f"bound 2/L is {bound:.2g})")
+                delta["lr"] = worked
+                info["status"] = "fixed"
+            else:
+                info["no_lr_converged"] = True
+                text = (f"lower lr to at most {rec.delta.get('lr'):g} (2/L = {bound:.2g}): no lr "
+                        f"tried (up to {lad.get('largest_tried'):g}) converged within {epochs} "
+                        f"epochs on scale={rec.evidence.get('scale')} features")
+        out.append(replace(rec, text=text, delta=delta, verification=info))
+    lr_stuck = any(r.action == "lower_lr" and (r.verification or {}).get("no_lr_converged")
+                   for r in out)
+    if lr_stuck:
+        # lead with scaling when no lr converges on the unscaled features
+        out.sort(key=lambda r: 0 if r.action == "scale_features" and r.advised else 1)
+    result.recommendations = out
+
+
+def _lr_ladder(attempts: Sequence[Attempt]) -> list[Attempt]:
+    """Extra re-runs of each lower_lr attempt at multiples of its safe lr (below the
+    failing lr): the largest that converges is the advice that worked."""
+    extra = []
+    for a in attempts:
+        if a.mitigation != "lower_lr" or "lr" not in a.delta:
+            continue
+        safe = float(a.delta["lr"])
+        for k in LR_LADDER[1:]:
+            lr = round_sig(safe * k)
+            if lr >= a.before.spec.lr:
+                break
+            extra.append(Attempt(a.before, "lower_lr_ladder", {**a.delta, "lr": lr},
+                                 a.group_size))
+    return extra
+
+
 def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GROUPS,
                  ) -> list[dict[str, Any]]:
     """Verify a sweep's recommendations on its failing runs; fills ``result.verification``."""
@@ -206,7 +303,9 @@ def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GR
     for attempt in attempts:
         if attempt.mitigation == "all":
             rebound_lr(attempt.before.spec, attempt.delta, prepared)
+    ladder = _lr_ladder(attempts) if task.supports_cohort else []
     by_id = {r.run_id: r for r in result.results}
+    ladder_specs = [a.before.spec.replace(**a.delta) for a in ladder]
     fixed_specs = [a.before.spec.replace(**a.delta) for a in attempts]
     wanted = []
     for spec in [a.before.spec for a in attempts] + fixed_specs:
@@ -214,7 +313,7 @@ def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GR
         if spec.precision != "float64":
             wanted.append(spec.replace(precision="float64"))
     todo, seen = [], set(by_id)
-    for spec in wanted:
+    for spec in wanted + ladder_specs:
         if spec.run_id not in seen:
             seen.add(spec.run_id)
             todo.append(spec)
@@ -248,6 +347,7 @@ def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GR
                        digits_of[after.run_id], label=attempt.before.spec.label(axes))
         row["plan"] = info
         rows.append(row)
+    result.lr_ladder = _ladder_summary(attempts, ladder, pool)
     if out is not None and rows:
         with Store(out) as store:
             for res in new.values():
@@ -259,7 +359,40 @@ def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GR
     return rows
 
 
+def _ladder_summary(attempts, ladder, pool) -> dict[str, Any]:
+    """Per feature scale: the lrs tried for lower_lr on re-run and the largest that
+    converged (with how many of its re-runs converged)."""
+    tried = [a for a in attempts if a.mitigation == "lower_lr"] + list(ladder)
+    out: dict[str, Any] = {}
+    for a in tried:
+        spec = a.before.spec.replace(**a.delta)
+        res = pool.get(spec.run_id)
+        s = out.setdefault(str(spec.scale), {"tried": {}, "epochs": 0})
+        s["epochs"] = max(s["epochs"], spec.epochs)
+        t = s["tried"].setdefault(spec.lr, [0, 0])
+        t[1] += 1
+        if res is not None and res.verdict.status == "converged":
+            t[0] += 1
+    for s in out.values():
+        conv = [lr for lr, (c, _n) in s["tried"].items() if c > 0]
+        s["largest_converged"] = max(conv) if conv else None
+        s["largest_tried"] = max(s["tried"])
+        if conv:
+            c, total = s["tried"][max(conv)]
+            s["converged_at_largest"] = [c, total]
+        s["tried"] = {f"{lr:g}": {"converged": c, "reruns": n}
+                      for lr, (c, n) in sorted(s["tried"].items())}
+    return {"lower_lr": out} if out else {}
+
+
 def rediagnose(res: RunResult) -> None:
-    """Detect again now that the float64 reference is attached (silent digit loss)."""
+    """Diagnose again now that the float64 reference is attached (silent digit loss).
+
+    The one diagnosis path (:func:`stability_lab.diagnosis.diagnose`): verdict, the
+    catalogue's detectors and the deep-net findings the task computed, so nothing the
+    first diagnosis found (``loss_scale_collapse``, per-layer findings) is lost.
+    """
+    from .diagnosis import diagnose
+
     if not res.trace.error:
-        res.findings = detect_all(res.trace)
+        res.verdict, res.findings = diagnose(res.trace)

@@ -40,9 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder of the run store lab.sqlite (default: ./lab-runs)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead")
     p.add_argument("--html", metavar="FILE", help="also write an HTML report with plots")
-    p.add_argument("--verify", action="store_true",
+    p.add_argument("--verify", action="store_true", default=None,
                    help="re-run each failing run with each recommended fix alone and all "
-                        "together (same seed) and report before/after")
+                        "together (same seed) and report before/after; on by default when "
+                        "that takes at most 200 re-runs")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip verification (recommendations are then marked not verified)")
     p.add_argument("--attribute", nargs="?", const=1, type=int, metavar="K", default=None,
                    help="deep nets: per-layer statistics every K steps (default 1)")
     p.add_argument("--rerun", action="store_true",
@@ -176,10 +179,14 @@ def main(args: argparse.Namespace) -> int:
             executor.close()
     if progress:
         sys.stderr.write("\n")
-    if args.verify:
-        from ..verify import verify_sweep
+    from ..verify import VERIFY_BY_DEFAULT, close_recommendations, rerun_count, verify_sweep
 
+    reruns = rerun_count(result)
+    if args.verify or (args.verify is None and reruns <= VERIFY_BY_DEFAULT):
         verify_sweep(result, out=args.out)
+        close_recommendations(result, "verified", reruns)
+    else:
+        close_recommendations(result, "off" if args.verify is False else "skipped", reruns)
     if result.sweep_id is not None:
         _store_report(result, note, args.out)
     if args.html:

@@ -35,6 +35,17 @@ def _rows(n: int, onset: int | None, every_step: bool, limit: int = 40) -> list[
     return sorted(idx)
 
 
+def _probe_value(v) -> str:
+    """A probe's value; NaN (not measured at these weights) says so instead of 'nan'."""
+    from ..formatting import fmt_num
+
+    if isinstance(v, float) and v != v:
+        return "not computed (non-finite)"
+    if isinstance(v, str) and v == "nan":
+        return "not computed (non-finite)"
+    return fmt_num(v) if not isinstance(v, str) else v
+
+
 def main(args: argparse.Namespace) -> int:
     from ..diagnosis.phases import phase_dicts
     from ..formatting import fmt_num, jsonable
@@ -63,7 +74,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     w = sys.stdout.write
     spec = rec["spec"]
-    w(f"Run {rec['id']}  task={rec['task']}  status={rec['status']}\n")
+    # status is the run's outcome (its verdict); a run that raised is an error
+    status = "error" if rec["status"] == "error" else (rec["verdict"] or "unknown")
+    w(f"Run {rec['id']}  task={rec['task']}  status={status}\n")
     w("Config: " + " ".join(f"{k}={v}" for k, v in spec.items()
                             if v not in (None, [], {}, ())) + "\n")
     verdict = rec["verdict"] + (f" ({rec['verdict_detail']})" if rec["verdict_detail"] else "")
@@ -76,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
     for group, values in (rec["probes"] or {}).items():
         if isinstance(values, dict):
             w(f"Probes ({group}): "
-              + ", ".join(f"{k}={fmt_num(v)}" for k, v in values.items()) + "\n")
+              + ", ".join(f"{k}={_probe_value(v)}" for k, v in values.items()) + "\n")
     if phases:
         w("Phases: " + "; ".join(
             f"{p['name']} {p['start']}-{p['end']}" for p in phases) + "\n")

@@ -297,6 +297,11 @@ def _train(spec: RunSpec, problem: Problem) -> Trace:
                    "outputs": policy.output,
                    "max": policy.act_format.max, "tiny": policy.act_format.tiny},
     })
+    classes = problem.meta.get("classes")
+    if classes:
+        # a classifier that learned nothing sits at log(C) with accuracy 1/C
+        trace.extras["chance_loss"] = math.log(int(classes))
+        trace.extras["chance_accuracy"] = 1.0 / int(classes)
     if scaler is not None:
         used = metrics["loss_scale"]  # empty for a run of zero steps
         trace.extras["loss_scaler"] = {"skipped_steps": scaler.state.skipped,

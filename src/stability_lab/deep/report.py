@@ -9,7 +9,9 @@ the attributed modules' activations and gradients, else the output logits), the
 median step time on this machine, and the policy's relative cost on the hardware it
 targets (:data:`~stability_lab.deep_axes.POLICY_COST`).
 
-Tolerance: a policy is *within tolerance* when its run did not fail, its test accuracy
+Tolerance: a policy is *within tolerance* when its run did not fail, carries no warning
+or error finding (a policy with ``stagnation`` or ``gradient_underflow`` is never the
+recommendation), its test accuracy
 is at most ``ACC_TOL`` (1 percentage point) below the reference's and its final loss at
 most ``LOSS_RTOL`` (10%) plus ``LOSS_ATOL`` (0.001) above it. The recommendation is the
 cheapest policy within tolerance by that cost (ties: the faster measured step); every
@@ -84,6 +86,7 @@ def policy_row(r, ref) -> dict[str, Any]:
         "cost": POLICY_COST.get(_policy(r)),
         "step_time_ms": 1e3 * t.extras.get("step_time_median_s", math.nan),
         "semantics": t.extras.get("semantics", ""),
+        "alarms": _alarms(r),
     }
     sc = t.extras.get("loss_scaler")
     if sc:
@@ -108,15 +111,27 @@ def policy_row(r, ref) -> dict[str, Any]:
     elif ref is r:
         row["reference"] = _policy(r)
         row["loss_gap"], row["accuracy_gap"] = 0.0, 0.0
-        row["within_tolerance"], row["reason"] = (not row["failed"]), "reference"
+        ok = not row["failed"] and not row["alarms"]
+        row["within_tolerance"] = ok
+        row["reason"] = "reference" if ok else (
+            f"reference run failed: {row['verdict_text']}" if row["failed"] else
+            "reference carries finding(s): " + ", ".join(row["alarms"]))
     else:
         row["within_tolerance"], row["reason"] = None, "no float32/float64 reference run"
     return row
 
 
+def _alarms(r) -> list[str]:
+    """The run's warning and error findings, as 'signature (severity)'."""
+    return sorted({f"{f.signature} ({f.severity})" for f in r.findings
+                   if f.severity in ("warning", "error")})
+
+
 def _judge(row: dict[str, Any], ref_loss: float, ref_acc: float | None) -> tuple[bool, str]:
     if row["failed"]:
         return False, f"run failed: {row['verdict_text']}"
+    if row.get("alarms"):
+        return False, "carries finding(s): " + ", ".join(row["alarms"])
     if not math.isfinite(row["final_loss"]):
         return False, "final loss is not finite"
     limit = ref_loss * (1 + LOSS_RTOL) + LOSS_ATOL
@@ -224,7 +239,9 @@ def format_report(report: dict[str, Any], verbose: bool = False) -> str:
     tol = report["tolerance"]
     lines = [f"Policy evaluation (tolerance: accuracy within {tol['accuracy_drop']:.0%} and "
              f"final loss within {tol['loss_rtol']:.0%} + {tol['loss_atol']:g} of the "
-             "reference, run not failed)"]
+             "reference, run not failed, no warning/error finding; 'loss' is the mean of "
+             f"the last {tol.get('loss_is_mean_of_last_steps', TAIL)} steps, the run "
+             "table's 'final loss' the last step's)"]
     for g in report["groups"]:
         lines.append("")
         lines.append(f"{g['label']}  (reference: {g['reference'] or 'none'})")

@@ -10,7 +10,7 @@ from ..trace import Trace
 from .findings import FAILED, VERDICTS, Finding, Verdict
 from .verdict import DEFAULT_RULES, VerdictRules, decide
 
-__all__ = ["diagnose", "decide", "Finding", "Verdict", "VerdictRules", "DEFAULT_RULES",
+__all__ = ["diagnose", "reconcile", "decide", "Finding", "Verdict", "VerdictRules", "DEFAULT_RULES",
            "FAILED", "VERDICTS"]
 
 
@@ -29,3 +29,44 @@ def diagnose(trace: Trace) -> tuple[Verdict, list[Finding]]:
     findings = detect_all(trace)
     findings += [Finding(**f) for f in trace.extras.get("deep_findings", [])]
     return verdict, findings
+
+
+#: formats from wide to narrow: a run is never judged more converged than a wider one
+WIDTH = {"float64": 3, "float32": 2, "bfloat16": 1, "float16": 1}
+
+
+def reconcile(results) -> list:
+    """A lower-precision run is never more converged than its matched wider run that is
+    closer to the optimum.
+
+    ``results`` are RunResults (spec, trace, verdict). Where a run is ``converged``, its
+    matched run in a wider format (same spec otherwise) is ``not_converged`` and that
+    run's loss gap to the float64 optimum is no larger, the narrow run becomes
+    ``not_converged`` too, with the comparison as its reason. Returns the results whose
+    verdict changed (the caller stores them again).
+    """
+    by_id = {r.spec.run_id: r for r in results}
+    changed = []
+    for r in results:
+        if r.verdict.status != "converged" or r.spec.precision not in WIDTH:
+            continue
+        mine = (r.trace.extras.get("optimum") or {}).get("gap")
+        if mine is None:
+            continue
+        for wide, rank in WIDTH.items():
+            if rank <= WIDTH[r.spec.precision]:
+                continue
+            twin = by_id.get(r.spec.replace(precision=wide).run_id)
+            if twin is None or twin.verdict.status != "not_converged":
+                continue
+            theirs = (twin.trace.extras.get("optimum") or {}).get("gap")
+            if theirs is None or theirs > mine:
+                continue
+            r.verdict = Verdict(
+                "not_converged", None,
+                f"loss gap {mine:.2g} to the float64 optimum, while the matched {wide} run, "
+                f"closer ({theirs:.2g}), has not converged either",
+                {**r.verdict.evidence, "wider_run": twin.run_id, "wider_gap": theirs})
+            changed.append(r)
+            break
+    return changed

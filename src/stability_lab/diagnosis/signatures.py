@@ -14,8 +14,10 @@ What each detector reads (``W`` is the window, ``min(10, steps // 2)``):
 ==========================  ===========================================================
 signature                   evidence read
 ==========================  ===========================================================
-overflow                    loss = +inf, max_abs_logit = inf, or any ``headroom*`` <= 0
+overflow                    loss = +inf (a value past the max, or log(0)), max_abs_logit
+                            = inf, or any ``headroom*`` <= 0
 nan_creation                first NaN loss, or non-finite gradients from a finite forward
+                            (an inf loss is not NaN: that is ``overflow``)
 divergence                  loss above 4x its running minimum to the end (or to non-finite)
                             after growing; lr vs the probe ``lr_bound`` = 2/L
 edge_of_stability           last 2W steps: loss differences alternate in sign (>= 85%),
@@ -261,8 +263,9 @@ def detect_overflow(trace: Trace) -> list[Finding]:
     fmt = trace_format(trace)
     logit = trace.metric("max_abs_logit")
     nfw, _ = trace.nonfinite_counts()
-    # loss=+inf with finite weights and logits is log(0), not an overflow (nan_creation)
-    bad = np.isinf(logit) | (np.isposinf(loss) & ((nfw > 0) | ~np.isfinite(logit)))
+    # a loss of +inf is an overflow whatever produced it (a value past the format's
+    # max, or log(0) of a probability rounded to 0 or 1): inf is not NaN
+    bad = np.isinf(logit) | np.isposinf(loss)
     worst_head = np.full(loss.shape, np.inf)
     for name, values in trace.metrics.items():
         if name.startswith("headroom") and len(values) == len(loss):
@@ -285,11 +288,18 @@ def detect_overflow(trace: Trace) -> list[Finding]:
     }
     what = "loss=inf" if np.isposinf(loss[k]) else (
         "max|logit| = inf" if np.isinf(logit[k]) else "a value reached the format's max")
-    return [Finding(
-        "overflow", k + 1,
-        f"{what} at {trace.step_unit} {k + 1}: a value passed the {fmt.name} maximum "
-        f"{fmt.max:.3g} (largest finite |logit| before: {_f(evidence['max_abs_logit_before'])})",
-        evidence, "error")]
+    logit_k = float(logit[k]) if k < logit.size else math.nan
+    log_zero = bool(np.isposinf(loss[k]) and math.isfinite(logit_k) and nfw[k] == 0)
+    evidence["cause"] = "log(0)" if log_zero else "format_max"
+    if log_zero:
+        cause = (f"the logits are finite (max|logit| {_f(logit_k)}): a probability rounded "
+                 f"to exactly 0 or 1 in {fmt.name} made log(0) = -inf, e.g. log(1 - p) with "
+                 "p rounded to 1")
+    else:
+        cause = (f"a value passed the {fmt.name} maximum {fmt.max:.3g} (largest finite "
+                 f"|logit| before: {_f(evidence['max_abs_logit_before'])})")
+    return [Finding("overflow", k + 1, f"{what} at {trace.step_unit} {k + 1}: {cause}",
+                    evidence, "error")]
 
 
 @register("nan_creation",
@@ -300,18 +310,18 @@ def detect_nan(trace: Trace) -> list[Finding]:
         return []
     logit = trace.metric("max_abs_logit")
     nfw, nfg = trace.nonfinite_counts()
-    # logits may be NaN when absent: only a recorded inf counts as a prior overflow
+    # logits may be NaN when absent: only a recorded inf counts as a prior overflow.
+    # An inf loss is not NaN (the overflow detector reports it); a NaN loss, or
+    # non-finite gradients from a finite forward pass, are created NaNs.
     forward_ok = ~np.isinf(logit) & (nfw == 0)
-    created = (np.isnan(loss) | (np.isinf(loss) & forward_ok & np.isfinite(logit))
-               | ((nfg > 0) & forward_ok))
+    created = np.isnan(loss) | ((nfg > 0) & forward_ok)
     if not created.any():
         return []
     k = int(np.argmax(created))
     prior_inf = np.isinf(loss[:k]).any() or np.isinf(logit[:k]).any() or (nfw[:k] > 0).any()
     if prior_inf:
         return []  # NaN after inf is the overflow's consequence, reported there
-    where = "loss" if np.isnan(loss[k]) else ("loss (log(0) = -inf)" if np.isinf(loss[k])
-                                              else "gradient")
+    where = "loss" if np.isnan(loss[k]) else "gradient"
     evidence = {"step": k + 1, "where": where,
                 "last_finite_loss": float(loss[k - 1]) if k > 0 else None,
                 "max_abs_logit": None if np.isnan(logit[k]) else float(logit[k]),
@@ -320,7 +330,7 @@ def detect_nan(trace: Trace) -> list[Finding]:
         "nan_creation", k + 1,
         f"NaN created in the {where} at {trace.step_unit} {k + 1} from finite weights "
         f"(max|logit| {_f(evidence['max_abs_logit'])}): an invalid operation such as "
-        f"0*inf or inf-inf, e.g. log(1 - p) with p rounded to exactly 1",
+        f"0*inf or inf-inf (e.g. the chain rule through log(1 - p) once p rounds to 1)",
         evidence, "error")]
 
 

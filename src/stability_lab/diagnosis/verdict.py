@@ -11,12 +11,19 @@ Rules, applied in this order (``W`` is the window, 10 steps by default):
    loss and above its running minimum by the same factor. Onset: the first step whose
    loss exceeds twice the running minimum (a growing loss often swings on its way up,
    so "stays above" would point at the last step).
+   **diverged** (unrecovered spike): the loss rose ``growth`` times above its best so
+   far and never came back near it (:func:`unrecovered_rise`), whatever its
+   last window does; a classification run whose loss then sits at chance level
+   (log C) says so.
 3. **stagnated**: over the last W steps at least half of the weights that had a
    non-zero update did not change at all, because the update was below half an ulp
    of the weight in this format, while the gradient is still large (above the
    convergence tolerance). Onset: the first step of the final stretch where that
    holds.
-4. **converged**: over the last W steps the relative loss improvement is below
+4. **converged**: where the task computed a float64 optimum (logistic regression:
+   ``extras['optimum']``), the final weights are within the format's tolerance of it
+   in loss gap and in float64 gradient norm (:func:`_optimum_verdict`); otherwise over
+   the last W steps the relative loss improvement is below
    ``rtol``, the gradient norm is below ``gtol`` times its initial value, and the loss
    is not above its initial value. Both
    tolerances are floored by the format (rtol >= 4 eps, gtol >= sqrt(eps)), so a
@@ -119,6 +126,10 @@ def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
                        f"loss {loss[0]:.3g} -> {final:.3g}, growing from {unit} {onset}",
                        {"initial_loss": float(loss[0]), "final_loss": float(final)})
 
+    spiked = unrecovered_rise(loss, unit, rules)
+    if spiked is not None:
+        return _with_chance(trace, spiked)
+
     if unit == "step":
         solved = _stochastic_converged(loss, rules)
         if solved is not None:
@@ -139,6 +150,9 @@ def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
             )
 
     rel = _relative_improvement(loss, W)
+    opt = trace.extras.get("optimum") if isinstance(trace.extras, dict) else None
+    if opt and opt.get("attained") and opt.get("final_finite"):
+        return _optimum_verdict(trace, loss, rel, W, opt, rules)
     plateau = np.abs(rel) <= rtol
     conv = plateau & grad_small & (loss <= loss[0] * (1 + rtol))
     if conv[-1]:
@@ -148,28 +162,147 @@ def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
 
     tail = loss[-2 * W:]
     if tail.size >= 4:
-        diffs = np.diff(tail)
-        signs = np.sign(diffs[diffs != 0])
-        changes = np.mean(signs[1:] != signs[:-1]) if signs.size > 1 else 0.0
-        half = len(tail) // 2
-        flat = np.mean(tail[half:]) >= np.mean(tail[:half]) * (1 - rtol)
         # mini-batch noise alone changes the sign about half the time: a stochastic
         # step trace oscillates only when nearly every step reverses
-        needed = (rules.stochastic_oscillation_sign_changes if unit == "step"
-                  else rules.oscillation_sign_changes)
-        if changes >= needed and flat:
-            amp = float(np.max(tail) - np.min(tail))
-            onset = len(loss) - len(tail) + 1
-            return Verdict("oscillating", onset,
-                           f"loss swings by {amp:.3g} around {np.median(tail):.3g}, "
-                           f"{changes:.0%} sign changes over the last {len(tail)} {unit}s",
-                           {"amplitude": amp, "sign_change_rate": float(changes)})
+        osc = _oscillation(trace, tail, loss, rules)
+        if osc is not None:
+            return osc
 
     trend = (f"still improving {rel[-1]:.1e}/window" if rel[-1] >= 0
              else f"rising {-rel[-1]:.1e}/window")
     return Verdict("not_converged", None,
                    f"loss {final:.4g}, {trend}, grad norm {grad[-1] / g0:.1e} of initial",
                    {"rel_improvement": float(rel[-1]), "grad_ratio": float(grad[-1] / g0)})
+
+
+def _optimum_verdict(trace: Trace, loss: np.ndarray, rel: np.ndarray, W: int,
+                     opt: dict, rules: VerdictRules) -> Verdict:
+    """Rule 4 where the task has a float64 optimum (logistic regression): converged
+    means the final weights are close to it, in loss and in gradient, within the
+    tolerances the run's format allows (``extras['optimum']``, computed by the task:
+    see :func:`stability_lab.tasks.logistic.optimum_gap`)."""
+    gap, tol_f = float(opt["gap"]), float(opt["tol_gap"])
+    g, tol_g = float(opt["grad_norm64"]), float(opt["tol_grad"])
+    ev = {"gap": gap, "tol_gap": tol_f, "grad_norm64": g, "tol_grad": tol_g,
+          "optimum_loss": float(opt["optimum_loss"])}
+    if gap <= tol_f and g <= tol_g:
+        # onset: the first step from which the recorded loss stays within the
+        # tolerance of its final value (the final weights are at the optimum)
+        within = loss - loss[-1] <= tol_f + max(abs(loss[-1] - float(opt["final_loss64"])), 0)
+        onset = _final_stretch(within) + 1
+        return Verdict("converged", onset, "", ev)
+    tail = loss[-2 * W:]
+    if tail.size >= 4:
+        osc = _oscillation(trace, tail, loss, rules)
+        if osc is not None:
+            return osc
+    trend = (f"still improving {rel[-1]:.1e}/window" if rel[-1] >= 0
+             else f"rising {-rel[-1]:.1e}/window")
+    return Verdict("not_converged", None,
+                   f"loss {float(opt['final_loss64']):.4g} is {gap:.2g} above the float64 "
+                   f"optimum {float(opt['optimum_loss']):.4g} (tolerance {tol_f:.2g}), grad "
+                   f"norm {g:.2g} (tolerance {tol_g:.2g}), {trend}", ev)
+
+
+def _oscillation(trace: Trace, tail: np.ndarray, loss: np.ndarray,
+                 rules: VerdictRules) -> Verdict | None:
+    rtol, _ = tolerances(trace.spec.policy or trace.spec.precision, rules)
+    unit = trace.step_unit
+    diffs = np.diff(tail)
+    signs = np.sign(diffs[diffs != 0])
+    changes = np.mean(signs[1:] != signs[:-1]) if signs.size > 1 else 0.0
+    half = len(tail) // 2
+    flat = np.mean(tail[half:]) >= np.mean(tail[:half]) * (1 - rtol)
+    needed = (rules.stochastic_oscillation_sign_changes if unit == "step"
+              else rules.oscillation_sign_changes)
+    if changes >= needed and flat:
+        amp = float(np.max(tail) - np.min(tail))
+        onset = len(loss) - len(tail) + 1
+        return Verdict("oscillating", onset,
+                       f"loss swings by {amp:.3g} around {np.median(tail):.3g}, "
+                       f"{changes:.0%} sign changes over the last {len(tail)} {unit}s",
+                       {"amplitude": amp, "sign_change_rate": float(changes)})
+    return None
+
+
+def _smoothed(loss: np.ndarray, unit: str) -> np.ndarray:
+    """The loss the rise rules judge: as recorded for epochs (deterministic), a running
+    median of 5 steps for optimizer steps (one noisy mini-batch is not a level)."""
+    if unit != "step" or len(loss) < 5:
+        return loss
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    med = np.median(sliding_window_view(loss, 5), axis=1)
+    return np.concatenate([loss[:4], med])
+
+
+def unrecovered_rise(loss: np.ndarray, unit: str,
+                     rules: VerdictRules = DEFAULT_RULES) -> Verdict | None:
+    """A loss that rose many-fold above its best and never came back near it.
+
+    With s the judged loss (:func:`_smoothed`) and b_t = min(s[:t]) its best before
+    step t: a rise at t is s_t >= ``growth`` (4) x b_t that also gives back a real
+    part of the progress, s_t - b_t >= 0.25 max(|s_0|, s_0 - b_t) (so noise around a
+    loss near 0 is no rise). It is unrecovered when s never again comes back near b_t:
+    to within max(1.5 b_t, b_t + 0.1 |s_0|), and not above its starting loss s_0.
+    Such a run has failed whatever its last window does (it may still be falling from
+    the peak): verdict ``diverged`` with the onset of the rise and the numbers.
+    """
+    s = _smoothed(loss, unit)
+    n = len(s)
+    if n < 3:
+        return None
+    best = np.minimum.accumulate(s)
+    prev = np.concatenate([[np.inf], best[:-1]])
+    give_back = np.maximum(abs(s[0]), s[0] - prev)
+    rise = (s >= rules.growth * np.maximum(prev, 1e-300)) & (s - prev >= 0.25 * give_back)
+    rise[0] = False
+    if not rise.any():
+        return None
+    suffix_min = np.minimum.accumulate(s[::-1])[::-1]
+    # back near the best: within 1.5x of it (or 10% of the start above it, for a best
+    # near 0), and never above where the run started
+    near = np.minimum(np.maximum(1.5 * prev, prev + 0.1 * abs(s[0])), max(s[0], 0.0))
+    near = np.maximum(near, prev)
+    unrecovered = rise & (suffix_min > near)
+    if not unrecovered.any():
+        return None
+    t = int(np.argmax(unrecovered))
+    b = float(prev[t])
+    # onset: where the climb to the rise began (the first step past 2 x the best)
+    climb = np.flatnonzero(s[:t + 1] > 2.0 * b)
+    start = int(climb[0]) if climb.size else t
+    after = s[t:]
+    peak = float(np.max(after))
+    k_peak = t + int(np.argmax(after))
+    return Verdict(
+        "diverged", start + 1,
+        f"unrecovered spike: loss rose from its best {b:.3g} to {peak:.3g} by {unit} "
+        f"{k_peak + 1} and never came back near it (final {float(loss[-1]):.3g})",
+        {"best_before": b, "peak": peak, "peak_step": k_peak + 1,
+         "best_after": float(suffix_min[t]), "final_loss": float(loss[-1]),
+         "kind": "unrecovered_spike"})
+
+
+def _with_chance(trace: Trace, verdict: Verdict) -> Verdict:
+    """Add 'stuck at chance level' when a classification task's loss ends at log(C)."""
+    chance = trace.extras.get("chance_loss") if isinstance(trace.extras, dict) else None
+    loss = trace.metric("loss")
+    if not chance or loss.size < 2:
+        return verdict
+    tail = float(np.median(loss[-max(2, min(20, len(loss) // 10)):]))
+    acc = trace.extras.get("accuracy")
+    chance_acc = trace.extras.get("chance_accuracy")
+    at_chance = tail >= 0.8 * float(chance)
+    if acc is not None and chance_acc is not None:
+        at_chance = at_chance and float(acc) <= 2.0 * float(chance_acc)
+    if not at_chance:
+        return verdict
+    acc_text = f", accuracy {float(acc):.0%}" if acc is not None else ""
+    ev = dict(verdict.evidence, stuck_at_chance=True, chance_loss=float(chance))
+    return Verdict(verdict.status, verdict.onset,
+                   verdict.detail + f"; stuck at chance level (loss {tail:.3g} vs log(C) = "
+                   f"{float(chance):.3g}{acc_text})", ev)
 
 
 def _stochastic_converged(loss: np.ndarray, rules: VerdictRules) -> Verdict | None:

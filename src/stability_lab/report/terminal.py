@@ -180,7 +180,11 @@ def answer_lines(result) -> list[str]:
 
 
 def recommendation_lines(result) -> list[str]:
-    """``Recommendation: a + b`` with its verified outcomes, then one line per rule."""
+    """``Recommendation: a + b`` with its verified outcomes, then one line per rule.
+
+    Only actions verification did not disprove are advice: an action whose re-runs fixed
+    and improved nothing is listed after them as tried and not helping.
+    """
     from .verification import summarize
 
     recs = result.recommendations
@@ -190,30 +194,48 @@ def recommendation_lines(result) -> list[str]:
         return ["Recommendation: none" + (
             " (no rule's evidence holds for the failing runs)" if failing else
             " (no run failed)")]
-    names = []
-    for rec in recs:
-        if _short(rec.action) not in names:
-            names.append(_short(rec.action))
+    advised = [r for r in recs if getattr(r, "advised", True)]
+    tried = [r for r in recs if not getattr(r, "advised", True)]
     summary = {s["mitigation"]: s for s in summarize(result.verification or [])}
 
     def outcome(s) -> str:
         return (f"fixed {s['fixed']}, improved {s['improved']}, not fixed {s['not fixed']} "
                 f"of {s['runs']}")
 
-    line = "Recommendation: " + " + ".join(names)
-    key = "all" if "all" in summary else (recs[0].action if len(recs) == 1 else None)
-    if key in summary:
-        line += (f" (verified, same seed{', all together' if key == 'all' else ''}: "
-                 f"{outcome(summary[key])} re-runs)")
-    elif result.verification:
-        line += " (verified: see each line)"
+    if advised:
+        names = []
+        for rec in advised:
+            if _short(rec.action) not in names:
+                names.append(_short(rec.action))
+        line = "Recommendation: " + " + ".join(names)
+        key = "all" if "all" in summary else (
+            advised[0].action if len(advised) == 1 else None)
+        if key in summary:
+            line += (f" (verified, same seed{', all together' if key == 'all' else ''}: "
+                     f"{outcome(summary[key])} re-runs)")
+        elif result.verification:
+            line += " (verified: see each line)"
+        else:
+            line += " (not verified: add --verify)"
+        out.append(line)
     else:
-        line += " (not verified: add --verify)"
-    out.append(line)
-    for rec in recs:
-        s = summary.get(rec.action)
-        tail = f" [verified: {outcome(s)}]" if s else ""
+        out.append("Recommendation: none verified (every action tried below fixed or "
+                   "improved none of the runs it was re-run on)")
+    for rec in advised:
+        v = getattr(rec, "verification", None)
+        if v and v.get("status") != "not_verified":
+            tail = (f" [verified: fixed {v['fixed']}, improved {v['improved']} of "
+                    f"{v['reruns']} re-runs]")
+        else:
+            s = summary.get(rec.action)
+            tail = f" [verified: {outcome(s)}]" if s else ""
         out.append(f"  - {rec.text}: {rec.reason}{tail}")
+    for rec in tried:
+        v = rec.verification or {}
+        out.append(f"  tried, did not help: {rec.text} (fixed 0 and improved 0 of "
+                   f"{v.get('reruns', 0)} re-runs with the same seed)")
+    for adv in getattr(result, "advisories", None) or []:
+        out.append(f"Advisory: {adv['text']}")
     return out
 
 

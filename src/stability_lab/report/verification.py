@@ -80,7 +80,7 @@ def format_verification(rows: Sequence[dict[str, Any]], max_rows: int = 16) -> s
     plan = rows[0].get("plan")
     if plan:
         if plan.get("exhaustive"):
-            line = f"  every one of {plan['failing_runs']} failing run(s) verified"
+            line = f"  every one of {plan['failing_runs']} failing or unconverged run(s) verified"
         else:
             line = (f"  {plan['failing_runs']} failing run(s) in {plan['groups']} group(s) by "
                     f"(recommendations, verdict); one representative per group verified")

@@ -102,7 +102,7 @@ class AttentionTask(DeepTask):
         return Problem(lambda: build_transformer(spec, T), batch_at, spec.epochs, loss_fn,
                        eval_fn, step_metrics, optimizer="adam",
                        meta={"data": f"reverse {T} tokens (vocab {VOCAB}), {bs} sequences "
-                                     "per step, generated from the seed"})
+                                     "per step, generated from the seed", "classes": VOCAB})
 
 
 def build_transformer(spec: RunSpec, seq_len: int):

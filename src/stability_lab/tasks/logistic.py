@@ -18,6 +18,14 @@ Precision: parameters, data and elementwise arithmetic are in the run's format. 
 float16 and bfloat16 the matrix products use the semantics of GPU tensor cores:
 inputs in the low format, products accumulated in float32, result rounded once to the
 format (torch's CPU float16 matmul is about 600 times slower than float32 here).
+Reductions follow torch's: the mean loss over samples accumulates 16-bit values in
+float32 and rounds once (what ``F.binary_cross_entropy_with_logits(..., reduction='mean')``
+does), and the gradient of the mean is the element-wise gradient divided by n in the
+format, as torch's backward does. The element-wise loss and gradient are computed in
+float32 and rounded once (torch rounds after each of its few element-wise ops: the two
+differ by a few units in the last place; ``tests/test_fidelity.py`` states the bound).
+The ``naive`` loss form deliberately differs from torch: it reproduces the textbook
+sigmoid-then-log graph, whose log(1 - p) torch's fused loss never computes.
 
 Cohorts: the specs of one cohort share the data variant, loss form and, for
 mini-batches, the seed (which fixes the batch order). Their weights are stacked into a
@@ -385,6 +393,12 @@ class Curvature:
                     vals, errs = self._extremes_lanczos(np.ascontiguousarray(D[:, j]), lam)
                     lo, hi = vals["SA"], vals["LA"]
                     est = {"hessian_min_error": errs["SA"], "hessian_max_error": errs["LA"]}
+                if not hi > 0:
+                    # every p(1-p) underflowed (logits beyond ~700): the curvature is not
+                    # measurable at these weights, not a Hessian of 0 with cond inf
+                    out[r]["hessian_note"] = ("not computed: every p(1-p) underflowed at "
+                                              "these weights")
+                    continue
                 out[r] = {"hessian_min": lo, "hessian_max": hi,
                           "hessian_cond": hi / lo if lo > 0 else math.inf, **est}
         return out
@@ -515,15 +529,168 @@ def _matmul(torch, a, b, fmt: Format):
     return torch.matmul(a, b)
 
 
+def mean_rows(torch, per, n: int):
+    """The mean over samples (dim 0) the way torch's ``mean`` reduces each format.
+
+    torch accumulates float16/bfloat16 reductions in float32 and rounds the mean once
+    (``reduction='mean'`` of its losses is this mean): summing 100,000 float16 losses
+    of 0.69 in float16 would give inf (65504 is the format's max), which no PyTorch
+    training run sees. float32/float64 reduce in their own format.
+    """
+    if per.dtype in (torch.float16, torch.bfloat16):
+        return (per.float().sum(0) / n).to(per.dtype)
+    return per.sum(0) / n
+
+
 def _loss_and_dz(torch, Z, Y, loss_form: str, n: int):
-    """Per-run mean loss (R,) and dL/dZ (n, R), in Z's format."""
+    """Per-run mean loss (R,) and dL/dZ (n, R), in Z's format.
+
+    The mean is torch's (:func:`mean_rows`: float32 accumulation for 16-bit formats);
+    dL/dZ is the element-wise gradient divided by n in the format, as torch's backward
+    of ``reduction='mean'`` does.
+    """
     if loss_form == "naive":
         per, dz = naive.log_loss_and_grad(Z, Y)
     elif bool(((Y == 0) | (Y == 1)).all()):
         per, dz = _fused_hard_labels(torch, Z, Y)
     else:
         per, dz = numerics.log_loss_and_grad(Z, Y)
-    return per.sum(0) / n, dz / n
+    return mean_rows(torch, per, n), dz / n
+
+
+def objective(torch, X, y, W, lam, fmt: Format, loss_form: str = "stable"):
+    """Logits (n, R), regularized mean loss (R,) as float64 and gradient (R, p) in the
+    format, for the (R, p) weights-then-intercept rows ``W`` and (R, 1) lambdas.
+
+    What torch computes for ``F.binary_cross_entropy_with_logits(X @ w + b, y)`` plus
+    (lambda/2)||w||^2 on tensors of the run's format, with tensor-core products for
+    16-bit formats (``tests/test_fidelity.py`` holds the two to a stated bound).
+    """
+    n, d = X.shape
+    penal = torch.ones(1, d + 1, dtype=W.dtype)
+    penal[0, -1] = 0
+    Z = _matmul(torch, X, W[:, :d].T, fmt) + W[:, d]
+    loss, dz = _loss_and_dz(torch, Z, y, loss_form, n)
+    gW = _matmul(torch, dz.T, X, fmt)
+    g = torch.cat([gW, mean_rows(torch, dz, 1).reshape(-1, 1)], dim=1) + lam * penal * W
+    wsq = (W[:, :d].double() ** 2).sum(1)
+    loss = loss.double() + 0.5 * lam.double().reshape(-1) * wsq
+    return Z, loss, g
+
+
+def _f_and_grad(A: np.ndarray, y: np.ndarray, w: np.ndarray, lam: float):
+    """The regularized mean log-loss and its gradient in float64 (stable forms)."""
+    n = A.shape[0]
+    with np.errstate(all="ignore"):
+        z = A @ w
+        f = float(np.mean(np.logaddexp(0.0, z) - y * z)) + 0.5 * lam * float(w[:-1] @ w[:-1])
+        p = 0.5 * (1.0 + np.tanh(0.5 * z))
+        g = A.T @ (p - y) / n
+        g[:-1] += lam * w[:-1]
+    return (f if math.isfinite(f) else math.inf), g
+
+
+def _design(prep: Prepared) -> np.ndarray:
+    """A = [X, 1] of a data variant, built once."""
+    A = prep.__dict__.get("_A")
+    if A is None:
+        A = prep.__dict__["_A"] = np.hstack([prep.X64, np.ones((prep.X64.shape[0], 1))])
+    return A
+
+
+def optimum(prep: Prepared, lam: float) -> dict[str, Any]:
+    """The float64 optimum of a data variant's regularized loss (cached per lambda).
+
+    Newton's method with backtracking (p <= 400 parameters), else scipy's L-BFGS, both
+    in float64 on the features the runs see. ``attained`` is False when the iteration
+    did not reach a gradient norm of 1e-10 of the initial one (at lambda 0 a separable
+    data set has no minimizer: the loss falls toward 0 as the weights grow).
+    """
+    cache = prep.__dict__.setdefault("_optima", {})
+    if lam in cache:
+        return cache[lam]
+    A = _design(prep)
+    y = prep.y64
+    n, p = A.shape
+    w = np.zeros(p)
+    f0, g0 = _f_and_grad(A, y, w, lam)
+    g0n = float(np.linalg.norm(g0))
+    goal = 1e-10 * max(g0n, 1e-300)
+    method, it = ("newton" if p <= 400 else "lbfgs"), 0
+    f, g = f0, g0
+    if method == "newton":
+        P = _penalty(p)
+        for it in range(1, 101):
+            if np.linalg.norm(g) <= goal:
+                break
+            z = A @ w
+            D = 0.25 * (1.0 - np.tanh(0.5 * z) ** 2)
+            H = (A.T * D) @ A / n + lam * P
+            try:
+                step = np.linalg.solve(H + 1e-14 * np.trace(H) / p * np.eye(p), g)
+            except np.linalg.LinAlgError:
+                step = np.full(p, np.nan)
+            if not np.all(np.isfinite(step)):
+                step = np.linalg.lstsq(H, g, rcond=None)[0]
+            t = 1.0
+            while t > 1e-12:
+                fn, gn = _f_and_grad(A, y, w - t * step, lam)
+                if fn <= f - 1e-4 * t * float(g @ step):
+                    break
+                t *= 0.5
+            if t <= 1e-12:
+                break
+            w = w - t * step
+            f, g = fn, gn
+    else:
+        from scipy.optimize import minimize
+
+        res = minimize(lambda v: _f_and_grad(A, y, v, lam), w, jac=True, method="L-BFGS-B",
+                       options={"maxiter": 5000, "gtol": goal, "ftol": 1e-16, "maxcor": 30})
+        w = res.x
+        it = int(res.nit)
+        f, g = _f_and_grad(A, y, w, lam)
+    gn = float(np.linalg.norm(g))
+    out = {"loss": f, "grad_norm": gn, "w": w, "attained": bool(gn <= 1e3 * goal),
+           "method": method, "iterations": it, "initial_grad_norm": g0n}
+    cache[lam] = out
+    return out
+
+
+def optimum_gap(prep: Prepared, spec: RunSpec, w_final: np.ndarray,
+                w_start: np.ndarray) -> dict[str, Any]:
+    """How far a run's final weights are from the float64 optimum, and the tolerance
+    its format allows (``extras['optimum']``, read by the verdict).
+
+    Tolerances (u the format's unit roundoff): the gradient norm in float64 at the
+    final weights must be at most max(gtol, sqrt(u)) (gtol = 1e-3) of the initial one,
+    or twice the gradient at the optimum rounded to the format, ||grad f(fl(w*))|| ~
+    u lambda_max ||w*|| (u times the curvature: what storing the answer costs); the loss
+    gap f(w) - f* at most max(1e-6, 16 u) f*, or twice f(fl(w*)) - f* ~ u^2 w*^T H w* / 2.
+    """
+    opt = optimum(prep, spec.lam)
+    A = _design(prep)
+    u = prep.fmt.unit_roundoff
+    info: dict[str, Any] = {"optimum_loss": opt["loss"], "attained": opt["attained"],
+                            "method": opt["method"], "iterations": opt["iterations"]}
+    if not np.all(np.isfinite(w_final)):
+        info["final_finite"] = False
+        return info
+    f_s, g_s = _f_and_grad(A, prep.y64, w_start, spec.lam)
+    f_t, g_t = _f_and_grad(A, prep.y64, w_final, spec.lam)
+    w_fmt = round_to(opt["w"], prep.fmt)
+    f_r, g_r = _f_and_grad(A, prep.y64, w_fmt, spec.lam)
+    gtol = max(1e-3, math.sqrt(prep.fmt.eps))
+    tol_g = max(gtol * float(np.linalg.norm(g_s)), 2.0 * float(np.linalg.norm(g_r)))
+    tol_f = max(max(1e-6, 16 * u) * abs(opt["loss"]), 2.0 * max(f_r - opt["loss"], 0.0),
+                1e-12 * abs(f_s))
+    info.update({"final_finite": True, "final_loss64": f_t,
+                 "gap": f_t - opt["loss"], "grad_norm64": float(np.linalg.norm(g_t)),
+                 "initial_grad_norm64": float(np.linalg.norm(g_s)),
+                 "tol_gap": tol_f, "tol_grad": tol_g,
+                 "rounded_optimum_gap": f_r - opt["loss"],
+                 "rounded_optimum_grad": float(np.linalg.norm(g_r))})
+    return info
 
 
 #: |x| above which exp(-|x|) is subnormal, and above which it is 0, per dtype
@@ -592,13 +759,7 @@ def _run_cohort(torch, specs: list[RunSpec], prep: Prepared) -> list[Trace]:
         order_gen = torch.Generator().manual_seed(int(base.seed) + 7919) if batch else None
 
         def full_grad(Wc):
-            Z = _matmul(torch, X, Wc[:, :d].T, fmt) + Wc[:, d]
-            loss, dz = _loss_and_dz(torch, Z, y, base.loss, n)
-            gW = _matmul(torch, dz.T, X, fmt)
-            g = torch.cat([gW, dz.sum(0).reshape(-1, 1)], dim=1) + lam * penal * Wc
-            wsq = (Wc[:, :d].double() ** 2).sum(1)
-            loss = loss.double() + 0.5 * lam.double().reshape(-1) * wsq
-            return Z, loss, g
+            return objective(torch, X, y, Wc, lam, fmt, base.loss)
 
         def step(Wc, g, mask):
             gn = g.double().norm(dim=1).numpy()
@@ -672,6 +833,8 @@ def _run_cohort(torch, specs: list[RunSpec], prep: Prepared) -> list[Trace]:
         f"{fmt.name} inputs, float32 accumulation, rounded to {fmt.name} (tensor-core semantics)"
         if fmt.name in ("float16", "bfloat16") else f"native {fmt.name}"
     )
+    meta["reduction"] = ("mean over samples accumulated in float32, rounded once (torch's)"
+                         if fmt.name in ("float16", "bfloat16") else f"native {fmt.name}")
     meta["elementwise"] = (f"{fmt.name}; numerics primitives compute 16-bit formats in "
                            "float32 and round once")
     meta["probes"] = {"cond_XtX": ("exact: " if prep.spectrum.exact else "estimate: ")
@@ -696,6 +859,7 @@ def _run_cohort(torch, specs: list[RunSpec], prep: Prepared) -> list[Trace]:
                       meta=dict(meta), step_unit="epoch", final_params=Wf[r].copy())
         trace.extras["format"] = {"name": fmt.name, "eps": fmt.eps, "max": fmt.max,
                                   "tiny": fmt.tiny}
+        trace.extras["optimum"] = optimum_gap(prep, spec, Wf[r], W0[r])
         traces.append(trace)
     return traces
 

@@ -106,7 +106,7 @@ class MLPTask(DeepTask):
         return Problem(lambda: build_mlp(spec), batch_at, spec.epochs * per_epoch, loss_fn,
                        eval_fn, optimizer="momentum",
                        meta={"data": "sklearn digits (1797 x 64, /16), 80/20 split",
-                             "batch_size": bs, "steps_per_epoch": per_epoch})
+                             "batch_size": bs, "steps_per_epoch": per_epoch, "classes": 10})
 
 
 def ce_with_z_loss(logits, targets, z: float):

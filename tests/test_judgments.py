@@ -1,0 +1,285 @@
+"""The judgments of issue 11's observations: verdicts against the optimum, findings
+without false alarms, recommendations closed by verification, advisories, one
+diagnosis path. Each observation has a test named for it."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from stability_lab.diagnosis import decide, diagnose, reconcile
+from stability_lab.diagnosis.findings import Finding, Verdict
+from stability_lab.recommend import Recommendation, RunResult
+from stability_lab.spec import RunSpec
+from stability_lab.trace import Trace
+
+
+def _trace(loss, unit="epoch", spec=None, **extras):
+    loss = np.asarray(loss, dtype=np.float64)
+    n = len(loss)
+    metrics = {"loss": loss, "grad_norm": np.linspace(1.0, 0.5, n),
+               "nonfinite_weights": np.zeros(n), "nonfinite_grads": np.zeros(n)}
+    t = Trace(spec=spec or RunSpec(), metrics=metrics, step_unit=unit)
+    t.extras.update(extras)
+    return t
+
+
+# -- observation 2: a failure called "still improving" -------------------------------
+def _attention_like(seed=0):
+    rng = np.random.default_rng(seed)
+    head = [2.92, 9.59, 23.2, 21.6, 27.9, 68.9, 82.1, 51.8]
+    middle = list(rng.uniform(30, 100, 150))
+    tail = list(np.linspace(30, 6.45, 42))
+    return head + middle + tail
+
+
+def test_obs2_unrecovered_spike_is_a_failure_with_onset_and_chance_level():
+    t = _trace(_attention_like(), unit="step", chance_loss=math.log(16),
+               chance_accuracy=1 / 16, accuracy=0.06)
+    v = decide(t)
+    assert v.status == "diverged"
+    assert v.onset == 2  # the climb past twice the best began at step 2
+    assert "unrecovered spike" in v.detail
+    assert "stuck at chance level" in v.detail
+    assert v.evidence["peak"] > 60
+
+
+def test_obs2_recovered_spike_and_noisy_descent_are_not_failures():
+    rng = np.random.default_rng(1)
+    base = 2.0 * np.exp(-np.arange(300) / 40) + 0.05
+    noisy = base * (1 + 0.2 * rng.standard_normal(300))
+    assert decide(_trace(noisy, unit="step")).status != "diverged"
+    spiked = base.copy()
+    spiked[100:110] = 5.0  # a spike that comes back
+    assert decide(_trace(spiked, unit="step")).status != "diverged"
+    # epoch traces: a loss that rises and comes back below where it was is fine too
+    bump = np.concatenate([np.linspace(0.7, 0.3, 20), np.linspace(2.0, 0.2, 30),
+                           np.full(20, 0.2)])
+    assert decide(_trace(bump)).status != "diverged"
+
+
+# -- observation 4: lower precision judged better than higher -------------------------
+def _result(precision, status, gap):
+    spec = RunSpec(precision=precision, lr=0.2, scale="standardized")
+    t = _trace(np.linspace(0.7, 0.07, 50), spec=spec, optimum={"gap": gap})
+    return RunResult(spec, t, Verdict(status, 40 if status == "converged" else None))
+
+
+def test_obs4_lower_precision_never_more_converged_than_closer_wider_run():
+    f64 = _result("float64", "not_converged", 0.004)
+    bf16 = _result("bfloat16", "converged", 0.005)
+    changed = reconcile([f64, bf16])
+    assert changed == [bf16]
+    assert bf16.verdict.status == "not_converged"
+    assert "float64" in bf16.verdict.detail
+    # a wider run farther from the optimum does not drag the narrow one down
+    f64b = _result("float64", "not_converged", 0.01)
+    bf16b = _result("bfloat16", "converged", 0.005)
+    assert reconcile([f64b, bf16b]) == []
+
+
+def test_obs4_verdicts_agree_with_the_float64_optimum():
+    from stability_lab.lab import run_sweep
+    from stability_lab.spec import Sweep
+
+    base = RunSpec(data="synthetic:n=400,d=4,kappa=10,seed=0", lr=1.0, lam=0.1,
+                   epochs=150, scale="standardized")
+    res = run_sweep(Sweep(base, [("precision", ["float64", "float32", "bfloat16"])]))
+    by = {r.spec.precision: r for r in res.results}
+    for r in res.results:
+        opt = r.trace.extras["optimum"]
+        assert opt["attained"]
+        if r.verdict.status == "converged":
+            assert opt["gap"] <= opt["tol_gap"] and opt["grad_norm64"] <= opt["tol_grad"]
+    assert by["float64"].verdict.status == "converged"
+    assert by["float32"].verdict.status == "converged"
+    # the narrow format's tolerance is wider, never its verdict better than float64's
+    assert by["bfloat16"].trace.extras["optimum"]["tol_gap"] >= \
+        by["float64"].trace.extras["optimum"]["tol_gap"]
+    # a run stopped far from the optimum is not converged, whatever its plateau says
+    short = run_sweep(Sweep(base.replace(lr=1e-4, epochs=20), []))
+    assert short.results[0].verdict.status == "not_converged"
+    assert "optimum" in short.results[0].verdict.detail
+
+
+# -- observation 5: deep-net false alarms and contradictions --------------------------
+def test_obs5_far_headroom_projection_is_no_finding():
+    from stability_lab.deep.detectors import headroom_shrinking
+
+    proj = {"module": "fc0", "kind": "act", "headroom_first": 1022.0,
+            "headroom_last": 1020.0, "slope_per_step": -0.01, "r2": 0.9,
+            "projected_step": 100000, "fitted_steps": [1, 100]}
+    t = _trace(np.linspace(2, 0.1, 100), unit="step", attribution={"projections": [proj]})
+    assert headroom_shrinking(t) == []
+    near = dict(proj, projected_step=150)
+    t2 = _trace(np.linspace(2, 0.1, 100), unit="step", attribution={"projections": [near]})
+    assert [f.signature for f in headroom_shrinking(t2)] == ["headroom_shrinking"]
+
+
+def test_obs5_policy_with_warning_finding_is_never_cheapest_within_tolerance():
+    from stability_lab.deep.report import sweep_report
+
+    def run(policy, findings=(), loss=0.1):
+        spec = RunSpec(task="mlp", policy=policy)
+        t = _trace(np.linspace(2, loss, 100), unit="step", accuracy=0.95)
+        return RunResult(spec, t, Verdict("converged", 80), list(findings))
+
+    stag = Finding("stagnation", 50, "updates below half an ulp", {}, "error")
+    under = Finding("gradient_underflow", 3, "2% flushed", {}, "warning")
+    rep = sweep_report([run("float64"), run("float32"), run("float16", [stag]),
+                        run("mixed-fp16-noscale", [under]), run("fp8", [under])])
+    g = rep["groups"][0]
+    assert g["cheapest_within_tolerance"] == "float32"
+    assert "stagnation" in g["rejected"]["float16"]
+    assert "gradient_underflow" in g["rejected"]["fp8"]
+
+
+# -- observation 7: labels that do not match ------------------------------------------
+def test_obs7_inf_loss_is_overflow_not_nan_creation_and_show_says_so(tmp_path, capsys):
+    from stability_lab.cli import main
+    from stability_lab.lab import record_of
+    from stability_lab.store import Store
+
+    n = 3
+    spec = RunSpec(precision="float16", lr=0.1)
+    t = Trace(spec=spec, metrics={
+        "loss": np.array([0.69, np.inf, np.inf]), "grad_norm": np.ones(n),
+        "nonfinite_weights": np.zeros(n), "nonfinite_grads": np.zeros(n),
+        "max_abs_logit": np.array([0.004, 0.0057, 0.0057])},
+        probes={"start": {"hessian_max": 0.2}, "end": {"hessian_min": math.nan,
+                                                        "hessian_max": math.nan,
+                                                        "hessian_cond": math.nan}})
+    v, findings = diagnose(t)
+    sigs = {f.signature for f in findings}
+    assert v.status == "overflow"
+    assert "overflow" in sigs and "nan_creation" not in sigs
+    res = RunResult(spec, t, v, findings)
+    with Store(tmp_path) as st:
+        st.save_run(record_of(res), t.metrics)
+    assert main(["show", spec.run_id[:10], "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "status=overflow" in out and "status=ok" not in out
+    assert "hessian_max=not computed" in out and "hessian_cond=inf" not in out
+
+
+def test_obs7_underflowed_curvature_is_not_a_zero_hessian():
+    from stability_lab.tasks.logistic import hessian_extremes
+
+    A = np.hstack([np.ones((10, 1)) * 1e3, np.ones((10, 1))])
+    h = hessian_extremes(A, np.array([1e3, 0.0]), 0.0)
+    assert math.isnan(h["hessian_max"]) and "not computed" in h["hessian_note"]
+
+
+# -- observation 8: verification drops deep-net findings ------------------------------
+def test_obs8_rediagnosis_keeps_deep_net_findings():
+    from stability_lab.verify import rediagnose
+
+    f = Finding("loss_scale_collapse", 5, "the loss scale fell to 1", {}, "error")
+    t = _trace(np.linspace(2, 0.5, 40), unit="step", deep_findings=[f.to_dict()])
+    v, findings = diagnose(t)
+    res = RunResult(t.spec, t, v, findings)
+    rediagnose(res)
+    assert "loss_scale_collapse" in {x.signature for x in res.findings}
+
+
+# -- observation 3: recommendations closed by verification ----------------------------
+def _closing_result(rows, ladder=None):
+    recs = [
+        Recommendation("lower_lr", "lower lr to at most 4.3e-06", "lr above 2/L", {"lr": 4.3e-6},
+                       ("a",), {"lr_bound": 4.8e-6, "scale": "raw"}),
+        Recommendation("add_l2", "add L2 lambda >= 9.9", "near-singular", {"lambda": 9.9},
+                       ("a",), {}),
+    ]
+    return SimpleNamespace(recommendations=recs, verification=rows, lr_ladder=ladder or {},
+                           results=[], task_report=None)
+
+
+def test_obs3_recommendation_line_lists_only_what_verification_confirmed():
+    from stability_lab.report.terminal import recommendation_lines
+    from stability_lab.verify import close_recommendations
+
+    rows = [{"mitigation": "lower_lr", "outcome": "improved", "run_id": "a"},
+            {"mitigation": "add_l2", "outcome": "not fixed", "run_id": "a"},
+            {"mitigation": "add_l2", "outcome": "not fixed", "run_id": "b"}]
+    ladder = {"lower_lr": {"raw": {"epochs": 2000, "largest_converged": 1e-5,
+                                   "converged_at_largest": [3, 9], "largest_tried": 4e-4,
+                                   "tried": {}}}}
+    res = _closing_result(rows, ladder)
+    close_recommendations(res, "verified", 3)
+    lines = recommendation_lines(res)
+    assert lines[0] == "Recommendation: lower lr"
+    assert "add L2" not in lines[0]
+    text = "\n".join(lines)
+    assert "lower lr to 1e-05" in text and "2/L is 4.8e-06" in text
+    assert "tried, did not help: add L2 lambda >= 9.9" in text
+
+
+def test_obs3_no_lr_converges_leads_with_scaling_and_unverified_is_marked():
+    from stability_lab.report.terminal import recommendation_lines
+    from stability_lab.verify import close_recommendations
+
+    res = _closing_result([])
+    close_recommendations(res, "skipped", 900)
+    assert "(not verified: add --verify)" in recommendation_lines(res)[0]
+
+    rows = [{"mitigation": "lower_lr", "outcome": "improved", "run_id": "a"},
+            {"mitigation": "scale_features", "outcome": "fixed", "run_id": "a"}]
+    ladder = {"lower_lr": {"raw": {"epochs": 200, "largest_converged": None,
+                                   "largest_tried": 4e-4, "tried": {}}}}
+    res = _closing_result(rows, ladder)
+    res.recommendations.insert(0, Recommendation("scale_features", "scale features", "cond",
+                                                 {"scale": "standardized"}, ("a",), {}))
+    res.recommendations.append(res.recommendations.pop(0))  # scaling listed last
+    close_recommendations(res, "verified", 3)
+    assert res.recommendations[0].action == "scale_features"
+    text = "\n".join(recommendation_lines(res))
+    assert "no lr tried (up to 0.0004) converged within 200 epochs" in text
+
+
+def test_obs3_verification_runs_by_default_on_small_sweeps(tmp_path, capsys):
+    from stability_lab.cli import main
+
+    args = ["run", "--data", "synthetic:n=300,d=3,kappa=1e3,seed=0", "--sweep",
+            "lr=0.5,2000", "--epochs", "30", "--out", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Verification" in out
+    rec_line = next(line for line in out.splitlines() if line.startswith("Recommendation"))
+    assert "not verified" not in rec_line
+    assert main(args + ["--no-verify"]) == 0
+    out = capsys.readouterr().out
+    assert "Verification (" not in out
+    rec_line = next(line for line in out.splitlines() if line.startswith("Recommendation"))
+    assert "not verified: add --verify" in rec_line
+
+
+# -- observation 6: silence on a near-singular design ---------------------------------
+def _csv(path, dependent: bool, n=600):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, 4))
+    if dependent:
+        X[:, 3] = X[:, 2] + 1e-7 * rng.standard_normal(n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(X[:, 0] - 0.5 * X[:, 1])))).astype(int)
+    names = ["age", "income", "height_cm", "height_in_cm" if dependent else "weight"]
+    with open(path, "w") as f:
+        f.write(",".join(names + ["label"]) + "\n")
+        for i in range(n):
+            f.write(",".join(f"{v:.17g}" for v in X[i]) + f",{y[i]}\n")
+    return str(path)
+
+
+def test_obs6_near_singular_design_gets_an_advisory_naming_the_columns(tmp_path):
+    from stability_lab.lab import run_sweep
+    from stability_lab.spec import Sweep
+
+    base = RunSpec(data=_csv(tmp_path / "dep.csv", True), target="label", lr=0.5, epochs=40)
+    res = run_sweep(Sweep(base, []))
+    (adv,) = res.advisories
+    assert set(adv["columns"]) == {"height_cm", "height_in_cm"}
+    assert adv["measured_digits"] < 3 and adv["digits_with_lambda"] >= 3
+    assert "drop or merge" in adv["text"] and f"lambda >= {adv['lambda']:g}" in adv["text"]
+    healthy = run_sweep(Sweep(base.replace(data=_csv(tmp_path / "ok.csv", False)), []))
+    assert healthy.advisories == []
