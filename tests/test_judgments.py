@@ -283,3 +283,19 @@ def test_obs6_near_singular_design_gets_an_advisory_naming_the_columns(tmp_path)
     assert "drop or merge" in adv["text"] and f"lambda >= {adv['lambda']:g}" in adv["text"]
     healthy = run_sweep(Sweep(base.replace(data=_csv(tmp_path / "ok.csv", False)), []))
     assert healthy.advisories == []
+
+
+# -- defaults that show both sides ---------------------------------------------------
+def test_deep_task_without_sweep_runs_a_reference_beside_a_failure():
+    from stability_lab.cli import build_parser
+    from stability_lab.commands.run import build_sweep
+
+    for task, axis in (("mlp", "policy"), ("attention", "qk_layernorm")):
+        args = build_parser().parse_args(["run", "--task", task])
+        sweep, note = build_sweep(args)
+        assert [name for name, _ in sweep.axes] == [axis] and note
+        assert len(sweep.specs) == 2
+        # a user's own choice wins: no default sweep then
+        args = build_parser().parse_args(["run", "--task", task, "--policy", "float16"])
+        sweep, note = build_sweep(args)
+        assert sweep.axes == [] and note is None

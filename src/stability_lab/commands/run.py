@@ -83,6 +83,18 @@ def view_options(args: argparse.Namespace, axes) -> dict:
             "verbose": bool(getattr(args, "verbose", False)), "map_axes": xy}
 
 
+#: task -> (base settings unless given, axes, note) of a deep task run with no sweep
+DEEP_DEFAULTS = {
+    "mlp": ({"lr": 0.1}, [("policy", ["float32", "mixed-fp16-noscale"])],
+            "with no sweep, policy=float32,mixed-fp16-noscale at lr 0.1: a float32 reference "
+            "beside float16 gradients without loss scaling (set --policy or --sweep to choose)"),
+    "attention": ({"lr": 0.1, "policy": "float32"}, [("qk_layernorm", [True, False])],
+                  "with no sweep, qk_layernorm=true,false at lr 0.1 in float32: the "
+                  "qk-layernorm reference beside attention-logit growth (set --policy, "
+                  "--qk-layernorm or --sweep to choose)"),
+}
+
+
 def build_sweep(args: argparse.Namespace):
     """Base spec and axes from the arguments; all checks, no heavy imports."""
     from ..spec import RunSpec, Sweep, merge_axes
@@ -127,6 +139,13 @@ def build_sweep(args: argparse.Namespace):
                 "--data synthetic:n=2000,d=20,kappa=1e8,seed=0 with it."
             )
     note = None
+    if (task in DEEP_DEFAULTS and not axes and not changes.keys() & (
+            {"policy", "precision"} | {name for name, _ in DEEP_DEFAULTS[task][1]})):
+        # a deep task with no sweep shows both sides: a healthy reference beside a failure
+        extra_base, default_axes, why = DEEP_DEFAULTS[task]
+        base = base.replace(**{k: v for k, v in extra_base.items() if k not in changes})
+        axes = [(name, list(values)) for name, values in default_axes]
+        note = why
     if (task == "logistic_regression" and axes and "scale" not in names
             and getattr(args, "axis_scale", None) is None):
         axes.append(("scale", ["raw", "standardized"]))
