@@ -619,7 +619,8 @@ def optimum(prep: Prepared, lam: float) -> dict[str, Any]:
     method, it = ("newton" if p <= 400 else "lbfgs"), 0
     f, g = f0, g0
     if method == "newton":
-        P = _penalty(p)
+        P = np.eye(p)
+        P[-1, -1] = 0.0  # the intercept is not penalized
         for it in range(1, 101):
             if np.linalg.norm(g) <= goal:
                 break
