@@ -238,8 +238,22 @@ def load(corpus: Path) -> list[dict[str, Any]]:
     return scenarios
 
 
+def _safe_run(scenario: dict[str, Any], folder: str) -> Score:
+    """A scenario's score; a scenario that raises is scored as verdict 'error'."""
+    try:
+        return run_scenario(scenario, Path(folder))
+    except Exception as exc:  # noqa: BLE001 - one broken case must not hide the others
+        truth = scenario["truth"]
+        verdicts = truth["verdict"] if isinstance(truth["verdict"], list) else [truth["verdict"]]
+        return Score(scenario["name"], scenario.get("split", "dev"),
+                     bool(truth.get("healthy")), verdicts, "error", set(),
+                     set(truth.get("signatures", [])), set(truth.get("allowed", [])), set(),
+                     set(truth.get("actions", [])), set(truth.get("allowed_actions", [])),
+                     detail=f"{type(exc).__name__}: {exc}"[:300])
+
+
 def evaluate(corpus: Path = DEFAULT_CORPUS, fast: bool = False, split: str = "all",
-             names: list[str] | None = None, progress=None) -> dict[str, Any]:
+             names: list[str] | None = None, progress=None, jobs: int = 1) -> dict[str, Any]:
     scenarios = load(corpus)
     if fast:
         scenarios = [s for s in scenarios if s.get("fast")]
@@ -247,12 +261,22 @@ def evaluate(corpus: Path = DEFAULT_CORPUS, fast: bool = False, split: str = "al
         scenarios = [s for s in scenarios if s.get("split", "dev") == split]
     if names:
         scenarios = [s for s in scenarios if s["name"] in names]
-    scores = []
+    scores: list[Score] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, s in enumerate(scenarios):
-            scores.append(run_scenario(s, Path(tmp)))
-            if progress:
-                progress(i + 1, len(scenarios), scores[-1])
+        if jobs > 1 and len(scenarios) > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                futures = [pool.submit(_safe_run, s, tmp) for s in scenarios]
+                for i, fut in enumerate(futures):
+                    scores.append(fut.result())
+                    if progress:
+                        progress(i + 1, len(scenarios), scores[-1])
+        else:
+            for i, s in enumerate(scenarios):
+                scores.append(_safe_run(s, tmp))
+                if progress:
+                    progress(i + 1, len(scenarios), scores[-1])
     out = {"all": summarize(scores), "targets": TARGETS,
            "splits": {sp: summarize([s for s in scores if s.split == sp])
                       for sp in sorted({s.split for s in scores})},

@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score one split only")
     p.add_argument("--scenario", action="append", default=[], metavar="NAME",
                    help="only this scenario (repeatable)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run N scenarios at a time in separate processes")
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
 
 
@@ -48,8 +50,10 @@ def main(args: argparse.Namespace) -> int:
         if not args.json:
             sys.stderr.write(f"[{i}/{n}] {score.name}: {score.verdict}\n")
 
+    if args.jobs < 1:
+        raise UsageError(f"--jobs N needs N >= 1. Got {args.jobs}.")
     rep = evaluate(corpus, fast=args.fast, split=args.split, names=args.scenario or None,
-                   progress=progress)
+                   progress=progress, jobs=args.jobs)
     if args.json:
         json.dump(rep, sys.stdout, indent=1, default=str)
         sys.stdout.write("\n")
