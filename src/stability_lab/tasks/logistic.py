@@ -379,6 +379,11 @@ class Curvature:
                     ev = ev * self.c * self.c
                 for j, r in enumerate(rows):
                     lo, hi = float(ev[j, 0]), float(ev[j, -1])
+                    if not hi > 0:
+                        # every p(1-p) underflowed: not measurable, not a Hessian of 0
+                        out[r]["hessian_note"] = ("not computed: every p(1-p) underflowed "
+                                                  "at these weights")
+                        continue
                     out[r] = {"hessian_min": lo, "hessian_max": hi,
                               "hessian_cond": hi / lo if lo > 0 else (
                                   math.inf if lo == lo else math.nan)}
