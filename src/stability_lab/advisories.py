@@ -8,9 +8,9 @@ matrix cond(X^T X) is taken. Each format keeps about -log10(cond * u) digits of 
 coefficients along the worst direction. The advisory fires when
 
 - cond(X^T X) of the standardized features is at least ``MIN_COND`` (1e4), and
-- fewer than ``FEW_DIGITS`` (2) digits survive, cond * u > 10^-2, with u the unit
-  roundoff of the run's format, or of float32 when the runs are float64 or float32
-  (a float64 run that would keep no digit in float32 is fragile), and
+- fewer than ``FEW_DIGITS`` (2) digits survive in float32, cond * u > 10^-2 with u
+  float32's unit roundoff (a float64 run that would keep no digit in float32 is fragile;
+  a 16-bit run's format problems are the ``higher_precision`` recommendation's), and
 - the measured digits confirm it: the coefficients of the near-dependent columns,
   refitted in float64 after a relative perturbation of the features of size u, agree
   with the unperturbed fit to fewer than ``CONFIRM_DIGITS`` (3) digits.
@@ -85,15 +85,16 @@ def near_singular(variant, formats: list[str]) -> dict[str, Any] | None:
         fmt = FORMATS.get(name)
         if fmt is None:
             continue
-        us.append(FORMATS["float32"].unit_roundoff if name in ("float64", "float32")
-                  else fmt.unit_roundoff)
+        # float32 for float64/float32 runs; a 16-bit run's format problems are the
+        # higher_precision recommendation's business, not a property of the design
+        us.append(FORMATS["float32"].unit_roundoff)
     if not us:
         return None
     u = max(us)
     predicted = -math.log10(cond * u) if math.isfinite(cond) else -math.inf
     if predicted >= FEW_DIGITS:
         return None
-    names = [n for n, k in zip(ds.feature_names, keep) if k] or [
+    names = [str(n) for n, k in zip(ds.feature_names, keep) if k] or [
         f"x{i}" for i in range(Z.shape[1])]
     # the near-dependent columns: the big entries of the smallest singular vectors
     cols: list[int] = []

@@ -241,6 +241,9 @@ def _store_report(result, note: str | None, out: str) -> None:
     with Store(out) as store:
         store.save_sweep_report(result.sweep_id, report=result.task_report,
                                 verification=result.verification, note=note)
+        # the recommendations as verification closed them (what the run printed)
+        store.finish_sweep(result.sweep_id, result.conditioning,
+                           [r.to_dict() for r in result.recommendations])
 
 
 def _bar(done: int, total: int) -> None:
