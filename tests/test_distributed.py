@@ -164,7 +164,8 @@ def test_a_worker_killed_mid_sweep_loses_only_its_cohorts(cluster, tmp_path):
         assert r.spec == t.spec
         for k in t.metrics:
             np.testing.assert_array_equal(r.trace.metrics[k], t.metrics[k], err_msg=k)
-        assert r.trace.probes == t.probes
+        # NaN probes (a curvature not computed) compare equal through their text
+        assert json.dumps(r.trace.probes, sort_keys=True) == json.dumps(t.probes, sort_keys=True)
     conn = sqlite3.connect(tmp_path / "s" / "lab.sqlite")
     assert conn.execute("SELECT COUNT(*) FROM runs WHERE status='ok'").fetchone()[0] == 24
     conn.close()

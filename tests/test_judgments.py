@@ -285,6 +285,34 @@ def test_obs6_near_singular_design_gets_an_advisory_naming_the_columns(tmp_path)
     assert healthy.advisories == []
 
 
+def test_near_singular_advisory_is_scale_invariant_up_to_float64s_maximum():
+    """The advisory standardizes by exact powers of two, so the same design multiplied
+    by 1e200 (columns near float64's maximum; X^T X overflows) names the same columns
+    and the same condition number, and says that no L2 lambda helps instead of raising."""
+    from types import SimpleNamespace
+
+    from stability_lab.advisories import near_singular
+
+    rng = np.random.default_rng(3)
+    n = 400
+    X = rng.standard_normal((n, 4))
+    X[:, 3] = X[:, 2] + 1e-7 * rng.standard_normal(n)
+    y = (rng.random(n) < 0.5).astype(float)
+
+    def variant(M):
+        ds = SimpleNamespace(X=M, y=y, feature_names=["a", "b", "c", "d"], name="t")
+        return SimpleNamespace(dataset=ds, scale="raw", source="t", y64=y)
+
+    ref = near_singular(variant(X), ["float64"])
+    big = near_singular(variant(X * 1e200), ["float64"])
+    assert ref is not None and big is not None
+    assert set(ref["columns"]) == set(big["columns"]) == {"c", "d"}
+    assert big["cond_XtX_standardized"] == pytest.approx(ref["cond_XtX_standardized"],
+                                                         rel=1e-6)
+    assert ref["lambda"] > 0 and big["lambda"] is None
+    assert "no L2 lambda helps" in big["text"]
+
+
 # -- defaults that show both sides ---------------------------------------------------
 def test_deep_task_without_sweep_runs_a_reference_beside_a_failure():
     from stability_lab.cli import build_parser
@@ -299,3 +327,44 @@ def test_deep_task_without_sweep_runs_a_reference_beside_a_failure():
         args = build_parser().parse_args(["run", "--task", task, "--policy", "float16"])
         sweep, note = build_sweep(args)
         assert sweep.axes == [] and note is None
+
+
+# -- rounding noise is not an oscillation; silent digit loss inside a sweep -----------
+def test_rounding_noise_on_a_flat_float32_loss_is_not_oscillation():
+    """A float32 loss near its floor alternates in its last bits (a swing of a few ulps,
+    as the float32 silent_digit_loss re-run showed on another CPU): not oscillating.
+    The same sign pattern at a visible amplitude is."""
+    spec = RunSpec(precision="float32", lr=0.2, scale="standardized")
+    flat = 0.1967 + np.concatenate([np.linspace(0.5, 0.0, 380), np.zeros(20)])
+    ulp = float(np.spacing(np.float32(0.1967)))
+    noisy = flat.copy()
+    noisy[-20:] += ulp * np.tile([0.0, 3.0, 1.0, 2.0], 5)  # swings of 3 ulps
+    assert decide(_trace(noisy, spec=spec)).status != "oscillating"
+    swing = flat.copy()
+    swing[-20:] += 0.01 * np.tile([0.0, 1.0], 10)  # 5% swings: a real oscillation
+    assert decide(_trace(swing, spec=spec)).status == "oscillating"
+
+
+def test_sweep_attaches_the_matched_float64_run_to_converged_narrow_runs(tmp_path, capsys):
+    """silent_digit_loss fires in an ordinary sweep (not only in verification): the
+    converged bfloat16 run is compared with its matched float64 run; float32, which
+    keeps its digits, and float64 itself carry no finding."""
+    from stability_lab.cli import main
+
+    argv = ["run", "--sweep", "precision=bfloat16,float32,float64", "--scale",
+            "standardized", "--lr", "0.2", "--lambda", "0.1", "--epochs", "600",
+            "--out", str(tmp_path), "--no-progress", "--no-verify"]
+    assert main(argv + ["--json"]) == 0
+    import json
+
+    runs = {r["config"]["precision"]: r for r in json.loads(capsys.readouterr().out)["runs"]}
+    assert {k: r["verdict"] for k, r in runs.items()} == dict.fromkeys(runs, "converged")
+    sigs = {k: [f["signature"] for f in r["findings"]] for k, r in runs.items()}
+    assert sigs == {"bfloat16": ["silent_digit_loss"], "float32": [], "float64": []}
+    ev = runs["bfloat16"]["findings"][0]["evidence"]
+    assert ev["digits"] < ev["threshold"] <= 2.4
+    assert main(argv) == 0  # the text names it on the run's line and in the answer
+    out = capsys.readouterr().out
+    assert "carry numerical warnings (silent digit loss 1)" in out
+    line = next(x for x in out.splitlines() if x.startswith("Run bfloat16"))
+    assert "warning: silent_digit_loss" in line

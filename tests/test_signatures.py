@@ -7,6 +7,7 @@ import pytest
 
 from stability_lab.diagnosis.signatures import (SIGNATURES, attach_determinism,
                                                 attach_reference, detect, detect_all, lre)
+from stability_lab.diagnosis.verdict import decide
 from stability_lab.spec import RunSpec
 from stability_lab.trace import Trace
 
@@ -140,11 +141,19 @@ def test_blowup_and_rank_deficiency():
 def test_silent_digit_loss_and_lre():
     assert lre(1.0 + 1e-4, 1.0) == pytest.approx(4.0, abs=0.01)
     assert lre(np.inf, 1.0) == 0.0
+    # digits are judged only on a converged run: an unfinished one has not arrived yet
     a = make(descent(), precision="float32")
     b = make(descent(), precision="float64")
     a.final_params = np.array([1.0, 2.0])
     b.final_params = np.array([1.05, 2.0])
     attach_reference(a, b)
+    assert not decide(a).status == "converged" and not detect(a, "silent_digit_loss")
+    a = make(descent(400), precision="float32")
+    b = make(descent(400), precision="float64")
+    a.final_params = np.array([1.0, 2.0])
+    b.final_params = np.array([1.05, 2.0])
+    attach_reference(a, b)
+    assert decide(a).status == "converged"
     assert detect(a, "silent_digit_loss")
     a.final_params = np.array([1.0000001, 2.0])
     b.final_params = np.array([1.0, 2.0])

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .conditioning import sym_eigvalsh
 from .precision import FORMATS
 
 MIN_COND = 1e4
@@ -43,8 +44,9 @@ MAX_REFIT_COLUMNS = 400
 
 def _digits(a: np.ndarray, b: np.ndarray) -> float:
     """Digits to which a agrees with b (LRE in the norm, capped at 15.95)."""
-    nb = float(np.linalg.norm(b))
-    err = float(np.linalg.norm(a - b))
+    with np.errstate(over="ignore", invalid="ignore"):
+        nb = float(np.linalg.norm(b))
+        err = float(np.linalg.norm(a - b))
     if not math.isfinite(err) or nb == 0:
         return 0.0
     if err == 0:
@@ -68,12 +70,25 @@ def near_singular(variant, formats: list[str]) -> dict[str, Any] | None:
 
     ds = variant.dataset
     X = datasets.scale_features(ds.X, variant.scale)
-    sd = X.std(axis=0)
+    if not np.all(np.isfinite(X)):
+        return None  # non-finite features are the conditioning probe's finding, not ours
+    # standardizing is invariant to a column's scale: divide each column by a power of
+    # two near its largest magnitude first (exact), so that values near float64's
+    # maximum (1e200, 1e308) neither overflow the mean nor the variance
+    col = np.max(np.abs(X), axis=0)
+    c2 = np.ones_like(col)
+    big = col > 0
+    c2[big] = np.ldexp(1.0, np.frexp(col[big])[1] - 1)
+    Xs = X / c2
+    sd = Xs.std(axis=0)
     keep = sd > 0
     if keep.sum() < 2:
         return None
-    Z = (X[:, keep] - X[:, keep].mean(axis=0)) / sd[keep]
-    s, Vt = np.linalg.svd(Z / math.sqrt(len(Z)), full_matrices=False)[1:]
+    Z = (Xs[:, keep] - Xs[:, keep].mean(axis=0)) / sd[keep]
+    try:
+        s, Vt = np.linalg.svd(Z / math.sqrt(len(Z)), full_matrices=False)[1:]
+    except np.linalg.LinAlgError:
+        return None
     if s[-1] <= 0:
         cond = math.inf
     else:
@@ -109,9 +124,16 @@ def near_singular(variant, formats: list[str]) -> dict[str, Any] | None:
     column_names = [names[j] for j in cols]
     # the fix by L2: lambda bringing cond(X^T X / n + lambda I) under 10^-4 / u
     Xr = X[:, keep]
-    Xc = Xr - Xr.mean(axis=0)
-    ev = np.linalg.eigvalsh(Xc.T @ Xc / len(Xc))
-    lam = float(f"{_l2_for_eigenvalues(ev, 10 ** -RESTORE_DIGITS / u):.2g}")
+    # the centred Gram's eigenvalues, from the power-of-two-scaled columns (exact) and
+    # sym_eigvalsh (never raises; beyond float64's range an eigenvalue is inf)
+    Xc = Xs[:, keep] - Xs[:, keep].mean(axis=0)
+    sc = c2[keep]
+    with np.errstate(over="ignore", invalid="ignore"):
+        ev = sym_eigvalsh((Xc * sc).T @ (Xc * sc) / len(Xc))
+    if np.all(np.isfinite(ev)):
+        lam: float | None = float(f"{_l2_for_eigenvalues(ev, 10 ** -RESTORE_DIGITS / u):.2g}")
+    else:
+        lam = None  # X^T X itself overflows float64: no lambda in range restores digits
     out: dict[str, Any] = {
         "kind": "near_singular_design", "data": variant.source or ds.name,
         "scale": variant.scale, "cond_XtX_standardized": cond, "unit_roundoff": u,
@@ -119,7 +141,8 @@ def near_singular(variant, formats: list[str]) -> dict[str, Any] | None:
         "formats": formats,
     }
     n, p = Xr.shape
-    if n * p <= MAX_REFIT_ENTRIES and p <= MAX_REFIT_COLUMNS:
+    if n * p <= MAX_REFIT_ENTRIES and p <= MAX_REFIT_COLUMNS and lam is not None:
+        # (lam is None: X^T X overflows, so would the refit's Hessian)
         rng = np.random.default_rng(0)
         Xp = Xr * (1.0 + u * rng.uniform(-1.0, 1.0, size=Xr.shape))
         y = variant.y64 if hasattr(variant, "y64") else ds.y
@@ -152,6 +175,9 @@ def _text(a: dict[str, Any]) -> str:
     if "measured_digits" in a:
         text += (f": refitted after a relative perturbation of {a['unit_roundoff']:.2g} "
                  f"they keep {a['measured_digits']:.1f} digits")
+    if a["lambda"] is None:
+        return text + (". Fix: drop or merge one of these columns (no L2 lambda helps: "
+                       "X^T X overflows float64; rescale the features)")
     text += (f". Fix: drop or merge one of these columns, or add L2 lambda >= "
              f"{a['lambda']:g}")
     if "digits_with_lambda" in a:

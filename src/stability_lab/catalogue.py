@@ -715,7 +715,7 @@ def _rank(ws: Path) -> Repro:
     ("compute in float32 (or keep fp32 master weights)",),
 )
 def _silent(ws: Path) -> Repro:
-    base = RunSpec(precision="bfloat16", scale="standardized", lr=0.2, lam=0.1, epochs=400)
+    base = RunSpec(precision="bfloat16", scale="standardized", lr=0.2, lam=0.1, epochs=600)
 
     def extra(first: RunResult) -> list[Recommendation]:
         return [Recommendation("higher_precision", "compute in float32",

@@ -178,9 +178,13 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
         engine.run_specs([specs[i] for i in todo], prepared, relay, cohorts, sink,
                          executor=executor)
         final = [r for r in results if r is not None]
-        from .diagnosis import reconcile
+        from .diagnosis import attach_references, reconcile
 
-        for res in reconcile(final):  # never narrower-and-converged beside wider-and-not
+        # never narrower-and-converged beside wider-and-not; silent digit loss against
+        # the matched float64 run
+        again = reconcile(final)
+        again += [r for r in attach_references(final) if r not in again]
+        for res in again:
             if store is not None:
                 store.save_run(record_of(res), res.trace.metrics, sweep_id,
                                results.index(res))

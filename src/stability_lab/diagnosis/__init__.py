@@ -10,7 +10,7 @@ from ..trace import Trace
 from .findings import FAILED, VERDICTS, Finding, Verdict
 from .verdict import DEFAULT_RULES, VerdictRules, decide
 
-__all__ = ["diagnose", "reconcile", "decide", "Finding", "Verdict", "VerdictRules", "DEFAULT_RULES",
+__all__ = ["diagnose", "reconcile", "attach_references", "decide", "Finding", "Verdict", "VerdictRules", "DEFAULT_RULES",
            "FAILED", "VERDICTS"]
 
 
@@ -69,4 +69,33 @@ def reconcile(results) -> list:
                 {**r.verdict.evidence, "wider_run": twin.run_id, "wider_gap": theirs})
             changed.append(r)
             break
+    return changed
+
+
+def attach_references(results) -> list:
+    """Silent digit loss inside a sweep: every converged lower-precision run whose matched
+    float64 run (same spec otherwise, so same data, init and seed) also converged gets
+    that run as its reference (``extras['reference']``: digits of agreement in the loss
+    and the weights) and is diagnosed again, so ``silent_digit_loss`` fires in an
+    ordinary sweep, not only in verification. Runs that did not converge are left alone:
+    two unconverged runs disagree for reasons that are not the format's. Returns the
+    results whose findings changed (the caller stores them again).
+    """
+    from .signatures import attach_reference
+
+    by_id = {r.spec.run_id: r for r in results}
+    changed = []
+    for r in results:
+        if (r.verdict.status != "converged" or r.spec.precision not in WIDTH
+                or r.spec.precision == "float64" or getattr(r.spec, "policy", None)
+                or r.trace.error or "reference" in r.trace.extras):
+            continue
+        ref = by_id.get(r.spec.replace(precision="float64").run_id)
+        if ref is None or ref.verdict.status != "converged" or ref.trace.error:
+            continue
+        attach_reference(r.trace, ref.trace)
+        before = [f.signature for f in r.findings]
+        r.verdict, r.findings = diagnose(r.trace)
+        if [f.signature for f in r.findings] != before:
+            changed.append(r)
     return changed

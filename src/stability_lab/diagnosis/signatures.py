@@ -628,6 +628,10 @@ def detect_silent_digit_loss(trace: Trace) -> list[Finding]:
     loss = trace.metric("loss")
     if loss.size == 0 or not np.all(np.isfinite(loss)) or _growing(loss):
         return []  # a visible failure is not silent
+    from .verdict import decide
+
+    if decide(trace).status != "converged":
+        return []  # an unconverged run differs from its reference for other reasons
     digits = ref.get("lre_params", ref.get("lre_loss"))
     if digits is None:
         return []

@@ -30,9 +30,10 @@ Rules, applied in this order (``W`` is the window, 10 steps by default):
    low-precision run is not asked for digits its format does not carry. Onset: the
    first step from which both hold to the end.
 5. **oscillating**: over the last 2W steps the loss differences change sign at least
-   half the time (90% for stochastic step traces, where noise alone gives about half)
-   and the loss is not going down overall (the mean of the window's second half is not
-   below that of its first half by more than rtol).
+   half the time (90% for stochastic step traces, where noise alone gives about half),
+   the loss is not going down overall (the mean of the window's second half is not
+   below that of its first half by more than rtol), and the swing is larger than
+   2 rtol times the loss (smaller swings are rounding noise on a flat loss).
 6. otherwise **not converged**, with the numbers that say how far it is.
 
 Traces of optimizer steps (``step_unit == "step"``: deep nets, mini-batches, fresh
@@ -215,8 +216,11 @@ def _oscillation(trace: Trace, tail: np.ndarray, loss: np.ndarray,
     flat = np.mean(tail[half:]) >= np.mean(tail[:half]) * (1 - rtol)
     needed = (rules.stochastic_oscillation_sign_changes if unit == "step"
               else rules.oscillation_sign_changes)
-    if changes >= needed and flat:
-        amp = float(np.max(tail) - np.min(tail))
+    amp = float(np.max(tail) - np.min(tail))
+    # a swing within the plateau tolerance is rounding noise on a flat loss (a float32
+    # loss near its floor alternates in its last bits), not an oscillation
+    audible = amp > 2.0 * rtol * float(np.max(np.abs(tail)))
+    if changes >= needed and flat and audible:
         onset = len(loss) - len(tail) + 1
         return Verdict("oscillating", onset,
                        f"loss swings by {amp:.3g} around {np.median(tail):.3g}, "

@@ -124,7 +124,12 @@ def answer_lines(result) -> list[str]:
     working = [r for r in runs if not r.failed]
     status = Counter(r.verdict.status for r in working)
     work_words = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in status.items())
-    if not failing:
+    warned = [r for r in working if r.findings]
+    if not failing and warned:
+        sigs = _counts(f.signature for r in warned for f in r.findings)
+        first = (f"Model or computation? No run of {n} fails, but {len(warned)} working "
+                 f"run(s) carry numerical warnings ({sigs}): see their Run lines.")
+    elif not failing:
         first = (f"Model or computation? No run of {n} fails: nothing in this sweep points at "
                  "the computation.")
     else:
@@ -291,7 +296,11 @@ def sweep_lines(result, note: str | None = None, *, quiet: bool = False,
     for r in result.results:
         label = r.spec.label(axes or DEFAULT_LABEL_AXES)
         style = "green" if r.verdict.status == "converged" else ("red" if r.failed else "")
-        out.append([(f"Run {label}: ", ""), (str(r.verdict), style)])
+        line = [(f"Run {label}: ", ""), (str(r.verdict), style)]
+        if not r.failed and r.findings:  # a working run's warnings are not silent here
+            line.append((" (warning: " + "; ".join(_warning(f) for f in r.findings) + ")",
+                         "yellow"))
+        out.append(line)
     if result.task_report is not None and "groups" in result.task_report:
         # the deep nets' policy evaluation (deep/report.py imports no torch, so a stored
         # sweep's report renders without it)
@@ -393,3 +402,12 @@ def run_table(result) -> str:
             ",".join(sorted({f.signature for f in r.findings})) or "-",
         ])
     return table(headers, rows)
+
+
+def _warning(f) -> str:
+    """A working run's finding in a few words: its name and the number that proves it."""
+    ev = f.evidence or {}
+    if f.signature == "silent_digit_loss" and ev.get("digits") is not None:
+        return (f"silent_digit_loss: {ev['digits']:.1f} digits agree with the matched "
+                f"float64 run, {ev.get('format_digits', float('nan')):.1f} carried")
+    return f.signature
