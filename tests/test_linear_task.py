@@ -76,3 +76,31 @@ def test_bad_input(args, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("data", ["nist:Filip", "nist:Wampler5", "nist:Longley"])
+def test_a_lone_normal_equations_solve_gets_a_verified_solver_switch(data, tmp_path, capsys):
+    # no other solver ran beside it: the lab proposes its backward-stable path and keeps
+    # the advice only because the same-data re-run recovered 2+ digits
+    doc = run_json(["run", "--task", "linear_regression", "--data", data, "--solver",
+                    "normal", "--out", str(tmp_path), "--no-progress"], capsys)
+    (run,) = doc["runs"]
+    rec = next(r for r in doc["recommendations"] if r["action"] == "switch_solver")
+    assert rec["delta"] == {"solver": "auto"} and rec["runs"] == [run["id"]]
+    assert rec["verification"]["status"] == "fixed", rec
+    (row,) = [v for v in doc["verification"] if v["mitigation"] == "switch_solver"]
+    assert row["after"]["digits"] >= row["before"]["digits"] + 2.0
+    assert row["before"]["digits"] == pytest.approx(run["probes"]["end"]["digits"])
+
+
+def test_a_backward_stable_solve_of_longley_is_left_alone(tmp_path, capsys):
+    # QR keeps the 10.9 digits its error bound allows; Longley's certified coefficients
+    # have norm 3.5e6 (the intercept), which is the answer, not an ill-conditioned blow-up
+    doc = run_json(["run", "--task", "linear_regression", "--data", "nist:Longley",
+                    "--solver", "qr", "--out", str(tmp_path), "--no-progress"], capsys)
+    (run,) = doc["runs"]
+    assert run["findings"] == [] and doc["recommendations"] == []
+    assert run["probes"]["reference"]["weight_norm"] > 1e6
+    main(["report", "1", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "Run float64 qr: converged" in out and "lr=" not in out

@@ -155,6 +155,12 @@ class Axis:
 
 #: the axes that label a run when its sweep has none
 DEFAULT_LABEL_AXES = ("precision", "lr", "lambda")
+
+
+def default_label_axes(task: str | None) -> tuple[str, ...]:
+    """The axes that label a run of ``task`` when its sweep has none (a least-squares
+    solve has no lr or lambda: its solver and format name it)."""
+    return ("precision", "solver") if task == "linear_regression" else DEFAULT_LABEL_AXES
 DEEP_TASKS = ("mlp", "attention", "user")
 
 AXES: dict[str, Axis] = {}

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 from .diagnosis.findings import FAILED
 from .diagnosis.signatures import attach_reference
-from .params import DEFAULT_LABEL_AXES
+from .params import default_label_axes
 from .formatting import round_sig
 from .recommend import Recommendation, RunResult, safe_lr
 
@@ -94,20 +94,47 @@ def is_fixed(before: RunResult, after: RunResult, target: str | None = None) -> 
     With a ``target`` signature (the catalogue): the target is no longer detected, and the
     re-run converged (when the baseline failed) or at least did not fail (when it did not:
     a silent failure's 'converged' verdict is not to be trusted). Without one (sweeps):
-    the re-run converged and none of the before-run's warning/error signatures remain.
+    none of the before-run's warning/error signatures remain and the re-run converged, or,
+    for a before-run that did not fail but carried such findings, the re-run does not
+    fail and is no less converged.
     """
     after_sigs = _alarms(after)
     if target is not None:
         # a failed baseline must now converge; otherwise the re-run must not fail
         required = 2 if before.verdict.status in FAILED else 1
         return target not in after_sigs and _rank(after) >= required
-    return after.verdict.status == "converged" and not (_alarms(before) & after_sigs)
+    alarms = _alarms(before)
+    if alarms & after_sigs:
+        return False
+    if after.verdict.status == "converged":
+        return True
+    # a run that did not fail but carried warning/error findings (gradient underflow in
+    # a run still training): its failure is those findings; gone, with the re-run no
+    # less converged and not failing, it is fixed
+    return (bool(alarms) and before.verdict.status not in FAILED
+            and after.verdict.status not in FAILED and _rank(after) >= _rank(before))
+
+
+#: digits a least-squares re-run must gain over its before-run to count as fixed
+SOLVE_DIGITS_GAINED = 2.0
+
+
+def solve_fixed(before: RunResult, after: RunResult, digits_before: float | None,
+                digits_after: float | None) -> bool:
+    """A least-squares solve's failure is lost digits: the re-run did not fail and agrees
+    with the reference to at least :data:`SOLVE_DIGITS_GAINED` more digits."""
+    if digits_after is None or after.verdict.status in FAILED or after.trace.error:
+        return False
+    return digits_after >= (digits_before or 0.0) + SOLVE_DIGITS_GAINED
 
 
 def make_row(attempt: Attempt, after: RunResult, digits_before: float | None,
              digits_after: float | None, target: str | None = None,
              label: str | None = None) -> dict[str, Any]:
     before = attempt.before
+    # a sweep's least-squares solve is judged by the digits it recovers (the catalogue's
+    # solves, with a target signature, by that signature)
+    solve = before.trace.step_unit == "solve" and target is None
     return {
         "run_id": before.run_id,
         "label": label or before.run_id[:8],
@@ -117,8 +144,12 @@ def make_row(attempt: Attempt, after: RunResult, digits_before: float | None,
         "group_size": attempt.group_size,
         "before": side(before, digits_before),
         "after": side(after, digits_after),
-        "fixed": (fixed := is_fixed(before, after, target)),
+        "fixed": (fixed := (solve_fixed(before, after, digits_before, digits_after)
+                            if solve else is_fixed(before, after, target))),
         "outcome": outcome(before, after, fixed),
+        # what the digits measure: a solve's agreement with its certified/reference
+        # coefficients, else the final loss's agreement with the matched float64 run
+        "digits_against": "reference" if solve else "float64",
     }
 
 
@@ -138,9 +169,11 @@ def plan(results: Sequence[RunResult], recommendations: Sequence[Recommendation]
     unrecommended = 0
     for r in results:
         # failing runs, and runs that did not converge which a recommendation lists
-        if not (r.failed or r.verdict.status == "not_converged") or r.trace.error:
-            continue
         recs = [rec for rec in recommendations if r.run_id in rec.runs]
+        # a least-squares solve that lost digits fails silently: re-run it when advised
+        silent = r.trace.step_unit == "solve" and bool(recs)
+        if not (r.failed or r.verdict.status == "not_converged" or silent) or r.trace.error:
+            continue
         if not recs:
             unrecommended += r.failed
             continue
@@ -324,6 +357,9 @@ def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GR
     pool = {**by_id, **new}
 
     def digits(res: RunResult) -> float | None:
+        if res.trace.step_unit == "solve":  # agreement with the certified/reference solution
+            value = res.trace.probes.get("end", {}).get("digits")
+            return float(value) if isinstance(value, (int, float)) else None
         if res.spec.precision == "float64":
             return None
         ref = pool.get(res.spec.replace(precision="float64").run_id)
@@ -336,7 +372,7 @@ def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GR
     #: run id -> digits against its float64 run, computed once (the reference attached,
     #: then the run re-diagnosed with it)
     digits_of: dict[str, float | None] = {}
-    axes = result.sweep.axis_names or DEFAULT_LABEL_AXES
+    axes = result.sweep.axis_names or default_label_axes(result.sweep.base.task)
     for attempt, spec in zip(attempts, fixed_specs):
         after = pool[spec.run_id]
         for res in (attempt.before, after):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..formatting import fmt_num, sci
-from ..params import DEFAULT_LABEL_AXES
+from ..params import default_label_axes
 from ..spec import format_value
 
 
@@ -125,8 +125,26 @@ def answer_lines(result) -> list[str]:
     status = Counter(r.verdict.status for r in working)
     work_words = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in status.items())
     warned = [r for r in working if r.findings]
-    if not failing and warned:
-        sigs = _counts(f.signature for r in warned for f in r.findings)
+    # working runs whose accuracy a verified re-run recovered (a least-squares solve that
+    # lost digits to its solver fails silently)
+    recovered: dict[str, set[str]] = {}
+    working_ids = {r.run_id for r in working}
+    for rec in result.recommendations:
+        if rec.advised and (rec.verification or {}).get("status") in ("fixed", "improved"):
+            ids = set(rec.runs) & working_ids
+            if ids:
+                recovered.setdefault(_short(rec.action), set()).update(ids)
+    if not failing and recovered:
+        k = len(set().union(*recovered.values()))
+        what = ", ".join(f"{a} ({len(v)})" for a, v in recovered.items())
+        ids = set().union(*recovered.values())
+        solves = all(r.trace.step_unit == "solve" for r in working if r.run_id in ids)
+        lost = ("lost digits that a verified re-run recovers" if solves else
+                "carry numerical findings that a verified re-run removes")
+        first = (f"Model or computation? The computation, silently: no run of {n} fails "
+                 f"outright, but {k} working run(s) {lost}: {what}.")
+    elif not failing and warned:
+        sigs = _counts(sig for r in warned for sig in {f.signature for f in r.findings})
         first = (f"Model or computation? No run of {n} fails, but {len(warned)} working "
                  f"run(s) carry numerical warnings ({sigs}): see their Run lines.")
     elif not failing:
@@ -164,7 +182,8 @@ def answer_lines(result) -> list[str]:
                       f"fixed and {improved} improved.")
     lines = [first]
     if working:
-        reach = _reach(working, result.sweep.axis_names or DEFAULT_LABEL_AXES)
+        reach = _reach(working, result.sweep.axis_names
+                       or default_label_axes(result.sweep.base.task))
         lines.append(f"The {len(working)} run(s) that work ({work_words}) {reach}."
                      if reach else f"The {len(working)} run(s) that work: {work_words}.")
     elif failing:
@@ -294,11 +313,11 @@ def sweep_lines(result, note: str | None = None, *, quiet: bool = False,
         out.extend(format_map(smap, width))
     add()
     for r in result.results:
-        label = r.spec.label(axes or DEFAULT_LABEL_AXES)
+        label = r.spec.label(axes or default_label_axes(r.spec.task))
         style = "green" if r.verdict.status == "converged" else ("red" if r.failed else "")
         line = [(f"Run {label}: ", ""), (str(r.verdict), style)]
         if not r.failed and r.findings:  # a working run's warnings are not silent here
-            line.append((" (warning: " + "; ".join(_warning(f) for f in r.findings) + ")",
+            line.append((" (warning: " + "; ".join(dict.fromkeys(_warning(f) for f in r.findings)) + ")",
                          "yellow"))
         out.append(line)
     if result.task_report is not None and "groups" in result.task_report:
@@ -382,7 +401,7 @@ def solve_table(result) -> str:
 def run_table(result) -> str:
     if result.results and all(r.trace.step_unit == "solve" for r in result.results):
         return solve_table(result)
-    axes = result.sweep.axis_names or DEFAULT_LABEL_AXES
+    axes = result.sweep.axis_names or default_label_axes(result.sweep.base.task)
     headers = ["id", *axes, "verdict", "onset", "final loss", "grad norm", "max|logit|",
                "2/L", "findings"]
     rows = []

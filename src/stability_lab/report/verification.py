@@ -75,8 +75,12 @@ def format_verification(rows: Sequence[dict[str, Any]], max_rows: int = 16) -> s
 
     if not rows:
         return "Verification: nothing to verify (no failing run has a recommendation)."
-    out = ["Verification (re-run with the same seed and data order; digits = agreement "
-           "of the final loss with the matched float64 run, 'ref' = is float64):"]
+    if all(r.get("digits_against") == "reference" for r in rows):
+        out = ["Verification (re-run on the same data; digits = agreement of the "
+               "coefficients with the certified/reference solution):"]
+    else:
+        out = ["Verification (re-run with the same seed and data order; digits = agreement "
+               "of the final loss with the matched float64 run, 'ref' = is float64):"]
     plan = rows[0].get("plan")
     if plan:
         if plan.get("exhaustive"):

@@ -180,8 +180,12 @@ class LinearRegressionTask(Task):
                "extended_design": "X_lo" in extra}
         meta = environment()
         meta["solver_path"] = diag.path
+        # the reference solution's size: a large certified coefficient vector (Longley's
+        # intercept is -3.5e6) is the answer, not a blow-up
+        reference = {"weight_norm": float(l2_norm(prep.reference)), "kind": prep.reference_kind}
         trace = Trace(spec=spec, metrics=metrics,
-                      probes={"start": start, "end": end}, meta=meta, step_unit="solve",
+                      probes={"start": start, "end": end, "reference": reference},
+                      meta=meta, step_unit="solve",
                       final_params=b)
         trace.extras["solve"] = {k: d[k] for k in ("status", "message", "iterations",
                                                    "converged", "lre", "warnings",
@@ -207,6 +211,9 @@ def switch_solver(ctx: Context) -> list[Recommendation]:
         best = max(runs, key=digits)
         worse = [x for x in runs if digits(best) - digits(x) >= 2.0]
         if not worse:
+            if all(x.spec.solver != "auto" for x in runs):
+                out.extend(_lone_solver(x, digits(x), precision) for x in runs
+                           if _squares_kappa_and_lost_digits(x, digits(x)))
             continue
         worst = min(worse, key=digits)
         out.append(Recommendation(
@@ -222,3 +229,46 @@ def switch_solver(ctx: Context) -> list[Recommendation]:
              "digits": {x.spec.solver: digits(x) for x in runs}},
         ))
     return out
+
+
+#: solvers whose error bound grows with cond(X)^2: the normal equations (formed, or by
+#: Cholesky), and CGLS and gradient descent, which iterate on them
+_SQUARING = (*linear._SQUARES_KAPPA, "cg", "gd")
+
+
+def _squares_kappa_and_lost_digits(run, digits: float) -> bool:
+    """A lone run of a solver that works on the normal equations lost 2+ digits."""
+    if run.spec.solver not in _SQUARING or run.trace.error:
+        return False
+    return digits <= linear._LRE_CAP - 2.0
+
+
+def _lone_solver(run, digits: float, precision: str) -> Recommendation:
+    """No better solver ran beside this one: propose the lab's ``auto`` path.
+
+    The normal equations square cond(X); a backward-stable path (Householder QR, on the
+    double-double design for a polynomial) loses about log10 cond(X) digits instead of
+    twice that. Verification re-runs the same problem with ``solver=auto`` and keeps the
+    advice only if the digits rise.
+    """
+    start = run.trace.probes.get("start", {})
+    kappa = start.get("condition_number")
+    from ..precision import FORMATS
+
+    u_digits = FORMATS[precision].digits if precision in FORMATS else FORMATS["float64"].digits
+    if isinstance(kappa, (int, float)) and math.isfinite(kappa) and kappa > 0:
+        stable = max(0.0, min(u_digits - math.log10(kappa), linear._LRE_CAP))
+        bound = (f"cond(X) = {kappa:.2g}: {run.spec.solver} works on X^T X (cond "
+                 f"{kappa * kappa:.2g}), a backward-stable solve's bound keeps about "
+                 f"{stable:.1f} digits")
+    else:
+        stable, bound = None, f"{run.spec.solver} works on X^T X"
+    return Recommendation(
+        "switch_solver",
+        f"switch solver to auto (digits {digits:.1f} with {run.spec.solver})",
+        f"on {run.spec.data} in {precision}, {run.spec.solver} agrees with the reference to "
+        f"{digits:.1f} digits; {bound}",
+        {"solver": "auto"}, (run.run_id,),
+        {"best": "auto", "best_digits": None, "digits": {run.spec.solver: digits},
+         "stable_bound_digits": stable},
+    )
