@@ -157,6 +157,10 @@ def test_report_in_chromium(browser, reports, name, width):
     dialog = page.locator("dialog#detail")
     dialog.wait_for(state="visible", timeout=2000)
     assert pt["run"] in page.locator("#dtitle").inner_text()
+    # the close button's label on one line (not broken letter by letter at 390 px)
+    assert page.evaluate("""() => { const r = document.createRange();
+        r.selectNodeContents(document.getElementById('dclose'));
+        return r.getClientRects().length; }""") == 1
     body = page.locator("#dbody").inner_text()
     assert "Findings" in body and "Verdict:" in body
     if name != "linear-solver":

@@ -146,3 +146,20 @@ def test_per_layer_output_is_cut_to_culprit_layers():
     assert "    fc1 " not in short and "    relu " not in short
     full = format_report(report, verbose=True)
     assert "    fc1 " in full and "    relu " in full
+
+
+def test_report_matches_run_when_a_rerun_is_a_run_of_the_sweep(tmp_path, capsys):
+    """bfloat16 standardized converges where its float64 twin does not: the sweep judges
+    it not converged (never more converged than its wider twin). That run is also the
+    scale_features re-run of bfloat16 raw; verification must not re-judge it as
+    converged, or the run prints a verdict the store (and 'report') does not hold."""
+    argv = ["--sweep", "precision=float64,bfloat16", "--lr", "0.2", "--lambda", "0.1",
+            "--epochs", "60", "--verify", "--no-progress", "--out", str(tmp_path)]
+    rc, printed, err = _cli(argv, capsys)
+    assert rc == 0, err
+    line = next(x for x in printed.splitlines()
+                if x.startswith("Run bfloat16 scale=standardized:"))
+    assert "not converged (loss gap" in line and "warning" not in line
+    rc, text, err = _cli(["report", "last", "--out", str(tmp_path)], capsys)
+    assert rc == 0, err
+    assert text == printed

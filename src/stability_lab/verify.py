@@ -16,7 +16,10 @@ For a sweep (``stability-lab run ... --verify``), :func:`verify_sweep`:
    2/L of raw features is needlessly tiny once they are standardized);
 4. runs the matched float64 run of every before/after spec that is not float64, and
    records the digits agreeing with it (LRE of the final loss; of the weights too, in
-   ``extras['reference']``), which also feeds the ``silent_digit_loss`` detector;
+   ``extras['reference']``), which also feeds the ``silent_digit_loss`` detector; a
+   before- or after-run that is a run of the sweep itself keeps the verdict and findings
+   the sweep gave it (only its digits are read), so the report the sweep prints and the
+   one ``stability-lab report SWEEP_ID`` rebuilds from the store agree;
 5. stores every re-run with ``Store.save_run`` (so ``show`` works on it) and every row
    with ``Store.save_verification`` beside the original run.
 
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .diagnosis.findings import FAILED
-from .diagnosis.signatures import attach_reference
+from .diagnosis.signatures import attach_reference, lre
 from .params import default_label_axes
 from .formatting import round_sig
 from .recommend import Recommendation, RunResult, safe_lr
@@ -365,6 +368,9 @@ def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GR
         ref = pool.get(res.spec.replace(precision="float64").run_id)
         if ref is None:
             return None
+        if res.run_id in by_id:
+            # a run of the sweep: read its digits, leave its trace as the sweep stored it
+            return lre(res.trace.final_loss, ref.trace.final_loss)
         info_ref = attach_reference(res.trace, ref.trace)
         return info_ref["lre_loss"]
 
@@ -378,7 +384,12 @@ def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GR
         for res in (attempt.before, after):
             if res.run_id not in digits_of:
                 digits_of[res.run_id] = digits(res)
-                rediagnose(res)
+                # the sweep's own runs keep the judgment the sweep printed and stored
+                # (reconciled with their wider twins, their reference attached where it
+                # counts); re-diagnosing one here would print a verdict that 'report
+                # SWEEP_ID' does not (a re-run that is also a run of the sweep)
+                if res.run_id not in by_id:
+                    rediagnose(res)
         row = make_row(attempt, after, digits_of[attempt.before.run_id],
                        digits_of[after.run_id], label=attempt.before.spec.label(axes))
         row["plan"] = info

@@ -28,7 +28,7 @@ import numpy as np
 from ..deep_axes import POLICY_COST
 from ..formatting import jsonable
 from ..precision import FORMATS
-from ..report.terminal import table
+from ..report.terminal import plain_text, table_lines, verdict_style
 
 ACC_TOL = 0.01
 LOSS_RTOL = 0.10
@@ -234,8 +234,15 @@ def culprit_modules(tab: dict[str, Any], policy_row: dict[str, Any] | None = Non
 
 
 def format_report(report: dict[str, Any], verbose: bool = False) -> str:
-    """The policy evaluation as text; per-layer tables cut to the culprit layers
-    (:func:`culprit_modules`) unless ``verbose``."""
+    """The policy evaluation as plain text (see :func:`report_lines`)."""
+    return plain_text(report_lines(report, verbose))
+
+
+def report_lines(report: dict[str, Any], verbose: bool = False, console=None) -> list:
+    """The policy evaluation as lines of styled segments; per-layer tables cut to the
+    culprit layers (:func:`culprit_modules`) unless ``verbose``. Tables are laid out by
+    rich (report/terminal.py, ``table_lines``): for ``console`` (a terminal) in its width,
+    without one as plain text."""
     tol = report["tolerance"]
     lines = [f"Policy evaluation (tolerance: accuracy within {tol['accuracy_drop']:.0%} and "
              f"final loss within {tol['loss_rtol']:.0%} + {tol['loss_atol']:g} of the "
@@ -252,7 +259,8 @@ def format_report(report: dict[str, Any], verbose: bool = False) -> str:
                 tr = p["scale_trajectory"]
                 scale = f"{tr[0][1]:g}->{_f(p['scale_min'], 'g')}->{_f(p['scale_final'], 'g')}"
             rows.append([
-                p["policy"], p["verdict"], _f(p["final_loss"], ".4g"),
+                p["policy"], (p["verdict"], verdict_style(p["verdict"])),
+                _f(p["final_loss"], ".4g"),
                 _f(p.get("loss_gap"), "+.3g"),
                 _f(p["accuracy"], ".1%"),
                 _f(p.get("accuracy_gap") * 100 if p.get("accuracy_gap") is not None
@@ -261,11 +269,11 @@ def format_report(report: dict[str, Any], verbose: bool = False) -> str:
                 _f(p.get("grad_underflow_frac"), ".2%"),
                 _f(p.get("min_headroom_log2"), ".1f"),
                 _f(p["step_time_ms"], ".2f"), _f(p["cost"], "g"),
-                "yes" if p.get("within_tolerance") else "no",
+                ("yes", "green") if p.get("within_tolerance") else ("no", "red"),
             ])
-        lines += table(["policy", "verdict", "loss", "dloss", "acc", "dacc(pt)", "skipped",
-                         "loss scale", "underflow", "headroom(2^)", "step ms", "cost",
-                         "ok"], rows).splitlines()
+        lines += table_lines(["policy", "verdict", "loss", "dloss", "acc", "dacc(pt)",
+                              "skipped", "loss scale", "underflow", "headroom(2^)", "step ms",
+                              "cost", "ok"], rows, console)
         for p in g["policies"]:
             fc = p.get("first_nonfinite")
             if fc:
@@ -301,10 +309,10 @@ def format_report(report: dict[str, Any], verbose: bool = False) -> str:
                          _f(m.get("grad_flush_max"), ".1%"), _f(m.get("grad_norm_last")),
                          _f(m.get("update_ratio_median")), _f(m.get("dead_frac_last"), ".0%")]
                         for name, m in mods.items()]
-                lines += ["    " + s for s in table(
+                lines += table_lines(
                     ["module", "type", "act max", "act hr", "grad max", "grad hr",
                      "grad<normal", "grad flush", "grad norm", "upd/w", "dead"],
-                    rows).splitlines()]
+                    rows, console, indent=4)
             # warn only when the projected run-out is near: within twice the steps run
             # (a float64 layer losing 3 of 1023 powers of two is no news)
             near = [pr for pr in tab["projections"]
@@ -325,4 +333,5 @@ def format_report(report: dict[str, Any], verbose: bool = False) -> str:
             lines.append("No policy stayed within tolerance of the reference.")
         for pol, why in g["rejected"].items():
             lines.append(f"  rejected {pol}: {why}")
-    return "\n".join(lines)
+    # text lines as one plain segment each; table lines are already segments
+    return [[(ln, "")] if isinstance(ln, str) else ln for ln in lines]

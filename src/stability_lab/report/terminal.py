@@ -13,20 +13,105 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from ..formatting import fmt_num, sci
 from ..params import default_label_axes
 from ..spec import format_value
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
+#: one line of the report: styled segments ``[(text, style), ...]``; the style is a rich
+#: style (a string such as ``"bold red"``, a ``rich.style.Style``, or ``""`` for none)
+Line = list[tuple[str, Any]]
+
+
+def _cell(value: Any):
+    """A table cell as rich Text: a string (never read as markup), or ``(text, style)``."""
+    from rich.text import Text
+
+    if isinstance(value, Text):
+        return value
+    if isinstance(value, tuple):
+        text, style = value
+        return Text(str(text), style=style or "")
+    return Text(str(value))
+
+
+def _cell_text(value: Any) -> str:
+    return value[0] if isinstance(value, tuple) else str(value)
+
+
+def table_lines(headers: list[str], rows: list[list[Any]], console=None,
+                indent: int = 0) -> list[Line]:
+    """A table laid out by rich (``rich.table.Table``), as lines of styled segments.
+
+    Cells are strings, or ``(text, style)`` pairs whose style colours the cell on a
+    terminal. ``console`` is the terminal's rich Console: the table gets rich's own look
+    there (a bold header over a rule) and fits the terminal's width, wrapping long cells.
+    Without one, the plain text that a pipe or a file gets: columns two spaces apart, a
+    dashed rule under the header, one line per row whatever its length, no escape codes.
+    ``indent``: spaces before every line (the width left to the table shrinks by as many).
+    """
+    from io import StringIO
+
+    from rich import box
+    from rich.cells import cell_len
+    from rich.console import Console
+    from rich.table import Table
+
+    plain = console is None
+    if plain:
+        console = Console(file=StringIO(), width=100_000, color_system=None,
+                          highlight=False, markup=False, emoji=False, force_terminal=False,
+                          legacy_windows=False)
+    tbl = Table(box=None if plain else box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                padding=(0, 1) if plain else (0, 1, 0, 0), header_style="" if plain else "bold",
+                expand=False)
+    for h in headers:
+        tbl.add_column(_cell(h), no_wrap=plain, overflow="ignore" if plain else "fold")
+    if plain:
+        # the rule under the header, as wide as each column
+        widths = [max([cell_len(h), *(cell_len(_cell_text(r[i])) for r in rows)])
+                  for i, h in enumerate(headers)]
+        tbl.add_row(*(_cell("-" * w) for w in widths))
     for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    return "\n".join(lines)
+        tbl.add_row(*(_cell(c) for c in r))
+    options = console.options
+    if not plain:
+        from rich.measure import Measurement
+
+        options = options.update_width(max(20, options.max_width - indent))
+        # cells wrap at spaces to fit the terminal; where even that is too wide, rows stay
+        # whole (the terminal wraps them) rather than numbers broken mid-word
+        least, most = Measurement.get(console, options.update_width(100_000), tbl)
+        if least > options.max_width:
+            options = options.update_width(most)
+    out: list[Line] = []
+    for segs in console.render_lines(tbl, options, pad=False):
+        line = [(s.text, s.style or "") for s in segs if s.text and not s.control]
+        while line and not line[-1][0].strip():  # no trailing padding
+            line.pop()
+        if line:
+            line[-1] = (line[-1][0].rstrip(), line[-1][1])
+        out.append([(" " * indent, "")] + line if indent and line else line)
+    return out
+
+
+def plain_text(lines: list[Line]) -> str:
+    """Lines of styled segments as plain text (styles dropped, trailing spaces cut)."""
+    return "\n".join("".join(t for t, _ in line).rstrip() for line in lines)
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A table as plain text, laid out by rich (see :func:`table_lines`)."""
+    return plain_text(table_lines(headers, rows))
+
+
+def verdict_style(status: str) -> str:
+    """How a verdict is coloured on a terminal: converged green, failed red."""
+    from ..diagnosis.findings import FAILED
+
+    return "green" if status == "converged" else ("red" if status in FAILED else "")
 
 
 def conditioning_line(result) -> str | None:
@@ -274,12 +359,15 @@ def header_lines(result) -> list[str]:
 
 def sweep_lines(result, note: str | None = None, *, quiet: bool = False,
                 verbose: bool = False, width: int = 100,
-                map_axes: tuple[str | None, str] | None = None):
+                map_axes: tuple[str | None, str] | None = None,
+                console=None) -> list[Line]:
     """The report as lines of styled segments ``[(text, style), ...]``.
 
     Order: header (answer, condition numbers, recommendation), the stability map, the
     brief's ``Run ...:`` lines, the task's own report, (``verbose``) the run table,
-    the verification and the store line. ``quiet``: the header only.
+    the verification and the store line. ``quiet``: the header only. Tables are laid out
+    by rich (:func:`table_lines`): for ``console`` (a terminal) in its width, without one
+    as plain text.
     """
     from .maps import build_map, format_map
 
@@ -317,28 +405,30 @@ def sweep_lines(result, note: str | None = None, *, quiet: bool = False,
         style = "green" if r.verdict.status == "converged" else ("red" if r.failed else "")
         line = [(f"Run {label}: ", ""), (str(r.verdict), style)]
         if not r.failed and r.findings:  # a working run's warnings are not silent here
-            line.append((" (warning: " + "; ".join(dict.fromkeys(_warning(f) for f in r.findings)) + ")",
-                         "yellow"))
+            # each warning once (a detector and the task's own per-layer check can both
+            # report gradient_underflow)
+            warnings = list(dict.fromkeys(_warning(f) for f in r.findings))
+            line.append((" (warning: " + "; ".join(warnings) + ")", "yellow"))
         out.append(line)
     if result.task_report is not None and "groups" in result.task_report:
         # the deep nets' policy evaluation (deep/report.py imports no torch, so a stored
         # sweep's report renders without it)
-        from ..deep.report import format_report
+        from ..deep.report import report_lines
 
         add()
-        add(format_report(result.task_report, verbose=verbose))
+        out.extend(report_lines(result.task_report, verbose=verbose, console=console))
     if verbose:
         add()
-        add(run_table(result))
+        out.extend(table_lines(*run_table_rows(result), console=console))
         counts = Counter(r.verdict.status for r in result.results)
         add()
         add("Verdicts: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
                                      sorted(counts.items(), key=lambda kv: -kv[1])))
     if result.verification:
-        from .verification import format_verification
+        from .verification import verification_lines
 
         add()
-        add(format_verification(result.verification))
+        out.extend(verification_lines(result.verification, console=console))
     if note:
         add(f"Note: {note}", "dim")
     if result.store_path:
@@ -353,8 +443,7 @@ def sweep_lines(result, note: str | None = None, *, quiet: bool = False,
 
 def format_sweep(result, note: str | None = None, **kw) -> str:
     """The report as plain text (what a pipe or a file gets)."""
-    lines = sweep_lines(result, note, **kw)
-    return "\n".join("".join(t for t, _ in line).rstrip() for line in lines) + "\n"
+    return plain_text(sweep_lines(result, note, **kw)) + "\n"
 
 
 def print_sweep(result, note: str | None = None, file=None, **kw) -> None:
@@ -370,14 +459,14 @@ def print_sweep(result, note: str | None = None, file=None, **kw) -> None:
 
     console = Console(file=file, highlight=False, soft_wrap=True, force_terminal=True)
     kw.setdefault("width", max(60, console.width))
-    for line in sweep_lines(result, note, **kw):
+    for line in sweep_lines(result, note, console=console, **kw):
         text = Text()
         for t, style in line:
             text.append(t, style=style or None)
         console.print(text)
 
 
-def solve_table(result) -> str:
+def solve_table_rows(result) -> tuple[list[str], list[list[Any]]]:
     """Least-squares solves: digits against the reference, prediction, rank and cutoff."""
     axes = result.sweep.axis_names or ["solver"]
     headers = ["id", *axes, "verdict", "digits", "predicted lost", "rank", "cutoff",
@@ -387,20 +476,25 @@ def solve_table(result) -> str:
         s, e = r.trace.probes.get("start", {}), r.trace.probes.get("end", {})
         rows.append([
             r.run_id[:8], *[format_value(r.spec.get(a)) for a in axes],
-            r.verdict.status.replace("_", " "),
+            (r.verdict.status.replace("_", " "), verdict_style(r.verdict.status)),
             "-" if e.get("digits") is None else f"{float(e['digits']):.1f}",
             "-" if s.get("predicted_digits_lost") is None
             else f"{float(s['predicted_digits_lost']):.1f}",
             fmt_num(s.get("numerical_rank")), fmt_num(s.get("rank_cutoff")),
             sci(s.get("cond_XtX")), fmt_num(e.get("residual_sd")),
-            ",".join(sorted({f.signature for f in r.findings})) or "-",
+            _findings_cell(r),
         ])
-    return table(headers, rows)
+    return headers, rows
 
 
-def run_table(result) -> str:
+def solve_table(result) -> str:
+    return table(*solve_table_rows(result))
+
+
+def run_table_rows(result) -> tuple[list[str], list[list[Any]]]:
+    """The table of every run (``--verbose``): headers and cells."""
     if result.results and all(r.trace.step_unit == "solve" for r in result.results):
-        return solve_table(result)
+        return solve_table_rows(result)
     axes = result.sweep.axis_names or default_label_axes(result.sweep.base.task)
     headers = ["id", *axes, "verdict", "onset", "final loss", "grad norm", "max|logit|",
                "2/L", "findings"]
@@ -412,15 +506,25 @@ def run_table(result) -> str:
         rows.append([
             r.run_id[:8],
             *[format_value(r.spec.get(a)) for a in axes],
-            r.verdict.status.replace("_", " "),
+            (r.verdict.status.replace("_", " "), verdict_style(r.verdict.status)),
             "-" if r.verdict.onset is None else str(r.verdict.onset),
             fmt_num(r.trace.final_loss),
             fmt_num(summary_grad[-1] if summary_grad.size else None),
             fmt_num(logit[-1] if logit.size else None),
             fmt_num(s.get("lr_bound")),
-            ",".join(sorted({f.signature for f in r.findings})) or "-",
+            _findings_cell(r),
         ])
-    return table(headers, rows)
+    return headers, rows
+
+
+def run_table(result) -> str:
+    """The table of every run as plain text."""
+    return table(*run_table_rows(result))
+
+
+def _findings_cell(r) -> tuple[str, str]:
+    sigs = ",".join(sorted({f.signature for f in r.findings}))
+    return (sigs, "yellow") if sigs else ("-", "")
 
 
 def _warning(f) -> str:

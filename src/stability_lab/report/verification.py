@@ -33,19 +33,23 @@ def _delta(delta: dict[str, Any]) -> str:
     return ",".join(parts) or "-"
 
 
-def _row_cells(r: dict[str, Any]) -> list[str]:
+def _row_cells(r: dict[str, Any]) -> list[Any]:
+    """One verification row's cells; verdicts and the fixed column carry their colour."""
+    from .terminal import verdict_style
+
     b, a = r["before"], r["after"]
     label = r.get("label") or r["run_id"][:8]
     if r.get("group_size", 1) > 1:
         label += f" (+{r['group_size'] - 1} alike)"
     return [
         label, r["mitigation"], _delta(r.get("delta", {})),
-        b["verdict"].replace("_", " "), a["verdict"].replace("_", " "),
+        (b["verdict"].replace("_", " "), verdict_style(b["verdict"])),
+        (a["verdict"].replace("_", " "), verdict_style(a["verdict"])),
         f"{_num(b['final_loss'])} -> {_num(a['final_loss'])}",
         f"{_num(b['epochs_to_converge'])} -> {_num(a['epochs_to_converge'])}",
         f"{_digits(b['digits'])} -> {_digits(a['digits'])}",
         f"{_sigs(b)} -> {_sigs(a)}",
-        "yes" if r["fixed"] else "NO",
+        ("yes", "green") if r["fixed"] else ("NO", "red"),
     ]
 
 
@@ -65,16 +69,27 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def format_verification(rows: Sequence[dict[str, Any]], max_rows: int = 16) -> str:
-    """The verification table, with a header that says what was (not) verified.
+    """The verification table as plain text (see :func:`verification_lines`)."""
+    from .terminal import plain_text
+
+    return plain_text(verification_lines(rows, max_rows))
+
+
+def verification_lines(rows: Sequence[dict[str, Any]], max_rows: int = 16,
+                       console=None) -> list:
+    """The verification table, with a header that says what was (not) verified, as lines
+    of styled segments; its tables are laid out by rich (report/terminal.py,
+    ``table_lines``): for ``console`` (a terminal) in its width, without one as plain text.
 
     Short sweeps print every row. Long ones print a summary per mitigation and, as
     examples, the first row of each (mitigation, verdict before, outcome); ``--json``
     has every row.
     """
-    from .terminal import table
+    from .terminal import table_lines
 
     if not rows:
-        return "Verification: nothing to verify (no failing run has a recommendation)."
+        return [[("Verification: nothing to verify (no failing run has a recommendation).",
+                  "")]]
     if all(r.get("digits_against") == "reference" for r in rows):
         out = ["Verification (re-run on the same data; digits = agreement of the "
                "coefficients with the certified/reference solution):"]
@@ -97,11 +112,12 @@ def format_verification(rows: Sequence[dict[str, Any]], max_rows: int = 16) -> s
     headers = ["run", "mitigation", "change", "before", "after", "final loss", "converged at",
                "digits", "signatures", "fixed"]
     if len(rows) <= max_rows:
-        out.append(table(headers, [_row_cells(r) for r in rows]))
+        out.extend(table_lines(headers, [_row_cells(r) for r in rows], console))
     else:
-        out.append(table(["mitigation", "re-runs", "fixed", "improved", "not fixed"],
-                         [[s["mitigation"], str(s["runs"]), str(s["fixed"]),
-                           str(s["improved"]), str(s["not fixed"])] for s in summarize(rows)]))
+        out.extend(table_lines(["mitigation", "re-runs", "fixed", "improved", "not fixed"],
+                               [[s["mitigation"], str(s["runs"]), str(s["fixed"]),
+                                 str(s["improved"]), str(s["not fixed"])]
+                                for s in summarize(rows)], console))
         seen, examples = set(), []
         for r in rows:
             key = (r["mitigation"], r["before"]["verdict"], r.get("outcome"))
@@ -110,9 +126,10 @@ def format_verification(rows: Sequence[dict[str, Any]], max_rows: int = 16) -> s
                 examples.append(r)
         out.append(f"Examples (first re-run of each mitigation, verdict and outcome; "
                    f"--json has all {len(rows)}):")
-        out.append(table(headers, [_row_cells(r) for r in examples]))
+        out.extend(table_lines(headers, [_row_cells(r) for r in examples], console))
     n_fixed = sum(bool(r["fixed"]) for r in rows)
     n_improved = sum(r.get("outcome") == "improved" for r in rows)
     out.append(f"{n_fixed} of {len(rows)} re-runs fixed the failure, {n_improved} improved it "
                "(no longer failing, not yet converged); rows marked NO did not fix it.")
-    return "\n".join(out)
+    # text lines as one plain segment each; table lines are already segments
+    return [[(line, "")] if isinstance(line, str) else line for line in out]
