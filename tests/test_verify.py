@@ -70,3 +70,43 @@ def test_all_rebounds_lr_for_rescaled_data(tmp_path):
     assert both["delta"]["scale"] == "standardized"
     assert 0.1 < both["delta"]["lr"] < 1.0
     assert both["after"]["verdict"] == "converged" and both["fixed"]
+
+
+def test_a_working_run_with_warnings_is_verified_and_fixed_when_its_findings_go():
+    # a run that did not fail but carries a warning finding, listed by a recommendation,
+    # is re-run; a re-run without the finding, no less converged, counts as fixed
+    from stability_lab.diagnosis.findings import Finding
+    from stability_lab.diagnosis.verdict import Verdict
+    from stability_lab.recommend import Recommendation, RunResult
+    from stability_lab.trace import Trace
+    from stability_lab.verify import is_fixed
+
+    import numpy as np
+
+    def result(policy, status, sigs):
+        spec = RunSpec(task="mlp", policy=policy)
+        trace = Trace(spec=spec, metrics={"loss": np.array([1.0, 0.5])})
+        return RunResult(spec, trace, Verdict(status, None, ""),
+                         [Finding(s, 1, s, {}, "warning") for s in sigs])
+
+    quiet = result("float32", "converged", [])
+    warned = result("mixed-fp16-noscale", "not_converged", ["gradient_underflow"])
+    untouched = result("float16", "not_converged", [])
+    rec = Recommendation("use_loss_scaling", "use loss scaling", "",
+                         {"policy": "mixed-fp16"}, (warned.run_id, untouched.run_id))
+    attempts, info = plan([quiet, warned, untouched], [rec], exhaustive=True)
+    assert {a.before.run_id for a in attempts} == {warned.run_id, untouched.run_id}
+    gone = result("mixed-fp16", "not_converged", [])
+    still = result("mixed-fp16", "not_converged", ["gradient_underflow"])
+    failed = result("mixed-fp16", "diverged", [])
+    assert is_fixed(warned, gone) and not is_fixed(warned, still)
+    assert not is_fixed(warned, failed)
+    # a run without findings that did not converge is fixed only by converging
+    assert not is_fixed(untouched, gone)
+    assert is_fixed(untouched, result("mixed-fp16", "converged", []))
+    # a converged run with a warning is re-run too
+    conv = result("mixed-fp16-noscale", "converged", ["gradient_underflow"])
+    rec2 = Recommendation("use_loss_scaling", "", "", {"policy": "mixed-fp16"},
+                          (conv.run_id,))
+    attempts, _ = plan([quiet, conv], [rec2], exhaustive=True)
+    assert [a.before.run_id for a in attempts] == [conv.run_id]

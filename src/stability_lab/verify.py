@@ -173,8 +173,9 @@ def plan(results: Sequence[RunResult], recommendations: Sequence[Recommendation]
     for r in results:
         # failing runs, and runs that did not converge which a recommendation lists
         recs = [rec for rec in recommendations if r.run_id in rec.runs]
-        # a least-squares solve that lost digits fails silently: re-run it when advised
-        silent = r.trace.step_unit == "solve" and bool(recs)
+        # a least-squares solve that lost digits, or a working run with warning/error
+        # findings, fails silently: re-run it when a recommendation lists it
+        silent = bool(recs) and (r.trace.step_unit == "solve" or bool(_alarms(r)))
         if not (r.failed or r.verdict.status == "not_converged" or silent) or r.trace.error:
             continue
         if not recs:
