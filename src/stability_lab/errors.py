@@ -30,6 +30,11 @@ class DataError(LabError, ValueError):
     """Data that cannot be used as given (missing file, NaN, wrong shape, ...)."""
 
 
+class ResourceError(LabError):
+    """A sweep estimated not to fit in this machine's memory, refused before it starts
+    (exit 2: change the command, or add ``--force``)."""
+
+
 class EnvironmentFault(LabError):
     """The machine, not the input: disk full, read-only, store locked or damaged; exit 3."""
 

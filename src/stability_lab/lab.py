@@ -173,7 +173,7 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
             if progress:
                 progress(done_before + done, len(specs))
 
-        if progress and done_before:
+        if progress:  # the work starts: every check has passed, the store is open
             progress(done_before, len(specs))
         engine.run_specs([specs[i] for i in todo], prepared, relay, cohorts, sink,
                          executor=executor)

@@ -51,15 +51,16 @@ def main(args: argparse.Namespace) -> int:
         kernels = ["" if k.strip().lower() in ("unset", "default", "") else k.strip()
                    for k in args.kernels.split(",")]
     from ..portability import format_portability, portability
+    from ..progress import Progress
 
-    def progress(done: int, total: int, what: str) -> None:
-        if not args.json and sys.stderr.isatty():
-            sys.stderr.write(f"\r[{done}/{total}] {what}".ljust(60))
-            if done == total:
-                sys.stderr.write("\n")
-
-    doc = portability(args.run_id, args.out, kernels=kernels, threads=threads,
-                      permute=not args.no_permute, progress=progress)
+    # a bar on a terminal only (nothing in a pipe or with --json), as the sweep's
+    progress = Progress(unit="variants", plain=False) if not args.json else None
+    try:
+        doc = portability(args.run_id, args.out, kernels=kernels, threads=threads,
+                          permute=not args.no_permute, progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
     if args.json:
         json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")

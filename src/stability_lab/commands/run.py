@@ -52,7 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run again even if the store already holds a run with the same spec")
     p.add_argument("--no-cohorts", action="store_true",
                    help="run specs one at a time instead of in lockstep cohorts")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no estimate line and no progress bar on stderr")
+    p.add_argument("--force", action="store_true",
+                   help="run even when the sweep's estimated peak memory is over 80%% of the "
+                        "memory available (such a sweep is refused before it starts)")
     dist = p.add_argument_group("parallel sweeps on Dask (cohorts run on workers; only this "
                                 "process writes the store)")
     dist.add_argument("--workers", default=None, metavar="N",
@@ -182,7 +186,18 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"The sweep has {n} runs; the limit is 100000. Sweep fewer values.")
     from ..lab import run_sweep  # heavy imports start here
 
-    progress = None if (args.no_progress or not sys.stderr.isatty()) else _bar
+    estimate = check_estimate(args, sweep)  # refuses what cannot fit: nothing written yet
+    progress = None
+    if not args.no_progress:
+        from ..estimate import format_seconds
+        from ..progress import Progress
+
+        after = estimate.time_parts.get("after", 0.0) if estimate else 0.0
+        progress = Progress(
+            unit="runs", headline=estimate.text() if estimate else "",
+            estimate_seconds=estimate.seconds if estimate else None,
+            finishing=(f"next: conditioning and advisories, ~{format_seconds(after)}"
+                       if after >= 10 else None))
     # the arguments main() parsed (not sys.argv: a library call has its caller's argv)
     command = "stability-lab " + shlex.join(getattr(args, "_argv", None) or sys.argv[1:])
     executor = None
@@ -194,10 +209,10 @@ def main(args: argparse.Namespace) -> int:
         result = run_sweep(sweep, out=args.out, command=command, progress=progress,
                            cohorts=not args.no_cohorts, rerun=args.rerun, executor=executor)
     finally:
+        if progress is not None:
+            progress.close()
         if executor is not None:
             executor.close()
-    if progress:
-        sys.stderr.write("\n")
     from ..verify import VERIFY_BY_DEFAULT, close_recommendations, rerun_count, verify_sweep
 
     reruns = rerun_count(result)
@@ -246,8 +261,28 @@ def _store_report(result, note: str | None, out: str) -> None:
                            [r.to_dict() for r in result.recommendations])
 
 
-def _bar(done: int, total: int) -> None:
-    width = 30
-    filled = int(width * done / max(total, 1))
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} runs")
-    sys.stderr.flush()
+def check_estimate(args: argparse.Namespace, sweep):
+    """The sweep's :class:`~stability_lab.estimate.Estimate` (None when nothing needs
+    it: ``--force`` with ``--no-progress``); raises a one-line
+    :class:`~stability_lab.errors.ResourceError` when its peak memory does not fit in
+    :data:`~stability_lab.estimate.MARGIN` of the memory available, unless ``--force``.
+    The time is measured (calibrated) only when the estimate is shown."""
+    show = not args.no_progress
+    if args.force and not show:
+        return None
+    from ..estimate import MARGIN, estimate_sweep, format_bytes
+
+    workers = getattr(args, "workers", None)
+    est = estimate_sweep(sweep, cohorts=not args.no_cohorts, calibrate_time=show,
+                         workers=int(workers) if workers else None,
+                         remote=getattr(args, "scheduler", None) is not None)
+    if not args.force and not est.fits:
+        from ..errors import ResourceError
+
+        raise ResourceError(
+            f"The sweep does not fit in memory: {est.text()}; it needs "
+            f"~{format_bytes(est.extra_bytes)} more, over {MARGIN:.0%} of what is available. "
+            "Add --force to run anyway, or reduce the sweep (fewer values per axis), "
+            "--epochs or the rows of --data."
+        )
+    return est
