@@ -151,6 +151,22 @@ def test_wide_probe_memory_has_no_p_by_p():
     assert _peak_bytes(probes) < 2_000_000
 
 
+def test_wide_near_singular_advisory_has_no_p_by_p():
+    """More columns than rows is an exact rank deficiency (its own finding): the
+    near-singular advisory stops after O(n p) work (a 6,000 x 6,000 Gram is 288 MB)."""
+    from types import SimpleNamespace
+
+    from stability_lab.advisories import near_singular
+
+    X = np.random.default_rng(7).standard_normal((2, 6000))
+    y = np.array([0.0, 1.0])
+    ds = SimpleNamespace(X=X, y=y, feature_names=[f"x{i}" for i in range(6000)], name="w")
+    variant = SimpleNamespace(dataset=ds, scale="standardized", source="w", y64=y)
+    out = []
+    assert _peak_bytes(lambda: out.append(near_singular(variant, ["float32"]))) < 2_000_000
+    assert out == [None]
+
+
 def test_cohort_chunks_bound_memory(monkeypatch):
     """A cohort split into chunks of runs gives the numbers of the whole cohort."""
     from stability_lab import engine

@@ -84,6 +84,11 @@ def near_singular(variant, formats: list[str]) -> dict[str, Any] | None:
     keep = sd > 0
     if keep.sum() < 2:
         return None
+    if keep.sum() >= len(X):
+        # at least as many columns as rows: after centring X^T X is exactly singular, a
+        # rank deficiency (the rank_deficiency finding), not a near-dependence; and its
+        # p x p Gram matrix would take O(p^2) memory (2 x 9,999: 2.4 GB)
+        return None
     Z = (Xs[:, keep] - Xs[:, keep].mean(axis=0)) / sd[keep]
     try:
         s, Vt = np.linalg.svd(Z / math.sqrt(len(Z)), full_matrices=False)[1:]

@@ -547,10 +547,13 @@ def _logistic(est: Estimate, specs, shape: Shape, cohorts: bool, rates: Rates | 
     optimum = newton + (f64 if any(pr != "float64" for _, pr in variants.values()) else 0.0)
     refit = n * p <= 20_000_000 and p <= 400
     std_scales = any(sc != "raw" for sc, _ in variants.values())
+    # with p >= n columns the design is exactly rank-deficient (rank_deficiency's
+    # finding) and the advisory stops after the SVD: no p x p Gram matrix
+    gram = 1.0 if p < n else 0.0
     advisory = (f64 if std_scales else 0.0) + max(
         4.0 * f64 + 8.0 * n * kmin,  # the SVD of the standardized features
-        6.0 * f64 + 8.0 * p * p,  # forming their p x p Gram matrix
-        4.0 * f64 + 3.0 * 8.0 * p * p,  # its eigenvalues
+        gram * (6.0 * f64 + 8.0 * p * p),  # forming their p x p Gram matrix
+        gram * (4.0 * f64 + 3.0 * 8.0 * p * p),  # its eigenvalues
         7.0 * f64 if refit else 0.0)
 
     phase_prepare = data + kept + max(load, prep)
@@ -621,7 +624,9 @@ def _logistic(est: Estimate, specs, shape: Shape, cohorts: bool, rates: Rates | 
     # the near-singular advisory, once per (data, scale): SVD with vectors, p x p Gram
     # and its eigenvalues, and the refits
     for _ in {sc for sc, _ in variants.values()}:
-        after += 3 * rates.svd * n * p * kmin + 2.0 * n * p * p / rates.gemm + rates.eig * p ** 3
+        after += 3 * rates.svd * n * p * kmin
+        if p < n:
+            after += 2.0 * n * p * p / rates.gemm + rates.eig * p ** 3
         if refit:
             after += 4 * opt_one
     if workers:
