@@ -309,7 +309,12 @@ class Watcher:
         if isinstance(loss, self.torch.Tensor) and loss.numel() == 1:
             mb["loss"] = loss
         if out is not None and out.requires_grad:
-            out.register_hook(lambda g, mb=mb: mb.__setitem__("out_grad", g))
+            # the hook holds only a small slot, never ``mb``: mb holds ``out``, and a
+            # hook closing over it would make a cycle (out -> hook -> mb -> out) that
+            # keeps each step's autograd graph alive until the cyclic GC runs (measured:
+            # +0.2-0.3 ms a step on the benchmark's mlp)
+            slot = mb["out_grad_slot"] = []
+            out.register_hook(slot.append)
         if self._attr_active and len(self._micro) == 1 and not mb.get("fwd"):
             mb["fwd"] = True
             self._attributor.end_forward()
@@ -450,7 +455,7 @@ class Watcher:
                 out = output if isinstance(output, torch.Tensor) else _first_tensor(output)
                 if out is None and hasattr(output, "logits"):
                     out = output.logits
-                g = mb.get("out_grad")
+                g = (mb.get("out_grad_slot") or [None])[-1]
                 if g is None:
                     g = torch.ones_like(out)
                 pseudo = (out.float() * g.float()).sum()
