@@ -6,6 +6,7 @@ from __future__ import annotations
 import platform
 import shutil
 import sysconfig
+import tracemalloc
 from collections.abc import Iterable
 
 
@@ -22,3 +23,13 @@ def sum_sq_norms(tensors: Iterable) -> float:
     import torch
 
     return sum(float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2 for t in tensors)
+
+
+def traced_peak(fn) -> int:
+    """Peak bytes NumPy and Python allocated while ``fn()`` ran (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

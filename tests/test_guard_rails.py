@@ -3,10 +3,10 @@ cannot fit refused in one line (``--force`` overrides), and progress on stderr t
 a rich bar on a terminal and plain lines anywhere else."""
 
 import io
-import tracemalloc
 
 import numpy as np
 import pytest
+from _helpers import traced_peak
 from threadpoolctl import threadpool_limits
 
 from stability_lab import estimate as est_mod
@@ -111,14 +111,6 @@ def warm():
     run_sweep(Sweep(RunSpec(epochs=1), [("scale", ["raw", "standardized"])]))
 
 
-def _traced_peak(fn):
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
 
 def _wide_csv(path, n, p, seed=0):
     rng = np.random.default_rng(seed)
@@ -144,7 +136,7 @@ def test_wide_memory_estimate_matches_a_real_run(tmp_path, warm):
     e = est(sweep)
     predicted = e.peak_bytes - e.base_bytes - RUNTIME_SLACK
     with threadpool_limits(1):  # LAPACK's threads only spin on a busy machine
-        measured = _traced_peak(lambda: run_sweep(sweep))
+        measured = traced_peak(lambda: run_sweep(sweep))
     assert measured / 4 < predicted < 4 * measured, (predicted, measured)
     # the 2 x 9,999 case: nothing grows with p^2 (issue: < 1 GB)
     big = tmp_path / "big.csv"
@@ -171,7 +163,7 @@ def test_many_rows_memory_estimate_matches_a_real_run(warm):
                           lr=0.1), [("scale", ["raw", "standardized"])])
     e = est(sweep)
     predicted = e.peak_bytes - e.base_bytes - RUNTIME_SLACK
-    measured = _traced_peak(lambda: run_sweep(sweep))
+    measured = traced_peak(lambda: run_sweep(sweep))
     assert measured / 4 < predicted < 4 * measured, (predicted, measured)
     assert predicted > 10 * 8 * 100_000 * 5  # many copies of the 4 MB design, not a few
 

@@ -2,10 +2,10 @@
 estimates for large ones), bounded cohort memory, mini-batch order."""
 
 import math
-import tracemalloc
 
 import numpy as np
 import pytest
+from _helpers import traced_peak
 
 from stability_lab import conditioning
 from stability_lab.conditioning import design_spectrum, tsqr_r
@@ -109,14 +109,6 @@ def test_design_spectrum_estimate_for_large_min_dimension():
                                                                  1e-9))
 
 
-def _peak_bytes(fn):
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
 
 def test_probe_memory_is_linear_in_n_times_p():
     """4,000 x 100: an n x p x p array would be 330 MB, a p x p one 80 KB; the data
@@ -131,7 +123,7 @@ def test_probe_memory_is_linear_in_n_times_p():
         curv.bound(0.0)
         design_spectrum(X)
 
-    peak = _peak_bytes(probes)
+    peak = traced_peak(probes)
     assert peak < 8 * n * (d + 1) * 8 + 40 * (d + 1) ** 2 * 8, peak
 
 
@@ -148,7 +140,7 @@ def test_wide_probe_memory_has_no_p_by_p():
         curv.gram_extremes()
         design_spectrum(X)
 
-    assert _peak_bytes(probes) < 2_000_000
+    assert traced_peak(probes) < 2_000_000
 
 
 def test_wide_near_singular_advisory_has_no_p_by_p():
@@ -163,7 +155,7 @@ def test_wide_near_singular_advisory_has_no_p_by_p():
     ds = SimpleNamespace(X=X, y=y, feature_names=[f"x{i}" for i in range(6000)], name="w")
     variant = SimpleNamespace(dataset=ds, scale="standardized", source="w", y64=y)
     out = []
-    assert _peak_bytes(lambda: out.append(near_singular(variant, ["float32"]))) < 2_000_000
+    assert traced_peak(lambda: out.append(near_singular(variant, ["float32"]))) < 2_000_000
     assert out == [None]
 
 

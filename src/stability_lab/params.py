@@ -161,6 +161,8 @@ def default_label_axes(task: str | None) -> tuple[str, ...]:
     """The axes that label a run of ``task`` when its sweep has none (a least-squares
     solve has no lr or lambda: its solver and format name it)."""
     return ("precision", "solver") if task == "linear_regression" else DEFAULT_LABEL_AXES
+
+
 DEEP_TASKS = ("mlp", "attention", "user")
 
 AXES: dict[str, Axis] = {}

@@ -10,8 +10,8 @@ from ..trace import Trace
 from .findings import FAILED, VERDICTS, Finding, Verdict
 from .verdict import DEFAULT_RULES, VerdictRules, decide
 
-__all__ = ["diagnose", "reconcile", "attach_references", "decide", "Finding", "Verdict", "VerdictRules", "DEFAULT_RULES",
-           "FAILED", "VERDICTS"]
+__all__ = ["diagnose", "reconcile", "attach_references", "decide", "Finding", "Verdict",
+           "VerdictRules", "DEFAULT_RULES", "FAILED", "VERDICTS"]
 
 
 def diagnose(trace: Trace) -> tuple[Verdict, list[Finding]]:

@@ -220,9 +220,9 @@ def answer_lines(result) -> list[str]:
             if ids:
                 recovered.setdefault(_short(rec.action), set()).update(ids)
     if not failing and recovered:
-        k = len(set().union(*recovered.values()))
-        what = ", ".join(f"{a} ({len(v)})" for a, v in recovered.items())
         ids = set().union(*recovered.values())
+        k = len(ids)
+        what = ", ".join(f"{a} ({len(v)})" for a, v in recovered.items())
         solves = all(r.trace.step_unit == "solve" for r in working if r.run_id in ids)
         lost = ("lost digits that a verified re-run recovers" if solves else
                 "carry numerical findings that a verified re-run removes")
@@ -402,8 +402,7 @@ def sweep_lines(result, note: str | None = None, *, quiet: bool = False,
     add()
     for r in result.results:
         label = r.spec.label(axes or default_label_axes(r.spec.task))
-        style = "green" if r.verdict.status == "converged" else ("red" if r.failed else "")
-        line = [(f"Run {label}: ", ""), (str(r.verdict), style)]
+        line = [(f"Run {label}: ", ""), (str(r.verdict), verdict_style(r.verdict.status))]
         if not r.failed and r.findings:  # a working run's warnings are not silent here
             # each warning once (a detector and the task's own per-layer check can both
             # report gradient_underflow)

@@ -31,6 +31,7 @@ from .. import datasets, linear
 from ..conditioning import gram_condition
 from ..errors import DataError, UsageError
 from ..numerics import l2_norm
+from ..precision import FORMATS
 from ..recommend import Context, Recommendation, register_rule
 from ..spec import RunSpec
 from ..trace import Trace, environment
@@ -251,11 +252,8 @@ def _lone_solver(run, digits: float, precision: str) -> Recommendation:
     twice that. Verification re-runs the same problem with ``solver=auto`` and keeps the
     advice only if the digits rise.
     """
-    start = run.trace.probes.get("start", {})
-    kappa = start.get("condition_number")
-    from ..precision import FORMATS
-
-    u_digits = FORMATS[precision].digits if precision in FORMATS else FORMATS["float64"].digits
+    kappa = run.trace.probes.get("start", {}).get("condition_number")
+    u_digits = FORMATS[precision].digits
     if isinstance(kappa, (int, float)) and math.isfinite(kappa) and kappa > 0:
         stable = max(0.0, min(u_digits - math.log10(kappa), linear._LRE_CAP))
         bound = (f"cond(X) = {kappa:.2g}: {run.spec.solver} works on X^T X (cond "

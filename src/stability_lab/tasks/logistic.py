@@ -619,7 +619,7 @@ def optimum(prep: Prepared, lam: float) -> dict[str, Any]:
     n, p = A.shape
     w = np.zeros(p)
     f0, g0 = _f_and_grad(A, y, w, lam)
-    g0n = _norm2(g0)
+    g0n = _l2(g0)
     goal = 1e-10 * max(g0n, 1e-300)
     method, it = ("newton" if p <= 400 else "lbfgs"), 0
     f, g = f0, g0
@@ -627,7 +627,7 @@ def optimum(prep: Prepared, lam: float) -> dict[str, Any]:
         P = np.eye(p)
         P[-1, -1] = 0.0  # the intercept is not penalized
         for it in range(1, 101):
-            if _norm2(g) <= goal:
+            if _l2(g) <= goal:
                 break
             z = A @ w
             D = 0.25 * (1.0 - np.tanh(0.5 * z) ** 2)
@@ -673,24 +673,17 @@ def optimum(prep: Prepared, lam: float) -> dict[str, Any]:
         w = res.x
         it = int(res.nit)
         f, g = _f_and_grad(A, y, w, lam)
-    gn = _norm2(g)
+    gn = _l2(g)
     out = {"loss": f, "grad_norm": gn, "w": w, "attained": bool(gn <= 1e3 * goal),
            "method": method, "iterations": it, "initial_grad_norm": g0n}
     cache[lam] = out
     return out
 
 
-def _norm2(v: np.ndarray) -> float:
+def _l2(v: np.ndarray) -> float:
     """The 2-norm without overflow in its squares (a diverged run's gradient reaches
-    1e160): scaled by the largest magnitude first, inf only if the norm itself is."""
-    with np.errstate(over="ignore"):
-        n = float(np.linalg.norm(v))
-        if math.isfinite(n):
-            return n  # the usual case, bit for bit np.linalg.norm
-        m = float(np.max(np.abs(v)))
-        if m == 0.0 or not math.isfinite(m):
-            return m
-        return float(m * np.linalg.norm(v / m))
+    1e160): :func:`stability_lab.numerics.l2_norm`, as a float."""
+    return float(numerics.l2_norm(v))
 
 
 def optimum_gap(prep: Prepared, spec: RunSpec, w_final: np.ndarray,
@@ -717,15 +710,15 @@ def optimum_gap(prep: Prepared, spec: RunSpec, w_final: np.ndarray,
     w_fmt = round_to(opt["w"], prep.fmt)
     f_r, g_r = _f_and_grad(A, prep.y64, w_fmt, spec.lam)
     gtol = max(1e-3, math.sqrt(prep.fmt.eps))
-    tol_g = max(gtol * _norm2(g_s), 2.0 * _norm2(g_r))
+    tol_g = max(gtol * _l2(g_s), 2.0 * _l2(g_r))
     tol_f = max(max(1e-6, 16 * u) * abs(opt["loss"]), 2.0 * max(f_r - opt["loss"], 0.0),
                 1e-12 * abs(f_s))
     info.update({"final_finite": True, "final_loss64": f_t,
-                 "gap": f_t - opt["loss"], "grad_norm64": _norm2(g_t),
-                 "initial_grad_norm64": _norm2(g_s),
+                 "gap": f_t - opt["loss"], "grad_norm64": _l2(g_t),
+                 "initial_grad_norm64": _l2(g_s),
                  "tol_gap": tol_f, "tol_grad": tol_g,
                  "rounded_optimum_gap": f_r - opt["loss"],
-                 "rounded_optimum_grad": _norm2(g_r)})
+                 "rounded_optimum_grad": _l2(g_r)})
     return info
 
 
