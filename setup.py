@@ -3,7 +3,7 @@
 Both extensions are optional: without a C compiler the install still succeeds.
 stability_lab.numerics then uses its NumPy kernels (same results to within the documented
 accuracy, slower on float32 log-sum-exp / log_softmax; see docs/numerics.md), and
-stability_lab.deep.attribution its torch reductions (same statistics, a slower
+stability_lab.run.attribution its torch reductions (same statistics, a slower
 attribution step; see docs/deep.md).
 """
 
@@ -28,8 +28,8 @@ setup(
             optional=True,
         ),
         Extension(
-            "stability_lab.deep._attrkernel",
-            ["src/stability_lab/deep/_attrkernel.c"],
+            "stability_lab.run._attrkernel",
+            ["src/stability_lab/run/_attrkernel.c"],
             depends=["src/stability_lab/_simd_copies.h"],
             extra_compile_args=args,
             optional=True,

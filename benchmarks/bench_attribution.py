@@ -3,7 +3,7 @@
 Variants, interleaved and repeated (median of per-step times over repeats):
 
 - ``plain``: forward, cross-entropy, backward, SGD-momentum step (float32);
-- ``attr-1``: the same with :class:`~stability_lab.deep.attribution.Attributor` on every
+- ``attr-1``: the same with :class:`~stability_lab.run.attribution.Attributor` on every
   step (hooks attached, stats reduced, update ratios); the rows are decoded into
   per-module values when read, after the run: that time is printed apart, per step;
 - ``attr-1/torch``: the same with the step's reductions done by torch instead of the C
@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     # --kernel is checked before the heavy imports: the kernel module needs no torch
     try:
-        from stability_lab.deep import _attrkernel
+        from stability_lab.run import _attrkernel
     except ImportError:
         ks: tuple[str, ...] = ()
     else:
@@ -53,9 +53,9 @@ def main() -> None:
     import torch
     from sklearn.datasets import load_digits
 
-    from stability_lab.deep import attribution as A
-    from stability_lab.deep import policies as P
-    from stability_lab.deep.attribution import Attributor
+    from stability_lab.run import attribution as A
+    from stability_lab.precision import policies as P
+    from stability_lab.run.attribution import Attributor
     from stability_lab.spec import RunSpec
     from stability_lab.tasks.mlp import build_mlp
 
@@ -144,7 +144,7 @@ def phases(batches, spec, policy, every: int | None) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from stability_lab.deep import attribution as A
+    from stability_lab.run import attribution as A
     from stability_lab.tasks.mlp import build_mlp
 
     torch.manual_seed(0)

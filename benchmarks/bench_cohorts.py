@@ -34,7 +34,7 @@ def main() -> None:
 
     import torch  # noqa: F401  (imported here so that its threads are printed)
 
-    from stability_lab import engine
+    from stability_lab.run import engine
     from stability_lab.diagnosis import decide
     from stability_lab.spec import RunSpec, expand
 

@@ -1,4 +1,4 @@
-"""Benchmark of stability_lab.conditioning: time, peak memory, estimate vs exact.
+"""Benchmark of stability_lab.linalg.conditioning: time, peak memory, estimate vs exact.
 
 Run: ``python benchmarks/bench_conditioning.py`` (add ``--skip-big`` to leave out the
 1,000,000 x 10,000 cases). Each big case runs in a fresh child process, first, while this
@@ -23,8 +23,8 @@ from _settings import settings
 
 
 def big_case(kind: str) -> dict:
-    from stability_lab.conditioning import condition_info
-    from stability_lab.onehot import make_onehot
+    from stability_lab.linalg.conditioning import condition_info
+    from stability_lab.linalg.onehot import make_onehot
 
     t0 = time.perf_counter()
     d = make_onehot(1_000_000, 10, 1000, n_unique=50_000, seed=0,
@@ -41,8 +41,8 @@ def big_case(kind: str) -> dict:
 
 
 def small_cases() -> list[dict]:
-    from stability_lab.conditioning import condition_info
-    from stability_lab.onehot import make_onehot
+    from stability_lab.linalg.conditioning import condition_info
+    from stability_lab.linalg.onehot import make_onehot
 
     rows = []
     for m, nf, nl, drop in [(20_000, 5, 40, True), (20_000, 5, 40, False),

@@ -24,7 +24,7 @@ def out(tmp_path):
 def _attribution_paths() -> list[str]:
     """The attribution step's reduction paths here: torch, and each copy of the C kernel."""
     try:
-        from stability_lab.deep import _attrkernel  # no torch import
+        from stability_lab.run import _attrkernel  # no torch import
     except ImportError:
         return ["torch"]
     return ["torch", *(f"kernel:{t}" for t in _attrkernel.targets())]
@@ -38,7 +38,7 @@ def attribution_path(request, monkeypatch):
     on each. On a kernel path every ``end_step`` that reduces something must go through
     the C kernel (no silent fallback to torch), which the fixture checks after the test.
     """
-    from stability_lab.deep import attribution as A
+    from stability_lab.run import attribution as A
 
     path = request.param
     monkeypatch.setattr(A, "REDUCE", "torch" if path == "torch" else "kernel")

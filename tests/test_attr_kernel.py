@@ -17,7 +17,7 @@ import pytest
 import torch
 from _helpers import c_compiler_here
 
-from stability_lab.deep import attribution as A
+from stability_lab.run import attribution as A
 
 TARGETS = list(A.kernel_targets())
 K_MINMAX, K_SAMPLE, K_UNITMAX, K_UNITANY, K_PARAM = 1, 2, 4, 8, 16
@@ -231,7 +231,7 @@ def test_a_non_contiguous_parameter_falls_back_to_torch(monkeypatch):
                                     torch.nn.Linear(5, 3))
         model[0].weight = torch.nn.Parameter(model[0].weight.detach().t().contiguous().t())
         assert not model[0].weight.is_contiguous()
-        from stability_lab.deep import policies as P
+        from stability_lab.precision import policies as P
         attr = A.Attributor(model, P.get_policy("float32"), 1)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
@@ -260,7 +260,7 @@ def test_a_tensor_subclass_output_falls_back_to_torch(monkeypatch):
     """Subclasses may hold no storage of their own: the kernel does not read them, and
     the step's statistics are torch's."""
     calls = _count_kernel_calls(monkeypatch)
-    from stability_lab.deep import policies as P
+    from stability_lab.precision import policies as P
 
     def run(path):
         monkeypatch.setattr(A, "REDUCE", path)

@@ -10,7 +10,7 @@ import scipy.sparse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stability_lab.conditioning import (
+from stability_lab.linalg.conditioning import (
     cond_gram,
     condition_info,
     condition_number,
@@ -18,7 +18,7 @@ from stability_lab.conditioning import (
     sigma_max,
 )
 from stability_lab.errors import DataError, UsageError
-from stability_lab.onehot import make_onehot
+from stability_lab.linalg.onehot import make_onehot
 
 # results depend on the BLAS kernel's rounding: re-run under other kernels by .ci/run
 pytestmark = pytest.mark.blas
@@ -73,7 +73,7 @@ def test_sparse_estimate_against_dense_svd(seed):
 
 
 def test_sparse_large_n_stays_sparse(monkeypatch):
-    import stability_lab.conditioning as c
+    import stability_lab.linalg.conditioning as c
 
     monkeypatch.setattr(c, "_DENSE_GRAM_LIMIT", 10)
     rng = np.random.default_rng(5)

@@ -12,8 +12,8 @@ import pytest
 from stability_lab.diagnosis.findings import Verdict, jsonable
 from stability_lab.diagnosis.verdict import decide
 from stability_lab.errors import LabError, UsageError
-from stability_lab.params import parse_sweep_arg
-from stability_lab.recommend import Context, RunResult, recommend
+from stability_lab.spec.axes import parse_sweep_arg
+from stability_lab.remedies.recommend import Context, RunResult, recommend
 from stability_lab.spec import RunSpec
 from stability_lab.trace import Trace
 
@@ -40,7 +40,7 @@ def user(fn: str) -> str:
 # -- policies: arithmetic -------------------------------------------------------------
 
 def test_emulated_linear_matches_tensor_core_semantics_forward_and_backward():
-    from stability_lab.deep import policies as P
+    from stability_lab.precision import policies as P
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, 7, generator=gen, requires_grad=True)
@@ -61,7 +61,7 @@ def test_emulated_linear_matches_tensor_core_semantics_forward_and_backward():
 
 
 def test_emulated_matmul_overflows_to_inf_like_fp16_output():
-    from stability_lab.deep import policies as P
+    from stability_lab.precision import policies as P
 
     a = torch.full((2, 4), 200.0)
     with P.PolicyMode(P.get_policy("float16")):
@@ -70,7 +70,7 @@ def test_emulated_matmul_overflows_to_inf_like_fp16_output():
 
 
 def test_fp8_quantize_saturates_and_scales_per_tensor():
-    from stability_lab.deep import policies as P
+    from stability_lab.precision import policies as P
     from stability_lab.precision import FORMATS
 
     st = P.Fp8State()
@@ -86,7 +86,7 @@ def test_fp8_quantize_saturates_and_scales_per_tensor():
 
 
 def test_loss_scaler_skips_backs_off_and_grows():
-    from stability_lab.deep.scaler import DynamicLossScaler
+    from stability_lab.run.scaler import DynamicLossScaler
 
     s = DynamicLossScaler(init_scale=1024.0, growth_interval=3)
     assert s.update(True) is True and s.scale == 512.0
@@ -259,7 +259,7 @@ def _fake(policy: str, final_loss: float, acc: float, status: str = "not_converg
 
 
 def test_report_picks_cheapest_policy_within_tolerance_and_says_why_others_failed():
-    from stability_lab.deep.report import format_report, sweep_report
+    from stability_lab.diagnosis.policy_report import format_report, sweep_report
 
     results = [_fake("float32", 0.10, 0.95), _fake("mixed-bf16", 0.104, 0.95),
                _fake("bfloat16", 0.13, 0.95), _fake("float16", 0.1, 0.95, "nan"),
@@ -288,7 +288,7 @@ def _trace(metrics: dict, extras: dict | None = None, policy: str = "mixed-fp16"
 
 
 def test_loss_scale_collapse_detector():
-    from stability_lab.deep.detectors import loss_scale_collapse
+    from stability_lab.diagnosis.deep import loss_scale_collapse
 
     n = 30
     scale = [2.0 ** (16 - i) for i in range(n)]
@@ -302,7 +302,7 @@ def test_loss_scale_collapse_detector():
 
 
 def test_logit_growth_detector():
-    from stability_lab.deep.detectors import logit_growth
+    from stability_lab.diagnosis.deep import logit_growth
 
     grow = [1.0, 1.1, 2.0, 20.0, 300.0, 2000.0, math.inf]
     tr = _trace({"loss": [1.0] * 7, "max_abs_logit": grow}, {"format": {"outputs": "float16"}})
@@ -325,7 +325,7 @@ def _attr_extras(norms: dict[str, list[float]], dead: list[float] | None = None)
 
 
 def test_gradients_by_depth_detectors():
-    from stability_lab.deep.detectors import gradients_by_depth
+    from stability_lab.diagnosis.deep import gradients_by_depth
 
     layers = {f"fc{i}": [1.0, 1.0 * 4 ** (4 - i)] for i in range(5)}  # 256x at step 11
     (f,) = gradients_by_depth(_trace({"loss": [1.0]}, _attr_extras(layers)))
@@ -339,7 +339,7 @@ def test_gradients_by_depth_detectors():
 
 
 def test_dying_relu_detector():
-    from stability_lab.deep.detectors import dying_relu
+    from stability_lab.diagnosis.deep import dying_relu
 
     ex = _attr_extras({"fc0": [1.0] * 4}, dead=[0.05, 0.2, 0.6, 0.8])
     (f,) = dying_relu(_trace({"loss": [1.0]}, ex))
@@ -349,7 +349,7 @@ def test_dying_relu_detector():
 
 
 def test_headroom_projection_finds_steady_shrink_and_its_zero():
-    from stability_lab.deep.attribution import headroom_projections
+    from stability_lab.run.attribution import headroom_projections
 
     steps = [1, 11, 21, 31, 41]
     h = np.array([10.0, 8.0, 6.0, 4.0, 2.0])  # -0.2 per step: zero at step 51

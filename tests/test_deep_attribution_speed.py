@@ -8,8 +8,8 @@ import pytest
 import torch
 from _helpers import sum_sq_norms
 
-from stability_lab.deep import policies as P
-from stability_lab.deep.attribution import SAMPLE, Attributor
+from stability_lab.precision import policies as P
+from stability_lab.run.attribution import SAMPLE, Attributor
 
 # every test here runs on each reduction path (torch, and each copy of the C kernel)
 pytestmark = pytest.mark.usefixtures("attribution_path")

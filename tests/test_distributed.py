@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from stability_lab import engine  # noqa: E402
+from stability_lab.run import engine  # noqa: E402
 from stability_lab.cli import main  # noqa: E402
 from stability_lab.lab import run_sweep  # noqa: E402
 from stability_lab.spec import RunSpec, Sweep  # noqa: E402
@@ -142,7 +142,7 @@ def small_sweep(epochs=150):
 
 
 def test_a_worker_killed_mid_sweep_loses_only_its_cohorts(cluster, tmp_path):
-    from stability_lab.distributed import DaskExecutor
+    from stability_lab.run.executor import DaskExecutor
 
     cluster.ensure_workers(2)
     sweep = small_sweep()
@@ -229,7 +229,7 @@ def build():
 def test_a_cohort_that_kills_its_worker_twice_is_stored_as_an_error(tmp_path):
     """A local cluster (nannies restart dead workers): the cohort is tried twice, then its
     run is stored as an error naming the cause; the sweep completes."""
-    from stability_lab.distributed import DaskExecutor
+    from stability_lab.run.executor import DaskExecutor
 
     model = tmp_path / "killer.py"
     model.write_text(KILLER)

@@ -7,7 +7,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from stability_lab import datasets
+from stability_lab.tasks import datasets
 from stability_lab.cli import main
 
 
@@ -324,7 +324,7 @@ def test_unwritable_folder_is_found_before_work(tmp_path, capsys, monkeypatch):
     import errno
     import tempfile
 
-    from stability_lab import engine
+    from stability_lab.run import engine
 
     def refuse(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", kwargs.get("dir"))
@@ -342,7 +342,7 @@ def test_unwritable_folder_is_found_before_work(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["folder", "trailing slash", "missing folder", "through a file"])
 def test_html_path_checked_before_the_sweep(kind, stored, tmp_path, capsys, monkeypatch):
-    from stability_lab import engine
+    from stability_lab.run import engine
 
     (tmp_path / "afile").write_text("x")
     html = {"folder": str(tmp_path), "trailing slash": str(tmp_path / "new") + "/",
@@ -423,7 +423,7 @@ def test_huge_finite_values_are_judged_not_crashed(kind, tmp_path, capsys):
 
 
 def test_scaled_eigenvalues_match_and_never_raise():
-    from stability_lab.conditioning import gram_condition, sym_eigvalsh
+    from stability_lab.linalg.conditioning import gram_condition, sym_eigvalsh
 
     rng = np.random.default_rng(0)
     B = rng.standard_normal((5, 5))

@@ -73,7 +73,7 @@ def test_estimate_text_names_what_was_asked():
 
 
 def test_data_shapes_without_loading(tmp_path):
-    from stability_lab import datasets
+    from stability_lab.tasks import datasets
 
     for name in ("breast_cancer", "digits"):
         ds = datasets.load(name)

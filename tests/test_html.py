@@ -49,7 +49,7 @@ def test_html_into_missing_folder_is_a_usage_error(tmp_path, capsys):
 
 
 def _result(tmp_path, argv):
-    from stability_lab.commands.run import build_sweep
+    from stability_lab.cli.commands.run import build_sweep
     from stability_lab.cli import build_parser
     from stability_lab.lab import run_sweep
 
@@ -83,7 +83,7 @@ def test_default_sized_page_stays_under_5_mb():
     import numpy as np
 
     from stability_lab.diagnosis.findings import Finding, Verdict
-    from stability_lab.recommend import RunResult
+    from stability_lab.remedies.recommend import RunResult
     from stability_lab.report.html import render
     from stability_lab.spec import RunSpec, Sweep
     from stability_lab.trace import Trace

@@ -12,7 +12,7 @@ import pytest
 
 from stability_lab.diagnosis import decide, diagnose, reconcile
 from stability_lab.diagnosis.findings import Finding, Verdict
-from stability_lab.recommend import Recommendation, RunResult
+from stability_lab.remedies.recommend import Recommendation, RunResult
 from stability_lab.spec import RunSpec
 from stability_lab.trace import Trace
 
@@ -107,7 +107,7 @@ def test_obs4_verdicts_agree_with_the_float64_optimum():
 
 # -- observation 5: deep-net false alarms and contradictions --------------------------
 def test_obs5_far_headroom_projection_is_no_finding():
-    from stability_lab.deep.detectors import headroom_shrinking
+    from stability_lab.diagnosis.deep import headroom_shrinking
 
     proj = {"module": "fc0", "kind": "act", "headroom_first": 1022.0,
             "headroom_last": 1020.0, "slope_per_step": -0.01, "r2": 0.9,
@@ -120,7 +120,7 @@ def test_obs5_far_headroom_projection_is_no_finding():
 
 
 def test_obs5_policy_with_warning_finding_is_never_cheapest_within_tolerance():
-    from stability_lab.deep.report import sweep_report
+    from stability_lab.diagnosis.policy_report import sweep_report
 
     def run(policy, findings=(), loss=0.1):
         spec = RunSpec(task="mlp", policy=policy)
@@ -175,7 +175,7 @@ def test_obs7_underflowed_curvature_is_not_a_zero_hessian():
 
 # -- observation 8: verification drops deep-net findings ------------------------------
 def test_obs8_rediagnosis_keeps_deep_net_findings():
-    from stability_lab.verify import rediagnose
+    from stability_lab.remedies.verify import rediagnose
 
     f = Finding("loss_scale_collapse", 5, "the loss scale fell to 1", {}, "error")
     t = _trace(np.linspace(2, 0.5, 40), unit="step", deep_findings=[f.to_dict()])
@@ -199,7 +199,7 @@ def _closing_result(rows, ladder=None):
 
 def test_obs3_recommendation_line_lists_only_what_verification_confirmed():
     from stability_lab.report.terminal import recommendation_lines
-    from stability_lab.verify import close_recommendations
+    from stability_lab.remedies.verify import close_recommendations
 
     rows = [{"mitigation": "lower_lr", "outcome": "improved", "run_id": "a"},
             {"mitigation": "add_l2", "outcome": "not fixed", "run_id": "a"},
@@ -219,7 +219,7 @@ def test_obs3_recommendation_line_lists_only_what_verification_confirmed():
 
 def test_obs3_no_lr_converges_leads_with_scaling_and_unverified_is_marked():
     from stability_lab.report.terminal import recommendation_lines
-    from stability_lab.verify import close_recommendations
+    from stability_lab.remedies.verify import close_recommendations
 
     res = _closing_result([])
     close_recommendations(res, "skipped", 900)
@@ -291,7 +291,7 @@ def test_near_singular_advisory_is_scale_invariant_up_to_float64s_maximum():
     and the same condition number, and says that no L2 lambda helps instead of raising."""
     from types import SimpleNamespace
 
-    from stability_lab.advisories import near_singular
+    from stability_lab.remedies.advisories import near_singular
 
     rng = np.random.default_rng(3)
     n = 400
@@ -316,7 +316,7 @@ def test_near_singular_advisory_is_scale_invariant_up_to_float64s_maximum():
 # -- defaults that show both sides ---------------------------------------------------
 def test_deep_task_without_sweep_runs_a_reference_beside_a_failure():
     from stability_lab.cli import build_parser
-    from stability_lab.commands.run import build_sweep
+    from stability_lab.cli.commands.run import build_sweep
 
     for task, axis in (("mlp", "policy"), ("attention", "qk_layernorm")):
         args = build_parser().parse_args(["run", "--task", task])

@@ -1,4 +1,4 @@
-"""stability_lab.linear: solvers, auto's accuracy against mpmath, diagnostics, errors."""
+"""stability_lab.linalg.linear: solvers, auto's accuracy against mpmath, diagnostics, errors."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stability_lab.errors import DataError, UsageError
-from stability_lab.linear import (
+from stability_lab.linalg.linear import (
     SOLVERS,
     _dd_residual,
     _dd_sum,
@@ -193,7 +193,7 @@ def test_sparse_inputs():
 
 
 def test_sparse_auto_large_path(monkeypatch):
-    import stability_lab.linear as lin
+    import stability_lab.linalg.linear as lin
 
     monkeypatch.setattr(lin, "_AUTO_DENSIFY_LIMIT", 10)
     rng = np.random.default_rng(9)

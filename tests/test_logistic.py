@@ -4,11 +4,11 @@ references, loss forms, clipping, mini-batches, error capture and interrupted sw
 import numpy as np
 import pytest
 
-from stability_lab import engine
+from stability_lab.run import engine
 from stability_lab.lab import run_sweep
 from stability_lab.spec import RunSpec, Sweep, expand
 from stability_lab.store import Store
-from stability_lab.conditioning import gram_condition as cond_gram
+from stability_lab.linalg.conditioning import gram_condition as cond_gram
 from stability_lab.tasks.logistic import LogisticRegression, hessian_extremes
 
 
@@ -185,7 +185,7 @@ def test_the_float64_optimum_stops_when_newton_can_no_longer_see_progress(monkey
     # near the optimum the Newton decrement falls below f's rounding: the Armijo line
     # search then halves its step 30-40 times per iteration for nothing (a 100,000 x 50
     # variant took 2,917 loss evaluations and 35 s); the iteration stops there instead
-    from stability_lab import engine
+    from stability_lab.run import engine
     from stability_lab.spec import RunSpec
     from stability_lab.tasks import logistic
 

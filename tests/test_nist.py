@@ -19,10 +19,10 @@ import mpmath
 import numpy as np
 import pytest
 
-from stability_lab.commands import nist as nist_cmd
+from stability_lab.cli.commands import nist as nist_cmd
 from stability_lab.errors import UsageError
-from stability_lab.linear import SOLVERS, lre, solve
-from stability_lab.nist import PROBLEMS, format_nist, load_problem, run_nist
+from stability_lab.linalg.linear import SOLVERS, lre, solve
+from stability_lab.linalg.nist import PROBLEMS, format_nist, load_problem, run_nist
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nist-strd"
 
@@ -349,8 +349,8 @@ def test_command_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, stability_lab.commands.nist as m, stability_lab.nist, "
-            "stability_lab.linear, stability_lab.conditioning, stability_lab.onehot; "
+    code = ("import sys, stability_lab.cli.commands.nist as m, stability_lab.linalg.nist, "
+            "stability_lab.linalg.linear, stability_lab.linalg.conditioning, stability_lab.linalg.onehot; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stability_lab.errors import UsageError
-from stability_lab.onehot import design_from_codes, make_onehot, onehot_report
+from stability_lab.linalg.onehot import design_from_codes, make_onehot, onehot_report
 
 # results depend on the BLAS kernel's rounding: re-run under other kernels by .ci/run
 pytestmark = pytest.mark.blas

@@ -32,7 +32,7 @@ def _portability(capsys, run_id, out, *extra):
 
 
 def test_help_and_argument_checks_do_not_import_torch():
-    code = ("import sys, stability_lab.commands.portability, stability_lab.portability; "
+    code = ("import sys, stability_lab.cli.commands.portability, stability_lab.portability; "
             "from stability_lab.cli import build_parser; build_parser(); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

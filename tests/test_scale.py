@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from _helpers import traced_peak
 
-from stability_lab import conditioning
-from stability_lab.conditioning import design_spectrum, tsqr_r
+from stability_lab.linalg import conditioning
+from stability_lab.linalg.conditioning import design_spectrum, tsqr_r
 from stability_lab.tasks import logistic
 from stability_lab.tasks.logistic import Curvature, hessian_extremes
 
@@ -148,7 +148,7 @@ def test_wide_near_singular_advisory_has_no_p_by_p():
     near-singular advisory stops after O(n p) work (a 6,000 x 6,000 Gram is 288 MB)."""
     from types import SimpleNamespace
 
-    from stability_lab.advisories import near_singular
+    from stability_lab.remedies.advisories import near_singular
 
     X = np.random.default_rng(7).standard_normal((2, 6000))
     y = np.array([0.0, 1.0])
@@ -161,7 +161,7 @@ def test_wide_near_singular_advisory_has_no_p_by_p():
 
 def test_cohort_chunks_bound_memory(monkeypatch):
     """A cohort split into chunks of runs gives the numbers of the whole cohort."""
-    from stability_lab import engine
+    from stability_lab.run import engine
     from stability_lab.spec import RunSpec, expand
 
     specs = expand(RunSpec(scale="standardized", epochs=8, precision="float64"),
@@ -181,7 +181,7 @@ def test_cohort_chunks_bound_memory(monkeypatch):
 
 
 def test_minibatch_order_is_fixed_by_the_seed():
-    from stability_lab import engine
+    from stability_lab.run import engine
     from stability_lab.spec import RunSpec
 
     spec = RunSpec(scale="standardized", batch_size=50, epochs=3, lr=0.1)
@@ -220,7 +220,7 @@ CSVS = {
 
 @pytest.mark.parametrize("name", sorted(CSVS))
 def test_fast_csv_reader_equals_the_validating_reader(name, tmp_path, monkeypatch):
-    from stability_lab import datasets
+    from stability_lab.tasks import datasets
 
     path = tmp_path / f"{name}.csv"
     path.write_text(CSVS[name], encoding="utf-8")
@@ -238,7 +238,7 @@ def test_fast_csv_reader_equals_the_validating_reader(name, tmp_path, monkeypatc
                                   "a,b,y\n1,2\n2,3,1\n", "a,a,y\n1,2,0\n2,3,1\n",
                                   "a,b,y\n1,2,0\n2,3,0\n", "a,b,y\n1,2,\n2,3,1\n"])
 def test_fast_csv_reader_leaves_faults_to_the_validating_reader(text, tmp_path):
-    from stability_lab import datasets
+    from stability_lab.tasks import datasets
 
     path = tmp_path / "bad.csv"
     path.write_text(text)

@@ -7,7 +7,7 @@ from stability_lab.lab import run_sweep
 from stability_lab.report.verification import format_verification
 from stability_lab.spec import RunSpec, Sweep
 from stability_lab.store import Store
-from stability_lab.verify import plan, verify_sweep
+from stability_lab.remedies.verify import plan, verify_sweep
 
 
 def test_verify_sweep_rows_and_store(tmp_path):
@@ -77,9 +77,9 @@ def test_a_working_run_with_warnings_is_verified_and_fixed_when_its_findings_go(
     # is re-run; a re-run without the finding, no less converged, counts as fixed
     from stability_lab.diagnosis.findings import Finding
     from stability_lab.diagnosis.verdict import Verdict
-    from stability_lab.recommend import Recommendation, RunResult
+    from stability_lab.remedies.recommend import Recommendation, RunResult
     from stability_lab.trace import Trace
-    from stability_lab.verify import is_fixed
+    from stability_lab.remedies.verify import is_fixed
 
     import numpy as np
 

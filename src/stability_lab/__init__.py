@@ -12,8 +12,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import DataError, LabError, UsageError
-from .spec import RunSpec, Sweep
+from stability_lab.errors import DataError, LabError, UsageError
+from stability_lab.spec import RunSpec, Sweep
 
 __all__ = ["__version__", "RunSpec", "Sweep", "run_sweep", "watch", "LabError",
            "UsageError", "DataError"]
@@ -22,14 +22,14 @@ __all__ = ["__version__", "RunSpec", "Sweep", "run_sweep", "watch", "LabError",
 def watch(model, optimizer=None, **kwargs):
     """Attach the lab to your own training loop (torch imported here, not at import):
     see :func:`stability_lab.watcher.watch` and docs/watch.md."""
-    from .watcher import watch as _watch
+    from stability_lab.watcher import watch as _watch
 
     return _watch(model, optimizer, **kwargs)
 
 
 def __getattr__(name: str):
     if name == "run_sweep":
-        from .lab import run_sweep
+        from stability_lab.lab import run_sweep
 
         return run_sweep
     raise AttributeError(f"module 'stability_lab' has no attribute {name!r}")

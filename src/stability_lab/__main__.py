@@ -1,3 +1,3 @@
-from .cli import entry
+from stability_lab.cli import entry
 
 entry()

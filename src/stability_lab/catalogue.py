@@ -30,11 +30,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .diagnosis.findings import Finding
-from .formatting import jsonable, round_sig
-from .errors import UsageError
-from .recommend import Recommendation, RunResult, safe_lr
-from .spec import RunSpec, Sweep
+from stability_lab.diagnosis.findings import Finding
+from stability_lab.formatting import jsonable, round_sig
+from stability_lab.errors import UsageError
+from stability_lab.remedies.recommend import Recommendation, RunResult, safe_lr
+from stability_lab.spec import RunSpec, Sweep
 
 # =========================================================================== containers
 
@@ -117,7 +117,7 @@ def repro(name: str, workdir: str | Path | None = None) -> Repro:
 
 # =========================================================================== verification core
 def _diagnosed(traces) -> list[RunResult]:
-    from .lab import diagnose_trace
+    from stability_lab.lab import diagnose_trace
 
     return [diagnose_trace(t) for t in traces]
 
@@ -127,8 +127,8 @@ def _verify(before_cfg: Any, recs: Sequence[Recommendation], target: str,
             reference: Callable[[Any], Any | None],
             ) -> tuple[RunResult, list[dict], list[RunResult]]:
     """Run the baseline and every mitigation (alone, then all together) and build rows."""
-    from .diagnosis.signatures import attach_reference
-    from .verify import Attempt, make_row, merge_deltas, rebound_lr, rediagnose
+    from stability_lab.diagnosis.signatures import attach_reference
+    from stability_lab.remedies.verify import Attempt, make_row, merge_deltas, rebound_lr, rediagnose
 
     attempts = [(rec.action, dict(rec.delta)) for rec in recs]
     if len(recs) > 1:
@@ -166,8 +166,8 @@ def _spec_scenario(name: str, base: RunSpec, axes: list,
     ``name`` is the scenario's (its description comes from :data:`SCENARIOS`) and the
     target signature the fixes must remove.
     """
-    from . import engine
-    from .lab import run_sweep
+    from stability_lab.run import engine
+    from stability_lab.lab import run_sweep
 
     sweep = run_sweep(Sweep(base, axes))
     first = next(r for r in sweep.results if r.run_id == base.run_id)
@@ -207,7 +207,7 @@ def _fn_scenario(name: str, run: Callable[[dict], Any], base: dict,
 
 
 def _lr_bound(spec: RunSpec) -> float:
-    from .tasks.logistic import LogisticRegression
+    from stability_lab.tasks.logistic import LogisticRegression
 
     task = LogisticRegression()
     return task.lr_bound(spec, task.prepare(spec))
@@ -229,7 +229,7 @@ def _dtype(precision: str):
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    from . import numerics
+    from stability_lab import numerics
 
     return numerics.sigmoid(z)
 
@@ -315,8 +315,8 @@ def train_gd(X: np.ndarray, y: np.ndarray, *, lr: float | Sequence[float], epoch
 
 def _trace(name: str, cfg: dict, out: dict, probes: dict | None = None,
            extras: dict | None = None, step_unit: str = "epoch"):
-    from .precision import FORMATS
-    from .trace import Trace, environment
+    from stability_lab.precision import FORMATS
+    from stability_lab.trace import Trace, environment
 
     spec = _spec_for(name, cfg)
     fmt = FORMATS[spec.precision]
@@ -329,7 +329,7 @@ def _trace(name: str, cfg: dict, out: dict, probes: dict | None = None,
 
 
 def _breast_cancer(scale: str = "standardized") -> tuple[np.ndarray, np.ndarray]:
-    from . import datasets
+    from stability_lab.tasks import datasets
 
     ds = datasets.load("breast_cancer")
     return datasets.scale_features(ds.X, scale), ds.y
@@ -524,8 +524,8 @@ def _cancellation_data() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cancellation_run(cfg: dict):
-    from . import numerics
-    from .numerics import naive
+    from stability_lab import numerics
+    from stability_lab.numerics import naive
 
     X, y = _cancellation_data()
     dt = _dtype(cfg["precision"])
@@ -571,9 +571,9 @@ def _cancellation(ws: Path) -> Repro:
 
 
 def _onehot_design(intercept: bool = True, drop_reference: bool = False):
-    """The one-hot scenario of :mod:`stability_lab.onehot`, small and dense: 1000 rows
+    """The one-hot scenario of :mod:`stability_lab.linalg.onehot`, small and dense: 1000 rows
     drawn from 40 distinct category combinations of 3 features x 5 levels."""
-    from .onehot import design_from_codes, make_onehot
+    from stability_lab.linalg.onehot import design_from_codes, make_onehot
 
     data = make_onehot(n_rows=1000, n_features=3, n_levels=5, n_unique=40, seed=11)
     X = design_from_codes(data.codes, data.n_levels, intercept=intercept,
@@ -599,7 +599,7 @@ def _blowup_run(cfg: dict):
     new_row[0] = 1.0
     # 50 scoring rows: distinct training combinations (sorted, so the same rows whatever
     # the training rows' order) with one feature set to an unseen category (all-zero block)
-    from .onehot import design_from_codes
+    from stability_lab.linalg.onehot import design_from_codes
 
     rng = np.random.default_rng([11, 1])
     combos = np.unique(codes, axis=0)
@@ -655,7 +655,7 @@ def _blowup(ws: Path) -> Repro:
 
 def _design_probe(trace) -> None:
     """Rank of the design [X, 1] the run saw (for the rank_deficiency detector)."""
-    from . import datasets
+    from stability_lab.tasks import datasets
 
     spec = trace.spec
     if spec.task != "logistic_regression":
@@ -682,7 +682,7 @@ def _design_probe(trace) -> None:
      "add a small L2 penalty (makes the solution unique)"),
 )
 def _rank(ws: Path) -> Repro:
-    from . import datasets
+    from stability_lab.tasks import datasets
 
     ds = datasets.load("breast_cancer")
     Xbad = np.column_stack([ds.X, ds.X[:, 0], np.full(ds.n, 7.0)])
@@ -730,8 +730,8 @@ def _nondet_run(cfg: dict):
 
     import torch
 
-    from .diagnosis.signatures import attach_determinism
-    from .tasks.logistic import LogisticRegression, predicted_digits
+    from stability_lab.diagnosis.signatures import attach_determinism
+    from stability_lab.tasks.logistic import LogisticRegression, predicted_digits
 
     task = LogisticRegression()
     spec = RunSpec(precision=cfg["precision"], scale="standardized", lam=cfg["lam"],

@@ -164,12 +164,12 @@ def data_shape(task: str, source: str, target: str | None = None) -> Shape | Non
             n, p = BUILTIN_SHAPES[source]
             return Shape(n, p + (1 if task == "linear_regression" else 0), "builtin")
         if source.startswith("synthetic"):
-            from .datasets import parse_synthetic
+            from stability_lab.tasks.datasets import parse_synthetic
 
             params = parse_synthetic(source)
             return Shape(int(params["n"]), int(params["d"]), "synthetic")
         if source.startswith("nist:"):
-            from .nist import load_problem
+            from stability_lab.linalg.nist import load_problem
 
             rows, cols = load_problem(source.partition(":")[2]).design().shape
             return Shape(int(rows), int(cols), "nist")
@@ -181,7 +181,7 @@ def data_shape(task: str, source: str, target: str | None = None) -> Shape | Non
 def _csv_shape(path: str, task: str) -> Shape | None:
     import csv
 
-    from .datasets import sniff_delimiter
+    from stability_lab.tasks.datasets import sniff_delimiter
 
     size = os.path.getsize(path)
     with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -245,8 +245,8 @@ def _epoch_kernel(torch, precision: str, loss: str, n: int, p: int, runs: int):
     """One epoch of the logistic cohort loop (its loss and gradient, norms, non-finite
     counts, largest logit, smallest gradient entry, update) on random data of the run's
     format: the work :func:`~stability_lab.tasks.logistic._run_cohort` does per epoch."""
-    from .precision import FORMATS
-    from .tasks.logistic import objective
+    from stability_lab.precision import FORMATS
+    from stability_lab.tasks.logistic import objective
 
     fmt = FORMATS[precision]
     dtype = fmt.torch_dtype()
@@ -480,8 +480,8 @@ def estimate_sweep(sweep, *, cohorts: bool = True, rates: Rates | None = None,
 def _logistic(est: Estimate, specs, shape: Shape, cohorts: bool, rates: Rates | None,
               calibrate_time: bool, workers: int | None = None,
               remote: bool = False) -> Estimate:
-    from .precision import FORMATS
-    from .tasks.logistic import EXACT_HESSIAN_LIMIT, LogisticRegression, chunk_runs
+    from stability_lab.precision import FORMATS
+    from stability_lab.tasks.logistic import EXACT_HESSIAN_LIMIT, LogisticRegression, chunk_runs
 
     task = LogisticRegression()
     n, p = shape.rows, shape.cols

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .diagnosis.findings import FAILED
+from stability_lab.diagnosis.findings import FAILED
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "benchmarks" / "diagnosis_corpus"
 TARGETS = {"verdict_accuracy": 0.95, "action_recall": 0.90, "false_alarms": 0}
@@ -119,7 +119,7 @@ class Score:
 
 
 def _parse(name: str, value: Any) -> Any:
-    from .params import AXES
+    from stability_lab.spec.axes import AXES
 
     if name in AXES and isinstance(value, str):
         return AXES[name].parse(value)
@@ -128,8 +128,8 @@ def _parse(name: str, value: Any) -> Any:
 
 def build(scenario: dict[str, Any], folder: Path):
     """The sweep of a scenario and the spec of its case run."""
-    from .spec import RunSpec, Sweep
-    from .tasks import DEFAULT_DATA
+    from stability_lab.spec import RunSpec, Sweep
+    from stability_lab.tasks import DEFAULT_DATA
 
     task = scenario.get("task", "logistic_regression")
     data = scenario.get("data") or DEFAULT_DATA.get(task, "user")
@@ -145,7 +145,7 @@ def build(scenario: dict[str, Any], folder: Path):
     if changes:
         base = base.replace(**changes)
     if "lr_times_bound" in (scenario.get("base") or {}):
-        from .catalogue import _lr_bound
+        from stability_lab.catalogue import _lr_bound
 
         k = float(scenario["base"]["lr_times_bound"])
         base = base.replace(lr=float(f"{k * _lr_bound(base):.2g}"))
@@ -157,8 +157,8 @@ def build(scenario: dict[str, Any], folder: Path):
 def run_scenario(scenario: dict[str, Any], folder: Path, verify: bool = True) -> Score:
     import time
 
-    from .lab import run_sweep
-    from .verify import VERIFY_BY_DEFAULT, close_recommendations, rerun_count, verify_sweep
+    from stability_lab.lab import run_sweep
+    from stability_lab.remedies.verify import VERIFY_BY_DEFAULT, close_recommendations, rerun_count, verify_sweep
 
     t0 = time.perf_counter()
     sweep, case = build(scenario, folder)
@@ -286,7 +286,7 @@ def evaluate(corpus: Path = DEFAULT_CORPUS, fast: bool = False, split: str = "al
 
 
 def format_report(rep: dict[str, Any]) -> str:
-    from .report.terminal import table
+    from stability_lab.report.terminal import table
 
     lines = []
     rows = []

@@ -22,15 +22,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import engine
-from .diagnosis import diagnose
-from .diagnosis.findings import Finding, Verdict
-from .errors import LabError
-from .formatting import from_jsonable, jsonable
-from .recommend import Context, Recommendation, RunResult, recommend
-from .spec import RunSpec, Sweep, content_digests
-from .store import Store
-from .trace import Trace
+from stability_lab.run import engine
+from stability_lab.diagnosis import diagnose
+from stability_lab.diagnosis.findings import Finding, Verdict
+from stability_lab.errors import LabError
+from stability_lab.formatting import from_jsonable, jsonable
+from stability_lab.remedies.recommend import Context, Recommendation, RunResult, recommend
+from stability_lab.spec import RunSpec, Sweep, content_digests
+from stability_lab.store import Store
+from stability_lab.trace import Trace
 
 
 @dataclass
@@ -59,7 +59,7 @@ class SweepResult:
     advisories: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        from .diagnosis.phases import phase_dicts
+        from stability_lab.diagnosis.phases import phase_dicts
 
         out = {
             "sweep": {"id": self.sweep_id, "axes": self.sweep.axis_names,
@@ -129,11 +129,11 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
               rerun: bool = False, executor: Any = None) -> SweepResult:
     """Run, diagnose, recommend and (if ``out`` is given) store one sweep.
 
-    ``executor`` runs the cohorts elsewhere (:class:`stability_lab.distributed.DaskExecutor`);
+    ``executor`` runs the cohorts elsewhere (:class:`stability_lab.run.executor.DaskExecutor`);
     their traces come back here, and only this process writes the store."""
     specs = sweep.specs
     if out is not None:
-        from .paths import check_output_dir
+        from stability_lab.paths import check_output_dir
 
         check_output_dir(out)  # before any work: a sweep never runs only to fail to save
     prepared = engine.prepare(specs)  # raises on bad input: nothing written yet
@@ -178,7 +178,7 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
         engine.run_specs([specs[i] for i in todo], prepared, relay, cohorts, sink,
                          executor=executor)
         final = [r for r in results if r is not None]
-        from .diagnosis import attach_references, reconcile
+        from stability_lab.diagnosis import attach_references, reconcile
 
         # never narrower-and-converged beside wider-and-not; silent digit loss against
         # the matched float64 run
@@ -195,7 +195,7 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
         result = SweepResult(sweep, final, conditioning, recs, sweep_id,
                              str(store.path) if store else None, report, context=ctx,
                              prepared=prepared)
-        from .advisories import advisories
+        from stability_lab.remedies.advisories import advisories
 
         result.advisories = advisories(result)
         if store is not None:

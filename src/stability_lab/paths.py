@@ -22,7 +22,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import EnvironmentFault, UsageError
+from stability_lab.errors import EnvironmentFault, UsageError
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
+from stability_lab.errors import UsageError
 
 __all__ = ["CANDIDATE_KERNELS", "PERMUTATION_SEED", "probe_kernels", "thread_counts",
            "portability", "format_portability"]
@@ -139,7 +139,7 @@ def _permutation(n: int) -> np.ndarray:
 def _install_row_permutation(task: str) -> bool:
     """Patch the loaders ``task`` reads its rows from so they come permuted; False when
     the task's rows cannot be permuted from outside (deep nets, user models)."""
-    from . import datasets
+    from stability_lab.tasks import datasets
 
     def permuted(ds):
         idx = _permutation(ds.n)
@@ -151,7 +151,7 @@ def _install_row_permutation(task: str) -> bool:
         datasets.load = lambda *a, **k: permuted(real_load(*a, **k))
         return True
     if task == "linear_regression":
-        from .tasks import linear_regression as L
+        from stability_lab.tasks import linear_regression as L
 
         real = L._load
 
@@ -163,7 +163,7 @@ def _install_row_permutation(task: str) -> bool:
         L._load = load
         return True
     if task == "catalogue:ill_conditioned_blowup":
-        from . import catalogue as C
+        from stability_lab import catalogue as C
 
         real_design = C._onehot_design
 
@@ -179,12 +179,12 @@ def _install_row_permutation(task: str) -> bool:
 
 def _run_spec(spec_dict: dict[str, Any], run_id: str | None = None):
     """Run one spec as ``stability-lab run`` would (no cohort) and diagnose it."""
-    from .lab import diagnose_trace
-    from .spec import RunSpec
+    from stability_lab.lab import diagnose_trace
+    from stability_lab.spec import RunSpec
 
     spec = RunSpec.from_dict(spec_dict)
     if spec.task.startswith("catalogue:"):
-        from . import catalogue
+        from stability_lab import catalogue
 
         name = spec.task.partition(":")[2]
         runner = catalogue.RUNNERS.get(name)
@@ -195,7 +195,7 @@ def _run_spec(spec_dict: dict[str, Any], run_id: str | None = None):
                "lam": spec.lam, "seed": spec.seed}
         trace = runner(cfg)
     else:
-        from . import engine
+        from stability_lab.run import engine
 
         trace = engine.run_specs([spec], cohorts=False)[0]
     if run_id is not None and trace.spec.run_id != run_id:
@@ -241,7 +241,7 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
 
 def _digits(a: Any, b: Any) -> float | None:
     """Digits of agreement of a with b (normwise LRE, 0..15); None when either is absent."""
-    from .linear import lre
+    from stability_lab.linalg.linear import lre
 
     if a is None or b is None:
         return None
@@ -261,7 +261,7 @@ def _digits(a: Any, b: Any) -> float | None:
 
 
 def _cond_u(rec: dict[str, Any]) -> tuple[float | None, str | None, float | None]:
-    from .precision import FORMATS
+    from stability_lab.precision import FORMATS
 
     probes = (rec.get("probes") or {}).get("start") or {}
     name = next((k for k in ("cond_XtX", "cond_X", "cond") if k in probes), None)
@@ -297,8 +297,8 @@ def portability(run_id: str, out: str = "lab-runs", *, kernels: list[str] | None
                 progress=None) -> dict[str, Any]:
     """Re-run stored run ``run_id`` of the store in ``out`` under each variant (see the
     module docstring) and return the report as a JSON-ready dict."""
-    from .formatting import jsonable
-    from .store import Store
+    from stability_lab.formatting import jsonable
+    from stability_lab.store import Store
 
     with Store(out, create=False) as store:
         rec = store.load_run(run_id)
@@ -443,8 +443,8 @@ def _explain(doc: dict[str, Any]) -> str:
 
 
 def format_portability(doc: dict[str, Any]) -> str:
-    from .formatting import fmt_num
-    from .report.terminal import table
+    from stability_lab.formatting import fmt_num
+    from stability_lab.report.terminal import table
 
     def d(x):
         return "-" if x is None else f"{x:.1f}"

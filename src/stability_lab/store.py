@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EnvironmentFault, LabError, UsageError
-from .formatting import jsonable
-from .spec import RunSpec
+from stability_lab.errors import EnvironmentFault, LabError, UsageError
+from stability_lab.formatting import jsonable
+from stability_lab.spec import RunSpec
 
 DB_NAME = "lab.sqlite"
 
@@ -196,7 +196,7 @@ class Store:
             raise UsageError(f"--out {directory} goes through a file, not a folder; pass "
                              "another folder.") from None
         except OSError as exc:
-            from .paths import os_fault
+            from stability_lab.paths import os_fault
 
             raise os_fault(exc, f"the run store in {directory}",
                            "pass --out a writable folder") from None

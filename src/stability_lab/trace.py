@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .spec import RunSpec
+from stability_lab.spec import RunSpec
 
 
 @dataclass

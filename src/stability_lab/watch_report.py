@@ -43,11 +43,11 @@ def _gather_ranks(w, trace) -> None:
 
 
 def finish(w):
-    from .deep import detectors
-    from .diagnosis import diagnose
-    from .diagnosis.phases import phase_dicts
-    from .recommend import Recommendation, RunResult
-    from .watcher import WatchReport
+    from stability_lab.diagnosis import deep as detectors
+    from stability_lab.diagnosis import diagnose
+    from stability_lab.diagnosis.phases import phase_dicts
+    from stability_lab.remedies.recommend import Recommendation, RunResult
+    from stability_lab.watcher import WatchReport
 
     trace = w.build_trace()
     _gather_ranks(w, trace)
@@ -58,7 +58,7 @@ def finish(w):
     replay = None
     recs: list[Recommendation] = []
     if verdict.failed:
-        from . import replay as R
+        from stability_lab.remedies import replay as R
 
         onset_row = verdict.onset or len(w.steps)
         onset = w.steps[onset_row - 1] if 0 < onset_row <= len(w.steps) else w.step_no
@@ -118,8 +118,8 @@ def finish(w):
 
 
 def _store(w, result, recs, replay) -> None:
-    from .lab import record_of
-    from .store import Store
+    from stability_lab.lab import record_of
+    from stability_lab.store import Store
 
     rec = record_of(result)
     with Store(w.out) as store:
@@ -132,7 +132,7 @@ def _store(w, result, recs, replay) -> None:
                                         verification_row(result, row, base))
         store.finish_sweep(sweep_id, {}, [r.to_dict() for r in recs])
     if replay and replay.get("_ck") is not None and w.ring is not None:
-        from .replay import save_for_cli
+        from stability_lab.remedies.replay import save_for_cli
 
         try:
             save_for_cli(w.out / "checkpoints" / f"{result.run_id}.pt", w.inner,

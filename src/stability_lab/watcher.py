@@ -38,7 +38,7 @@ stored (task ``watched``) in the SQLite store under ``out``.
 Fixes verified by replay: with ``replay=K`` a ring of the last K checkpoints (model,
 optimizer, scaler, RNG states and the micro-batches since each) is kept; at close, when
 the run failed, the watcher restores the last checkpoint before the onset and re-runs
-the same batches once per candidate mitigation (see :mod:`stability_lab.replay`).
+the same batches once per candidate mitigation (see :mod:`stability_lab.remedies.replay`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import UsageError
+from stability_lab.errors import UsageError
 
 #: recorded steps between two online diagnoses, at least (and at the first non-finite
 #: step); more when a diagnosis costs more than 1% of that many steps' time
@@ -73,7 +73,7 @@ class WatchReport(dict):
     """The watched run's verdict, findings, recommendations (a mapping; ``to_dict()``)."""
 
     def to_dict(self) -> dict[str, Any]:
-        from .formatting import jsonable
+        from stability_lab.formatting import jsonable
 
         return jsonable(dict(self))
 
@@ -93,7 +93,7 @@ class WatchReport(dict):
             lines.append(f"Recommendation: {r['text']} ({tag})")
         rep = self.get("replay")
         if rep and rep.get("rows"):
-            from .replay import format_rows
+            from stability_lab.remedies.replay import format_rows
 
             lines.append(format_rows(rep))
         elif rep and rep.get("note"):
@@ -217,12 +217,13 @@ class Watcher:
         self.run_id: str | None = None
         self.trace = None
         self.result = None
-        from .replay import Ring
+        from stability_lab.remedies.replay import Ring
 
         self.ring = Ring(self, replay, replay_storage) if replay else None
         # import what the online diagnosis needs now, not inside the user's loop
-        from .deep import detectors, loop  # noqa: F401
-        from .diagnosis import diagnose, phases, signatures  # noqa: F401
+        from stability_lab.diagnosis import deep as detectors  # noqa: F401
+        from stability_lab.run import loop
+        from stability_lab.diagnosis import diagnose, phases, signatures  # noqa: F401
         self._install()
 
     # -- hooks ---------------------------------------------------------------------
@@ -298,7 +299,7 @@ class Watcher:
     def _fwd_post(self, module, args, output):
         if not self._micro or "out" in self._micro[-1]:
             return None
-        from .deep.attribution import _first_tensor
+        from stability_lab.run.attribution import _first_tensor
 
         out = output if isinstance(output, self.torch.Tensor) else _first_tensor(output)
         if out is None and hasattr(output, "logits"):
@@ -321,7 +322,7 @@ class Watcher:
         return None
 
     def _policy_of(self):
-        from .deep import policies as P
+        from stability_lab.precision import policies as P
 
         pdt = str(self.params[0].dtype).replace("torch.", "") if self.params else "float32"
         on, adt = self._autocast
@@ -332,7 +333,7 @@ class Watcher:
         return P.Policy(pdt, pdt, pdt, pdt)
 
     def _start_attribution(self) -> None:
-        from .deep.attribution import Attributor
+        from stability_lab.run.attribution import Attributor
 
         if self._attributor is None:
             self._policy = self._policy or self._policy_of()
@@ -426,7 +427,7 @@ class Watcher:
             return
         self._creator_replays += 1
         torch = self.torch
-        from .deep.attribution import ROOT, find_creators
+        from stability_lab.run.attribution import ROOT, find_creators
 
         if self._attr_active:
             self._attributor.abort()
@@ -450,7 +451,7 @@ class Watcher:
                 on, dt = mb["autocast"]
                 with torch.autocast("cpu", dtype=dt or torch.bfloat16, enabled=on):
                     output = _call(model, mb["args"], mb["kwargs"])
-                from .deep.attribution import _first_tensor
+                from stability_lab.run.attribution import _first_tensor
 
                 out = output if isinstance(output, torch.Tensor) else _first_tensor(output)
                 if out is None and hasattr(output, "logits"):
@@ -598,10 +599,10 @@ class Watcher:
             sys.stderr.write(f"stability-lab watch: {text}\n")
 
     def build_trace(self):
-        from .deep import detectors
-        from .deep.loop import attribution_summary
-        from .spec import RunSpec
-        from .trace import Trace, environment
+        from stability_lab.diagnosis import deep as detectors
+        from stability_lab.run.loop import attribution_summary
+        from stability_lab.spec import RunSpec
+        from stability_lab.trace import Trace, environment
 
         torch = self.torch
         policy = self._policy or self._policy_of()
@@ -655,7 +656,7 @@ class Watcher:
         return self._start_time
 
     def _online_diagnosis(self) -> None:
-        from .diagnosis import diagnose
+        from stability_lab.diagnosis import diagnose
 
         trace = self.build_trace()
         verdict, findings = diagnose(trace)
@@ -685,7 +686,7 @@ class Watcher:
         if self._micro or self._losses:  # a last step the loop did not close
             if self._opt_steps:
                 self._close_step(False, self._last_scale)
-        from .watch_report import finish
+        from stability_lab.watch_report import finish
 
         self._report = finish(self)
         return self._report

@@ -6,9 +6,9 @@ onset and evidence). Detectors never run training; they read a trace and its spe
 
 from __future__ import annotations
 
-from ..trace import Trace
-from .findings import FAILED, VERDICTS, Finding, Verdict
-from .verdict import DEFAULT_RULES, VerdictRules, decide
+from stability_lab.trace import Trace
+from stability_lab.diagnosis.findings import FAILED, VERDICTS, Finding, Verdict
+from stability_lab.diagnosis.verdict import DEFAULT_RULES, VerdictRules, decide
 
 __all__ = ["diagnose", "reconcile", "attach_references", "decide", "Finding", "Verdict",
            "VerdictRules", "DEFAULT_RULES", "FAILED", "VERDICTS"]
@@ -21,7 +21,7 @@ def diagnose(trace: Trace) -> tuple[Verdict, list[Finding]]:
     per-layer findings a deep-net task computed while it ran (stored in
     ``trace.extras["deep_findings"]`` because they need the model's hooks).
     """
-    from .signatures import detect_all
+    from stability_lab.diagnosis.signatures import detect_all
 
     verdict = decide(trace)
     if trace.error:
@@ -81,7 +81,7 @@ def attach_references(results) -> list:
     two unconverged runs disagree for reasons that are not the format's. Returns the
     results whose findings changed (the caller stores them again).
     """
-    from .signatures import attach_reference
+    from stability_lab.diagnosis.signatures import attach_reference
 
     by_id = {r.spec.run_id: r for r in results}
     changed = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..formatting import jsonable
+from stability_lab.formatting import jsonable
 
 VERDICTS = (
     "converged",

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from ..formatting import jsonable
-from .signatures import SPIKE_K, SPIKE_REL, trace_format
+from stability_lab.formatting import jsonable
+from stability_lab.diagnosis.signatures import SPIKE_K, SPIKE_REL, trace_format
 
 PHASES = ("stable_descent", "plateau", "oscillation", "spike", "recovery", "divergence",
           "collapse")

@@ -42,7 +42,7 @@ saturation                  frac_saturated_wrong (probabilities exactly 0 or 1 o
 Context detectors: ``catastrophic_cancellation`` (``probes["data"]``, filled by the data
 pipeline or scenario), ``rank_deficiency`` (``probes["design"]``, or the task's
 ``cond_XtX`` probe), ``silent_digit_loss`` (``extras["reference"]``, filled by
-:func:`attach_reference`, which :mod:`stability_lab.verify` and the catalogue call),
+:func:`attach_reference`, which :mod:`stability_lab.remedies.verify` and the catalogue call),
 ``nondeterminism`` (``extras["determinism"]``, filled by :func:`attach_determinism`).
 They return nothing when their context is absent.
 """
@@ -55,9 +55,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..precision import FORMATS, Format
-from ..trace import Trace
-from .findings import Finding
+from stability_lab.precision import FORMATS, Format
+from stability_lab.trace import Trace
+from stability_lab.diagnosis.findings import Finding
 
 Detector = Callable[[Trace], list[Finding]]
 
@@ -196,7 +196,7 @@ def lre(estimate: Any, reference: Any) -> float:
     b = np.atleast_1d(np.asarray(reference, dtype=np.float64))
     if a.shape != b.shape or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         return 0.0
-    from ..numerics import l2_norm  # no overflow for the 1e200 weights of a diverged run
+    from stability_lab.numerics import l2_norm  # no overflow for the 1e200 weights of a diverged run
 
     nb = float(l2_norm(b))
     with np.errstate(over="ignore"):
@@ -628,7 +628,7 @@ def detect_silent_digit_loss(trace: Trace) -> list[Finding]:
     loss = trace.metric("loss")
     if loss.size == 0 or not np.all(np.isfinite(loss)) or _growing(loss):
         return []  # a visible failure is not silent
-    from .verdict import decide
+    from stability_lab.diagnosis.verdict import decide
 
     if decide(trace).status != "converged":
         return []  # an unconverged run differs from its reference for other reasons

@@ -50,10 +50,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..precision import FORMATS
-from ..trace import Trace
-from .findings import Verdict
-from .signatures import _final_stretch, _window
+from stability_lab.precision import FORMATS
+from stability_lab.trace import Trace
+from stability_lab.diagnosis.findings import Verdict
+from stability_lab.diagnosis.signatures import _final_stretch, _window
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ class StabilityCallback(pl.Callback):
         self.run_id: str | None = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        from ..watcher import watch
+        from stability_lab.watcher import watch
 
         opt = trainer.optimizers[0] if trainer.optimizers else None
         scaler = getattr(trainer.precision_plugin, "scaler", None)

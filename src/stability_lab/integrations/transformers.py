@@ -29,7 +29,7 @@ class StabilityCallback(TrainerCallback):
         self.run_id: str | None = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from ..watcher import watch
+        from stability_lab.watcher import watch
 
         kw = dict(self.watch_kwargs)
         kw.setdefault("name", type(model).__name__)

@@ -28,8 +28,8 @@ import numpy as np
 
 from stability_lab.errors import UsageError
 
-from . import _core
-from ._backend import (
+from stability_lab.numerics import _core
+from stability_lab.numerics._backend import (
     _UNSET,
     ACCUMULATE,
     ELEMENTWISE,
@@ -72,7 +72,7 @@ def _wants_grad(*xs: Any) -> bool:
 
 
 def _autograd(name: str, *args: Any):
-    from . import _torch
+    from stability_lab.numerics import _torch
 
     return _torch.apply(name, *args)
 

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 try:  # the fused float32 row kernel (C, built at install; optional)
-    from . import _lsekernel
+    from stability_lab.numerics import _lsekernel
 except ImportError:  # no compiler at install time, or running from an unbuilt tree
     _lsekernel = None
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __all__ as _PUBLIC  # the same names as the stable module
-from ._backend import check_float
+from stability_lab.numerics import __all__ as _PUBLIC  # the same names as the stable module
+from stability_lab.numerics._backend import check_float
 
 __all__ = list(_PUBLIC)
 

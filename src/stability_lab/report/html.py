@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
+from stability_lab.errors import UsageError
 
 ASSETS = Path(__file__).with_name("assets")
 
@@ -72,7 +72,7 @@ def _series(values) -> list:
 
 def _compact(value: Any) -> Any:
     """JSON-safe and short: floats to 5 significant digits, non-finite as strings."""
-    from ..formatting import jsonable
+    from stability_lab.formatting import jsonable
 
     value = jsonable(value)
 
@@ -106,10 +106,10 @@ def curve_layout(result, smap) -> dict[str, Any]:
 
 def page_data(result, map_axes=None) -> dict[str, Any]:
     """Everything the page draws, as one JSON-able document."""
-    from ..diagnosis.phases import phase_dicts
-    from .maps import build_map
-    from .terminal import answer_lines, conditioning_line, recommendation_lines
-    from .verification import summarize
+    from stability_lab.diagnosis.phases import phase_dicts
+    from stability_lab.report.maps import build_map
+    from stability_lab.report.terminal import answer_lines, conditioning_line, recommendation_lines
+    from stability_lab.report.verification import summarize
 
     axes = list(result.sweep.axis_names)
     smap = build_map(result, map_axes)

@@ -24,8 +24,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..errors import UsageError
-from ..spec import format_value
+from stability_lab.errors import UsageError
+from stability_lab.spec import format_value
 
 #: verdict -> (letter, colour name): one character per verdict in the terminal grid
 VERDICT_STYLE: dict[str, tuple[str, str]] = {
@@ -110,7 +110,7 @@ class StabilityMap:
         return [c for p in self.panels for row in p.cells for c in row if c is not None]
 
     def to_dict(self) -> dict[str, Any]:
-        from ..formatting import jsonable
+        from stability_lab.formatting import jsonable
 
         return jsonable({
             "x": self.x, "y": self.y, "x_values": self.x_values, "y_values": self.y_values,
@@ -263,7 +263,7 @@ def panel_lines(m: StabilityMap, panel: Panel) -> list[tuple[str, list[tuple[str
     title = panel.title
     if bounds:
         lo, hi = min(b["lr_bound"] for b in bounds), max(b["lr_bound"] for b in bounds)
-        from ..formatting import sci
+        from stability_lab.formatting import sci
 
         title += f"  2/L={sci(lo)}" + ("" if hi <= lo * 1.05 else f"..{sci(hi)}")
     if panel.fixed or bounds:

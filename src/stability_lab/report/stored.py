@@ -12,7 +12,7 @@ A report rendered from the store is the one the sweep printed when it ran.
 from __future__ import annotations
 
 
-from ..errors import UsageError
+from stability_lab.errors import UsageError
 
 
 def parse_sweep_id(text: str, store) -> int:
@@ -37,11 +37,11 @@ def parse_sweep_id(text: str, store) -> int:
 
 def load_result(store, sweep_id: int):
     """The stored sweep ``sweep_id`` as a ``SweepResult`` (runs in sweep order)."""
-    from ..diagnosis.findings import Finding, Verdict
-    from ..formatting import from_jsonable
-    from ..lab import SweepResult, trace_from_record
-    from ..recommend import Recommendation, RunResult
-    from ..spec import RunSpec, Sweep
+    from stability_lab.diagnosis.findings import Finding, Verdict
+    from stability_lab.formatting import from_jsonable
+    from stability_lab.lab import SweepResult, trace_from_record
+    from stability_lab.remedies.recommend import Recommendation, RunResult
+    from stability_lab.spec import RunSpec, Sweep
 
     row = store.load_sweep(sweep_id)
     axes = [(name, list(values)) for name, values in (row["axes"] or [])]
@@ -63,7 +63,7 @@ def load_result(store, sweep_id: int):
     report = row.get("report")
     if report is None and sweep.base.task != "logistic_regression" and \
             results[0].trace.step_unit == "step":
-        from ..deep.report import sweep_report  # no torch: works on stored traces
+        from stability_lab.diagnosis.policy_report import sweep_report  # no torch: works on stored traces
 
         report = sweep_report(results)
     verification = row.get("verification")

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from ..formatting import fmt_num, sci
-from ..params import default_label_axes
-from ..spec import format_value
+from stability_lab.formatting import fmt_num, sci
+from stability_lab.spec.axes import default_label_axes
+from stability_lab.spec import format_value
 
 
 #: one line of the report: styled segments ``[(text, style), ...]``; the style is a rich
@@ -109,7 +109,7 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def verdict_style(status: str) -> str:
     """How a verdict is coloured on a terminal: converged green, failed red."""
-    from ..diagnosis.findings import FAILED
+    from stability_lab.diagnosis.findings import FAILED
 
     return "green" if status == "converged" else ("red" if status in FAILED else "")
 
@@ -294,7 +294,7 @@ def recommendation_lines(result) -> list[str]:
     Only actions verification did not disprove are advice: an action whose re-runs fixed
     and improved nothing is listed after them as tried and not helping.
     """
-    from .verification import summarize
+    from stability_lab.report.verification import summarize
 
     recs = result.recommendations
     out = []
@@ -369,7 +369,7 @@ def sweep_lines(result, note: str | None = None, *, quiet: bool = False,
     by rich (:func:`table_lines`): for ``console`` (a terminal) in its width, without one
     as plain text.
     """
-    from .maps import build_map, format_map
+    from stability_lab.report.maps import build_map, format_map
 
     axes = result.sweep.axis_names
     out: list[list[tuple[str, str]]] = []
@@ -412,7 +412,7 @@ def sweep_lines(result, note: str | None = None, *, quiet: bool = False,
     if result.task_report is not None and "groups" in result.task_report:
         # the deep nets' policy evaluation (deep/report.py imports no torch, so a stored
         # sweep's report renders without it)
-        from ..deep.report import report_lines
+        from stability_lab.diagnosis.policy_report import report_lines
 
         add()
         out.extend(report_lines(result.task_report, verbose=verbose, console=console))
@@ -424,7 +424,7 @@ def sweep_lines(result, note: str | None = None, *, quiet: bool = False,
         add("Verdicts: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in
                                      sorted(counts.items(), key=lambda kv: -kv[1])))
     if result.verification:
-        from .verification import verification_lines
+        from stability_lab.report.verification import verification_lines
 
         add()
         out.extend(verification_lines(result.verification, console=console))

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import UsageError
+from stability_lab.errors import UsageError
+from stability_lab.spec.axes import is_user_task
 
 TASKS: dict[str, str] = {
     "logistic_regression": "stability_lab.tasks.logistic:LogisticRegression",
@@ -29,10 +30,6 @@ DEFAULT_DATA: dict[str, str] = {
     "mlp": "digits",
     "attention": "generated",
 }
-
-
-def is_user_task(name: str) -> bool:
-    return ":" in name and name not in TASKS
 
 
 def available() -> list[str]:

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..deep.taskbase import DeepTask
-from ..errors import UsageError
-from ..spec import RunSpec
+from stability_lab.tasks.deep import DeepTask
+from stability_lab.errors import UsageError
+from stability_lab.spec import RunSpec
 
 DEFAULTS = {"depth": 1, "width": 32, "heads": 2, "seq_len": 16, "qk_layernorm": False,
             "z_loss": 0.0}
@@ -64,8 +64,8 @@ class AttentionTask(DeepTask):
     def problem(self, spec: RunSpec, prepared):
         import torch
 
-        from ..deep.loop import Problem
-        from .mlp import ce_with_z_loss
+        from stability_lab.run.loop import Problem
+        from stability_lab.tasks.mlp import ce_with_z_loss
 
         T = prepared["seq_len"]
         bs = spec.batch_size or BATCH

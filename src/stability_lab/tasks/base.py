@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any, Hashable, Sequence
 
-from ..spec import RunSpec
-from ..trace import Trace
+from stability_lab.spec import RunSpec
+from stability_lab.trace import Trace
 
 
 class Task:

@@ -27,15 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from .. import datasets, linear
-from ..conditioning import gram_condition
-from ..errors import DataError, UsageError
-from ..numerics import l2_norm
-from ..precision import FORMATS
-from ..recommend import Context, Recommendation, register_rule
-from ..spec import RunSpec
-from ..trace import Trace, environment
-from .base import Task
+from stability_lab.tasks import datasets
+
+from stability_lab.linalg import linear
+from stability_lab.linalg.conditioning import gram_condition
+from stability_lab.errors import DataError, UsageError
+from stability_lab.numerics import l2_norm
+from stability_lab.precision import FORMATS
+from stability_lab.remedies.recommend import Context, Recommendation, register_rule
+from stability_lab.spec import RunSpec
+from stability_lab.trace import Trace, environment
+from stability_lab.tasks.base import Task
 
 NOISE = 1e-3
 
@@ -61,7 +63,7 @@ def _load(spec: RunSpec) -> tuple[str, np.ndarray, np.ndarray, np.ndarray | None
     """(name, X, y, certified or None, problem or None) for a data source."""
     source = spec.data
     if source.startswith("nist:"):
-        from ..nist import load_problem
+        from stability_lab.linalg.nist import load_problem
 
         problem = load_problem(source.partition(":")[2])
         return problem.name, problem.design(), problem.y.copy(), problem.certified, problem
@@ -127,7 +129,7 @@ class LinearRegressionTask(Task):
                 f"{name!r} has {X.shape[0]} rows and {X.shape[1]} columns (with the "
                 "intercept): the least-squares fit is not unique and the lab's solvers are "
                 "compared on unique fits; add rows or drop features (in Python, "
-                "stability_lab.linear.solve(X, y, solver='svd') gives the minimum-norm fit)."
+                "stability_lab.linalg.linear.solve(X, y, solver='svd') gives the minimum-norm fit)."
             )
         X_lo = None
         if spec.scale != "raw":

@@ -55,14 +55,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import datasets, numerics
-from ..numerics import naive
-from ..conditioning import DesignSpectrum, _pow2_of, design_spectrum, sym_eigvalsh
-from ..errors import DataError
-from ..precision import FORMATS, Format
-from ..spec import RunSpec
-from ..trace import Trace, environment
-from .base import Task
+from stability_lab.tasks import datasets
+
+from stability_lab import numerics
+from stability_lab.numerics import naive
+from stability_lab.linalg.conditioning import DesignSpectrum, _pow2_of, design_spectrum, sym_eigvalsh
+from stability_lab.errors import DataError
+from stability_lab.precision import FORMATS, Format
+from stability_lab.spec import RunSpec
+from stability_lab.trace import Trace, environment
+from stability_lab.tasks.base import Task
 
 #: initial weights are N(0, (INIT_SCALE^2 / p)) for p parameters: small logits on any data
 INIT_SCALE = 1e-3

@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from ..deep.taskbase import DeepTask
-from ..errors import UsageError
-from ..spec import RunSpec
+from stability_lab.tasks.deep import DeepTask
+from stability_lab.errors import UsageError
+from stability_lab.spec import RunSpec
 
 DEFAULTS = {"depth": 3, "width": 64, "activation": "relu", "init_scale": 1.0, "norm": "none",
             "z_loss": 0.0}
@@ -57,7 +57,7 @@ class MLPTask(DeepTask):
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 
-        from .. import datasets
+        from stability_lab.tasks import datasets
 
         X, y = load_digits(return_X_y=True)
         X = datasets.scale_features(X.astype(np.float64) / 16.0, spec.scale)
@@ -72,7 +72,7 @@ class MLPTask(DeepTask):
     def problem(self, spec: RunSpec, prepared):
         import torch
 
-        from ..deep.loop import Problem
+        from stability_lab.run.loop import Problem
 
         Xtr, ytr = (torch.as_tensor(a) for a in prepared["train"])
         Xte, yte = (torch.as_tensor(a) for a in prepared["test"])

@@ -21,9 +21,9 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Callable
 
-from ..deep.taskbase import DeepTask
-from ..errors import UsageError
-from ..spec import RunSpec
+from stability_lab.tasks.deep import DeepTask
+from stability_lab.errors import UsageError
+from stability_lab.spec import RunSpec
 
 
 def split_target(name: str) -> tuple[str, str]:
@@ -127,7 +127,7 @@ class UserTask(DeepTask):
     def prepare(self, spec: RunSpec):
         import torch
 
-        from ..deep.loop import call_model, check_loss
+        from stability_lab.run.loop import call_model, check_loss
 
         build = load_build(spec.task)
         name = spec.task.rpartition(":")[2]
@@ -147,7 +147,7 @@ class UserTask(DeepTask):
         return {"build": build, "name": name, "n_batches": len(batches)}
 
     def problem(self, spec: RunSpec, prepared):
-        from ..deep.loop import Problem
+        from stability_lab.run.loop import Problem
 
         state: dict[str, Any] = {}
 

@@ -1,0 +1,1 @@
+"""One module per ``stability-lab`` sub-command: parse, check, call the library."""

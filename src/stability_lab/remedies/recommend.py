@@ -1,0 +1,364 @@
+"""Recommendations from evidence, with numbers.
+
+A rule reads the diagnosed runs of a sweep and returns :class:`Recommendation` s. A
+recommendation fires only when its evidence holds, and it carries the numbers: the
+action (a spec change the verifier can apply and re-run with the same seed), the
+reason, and the runs it is for. Rules are registered in :data:`RULES`; tasks add
+their own with :func:`register_rule`.
+
+Rules for the linear tasks:
+
+- ``scale_features``: a run on raw or factor-scaled features failed or did not
+  converge, cond(X^T X) >= 1e6, and standardizing lowers it at least 10-fold.
+- ``lower_lr``: a run diverged, overflowed, went NaN or oscillated with lr above the
+  bound 2/L (L the largest curvature of the regularized loss). Says the largest safe lr.
+- ``add_l2``: a failing run's cond(X^T X) is near-singular for its format
+  (cond * u >= 0.01) and its lambda is below the value that brings
+  cond(X^T X / n + lambda I) under 0.01 / u; says that lambda. It does not fire when
+  that lambda would exceed 1% of the largest eigenvalue of X^T X / n (the penalty
+  would swamp the data: the format, not the regularization, is the problem).
+- ``fused_logloss``: a naive-loss run went non-finite while its matched stable-loss run
+  (everything else equal) did not.
+- ``higher_precision``: a low-precision run failed while its matched float64 run did
+  not: compute in float32/float64 or keep fp32 master weights.
+- ``clip``: a run diverged with a gradient norm more than 100 times its initial value
+  and clipping off; clip at the initial gradient norm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from stability_lab.diagnosis.findings import FAILED, Finding, Verdict
+from stability_lab.formatting import jsonable, round_sig, sci
+from stability_lab.precision import FORMATS
+from stability_lab.spec import RunSpec, format_value
+from stability_lab.trace import Trace
+
+
+@dataclass
+class RunResult:
+    """A run as the report sees it: spec, trace, verdict, findings."""
+
+    spec: RunSpec
+    trace: Trace
+    verdict: Verdict
+    findings: list[Finding] = field(default_factory=list)
+    #: True when the run was loaded from the store rather than run now
+    reused: bool = False
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict.failed
+
+    @property
+    def healthy(self) -> bool:
+        return self.verdict.status == "converged"
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "id": self.run_id,
+            "config": self.spec.to_dict(),
+            "verdict": self.verdict.to_dict(),
+            "onset_epoch": self.verdict.onset,
+            "final_loss": self.trace.final_loss,
+            "findings": [f.to_dict() for f in self.findings],
+            "summary": summary(self.trace),
+            "probes": self.trace.probes,
+            "meta": self.trace.meta,
+            "extras": self.trace.extras,
+            "error": self.trace.error,
+            "step_unit": self.trace.step_unit,
+        }
+
+
+def summary(trace: Trace) -> dict[str, Any]:
+    """Last and extreme values of the metrics, for tables and the store."""
+    out: dict[str, Any] = {"steps": trace.n_steps}
+    for name, values in trace.metrics.items():
+        v = np.asarray(values, dtype=np.float64)
+        if v.size == 0:
+            continue
+        out[f"{name}_last"] = float(v[-1])
+        finite = v[np.isfinite(v)]
+        if finite.size:
+            out[f"{name}_max"] = float(finite.max())
+    return out
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    action: str
+    text: str
+    reason: str
+    delta: dict[str, Any] = field(default_factory=dict)
+    runs: tuple[str, ...] = ()
+    evidence: dict[str, Any] = field(default_factory=dict)
+    #: what re-running the failing runs with this action showed (set by
+    #: :func:`stability_lab.remedies.verify.close_recommendations`): ``status`` is "fixed",
+    #: "improved", "not_helping" or "not_verified", with the counts
+    verification: dict[str, Any] | None = None
+
+    @property
+    def advised(self) -> bool:
+        """Printed as advice: verified to fix or improve a run, or not verified yet."""
+        return self.verification is None or self.verification.get("status") != "not_helping"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["runs"] = list(self.runs)
+        return jsonable(d)
+
+
+@dataclass
+class Context:
+    results: list[RunResult]
+    #: data variant label -> conditioning facts (cond_XtX, ...)
+    conditioning: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: cond(X^T X) after standardizing, per data source (for scale_features)
+    standardized_cond: dict[str, float] = field(default_factory=dict)
+    axes: list[str] = field(default_factory=list)
+    #: (data, scale, precision) -> [smallest, largest] eigenvalue of X^T X / n of the
+    #: features the runs saw (the intercept is not penalized, so not included)
+    grams: dict[tuple, np.ndarray] = field(default_factory=dict)
+    #: run id -> the first result with that id (built on first use)
+    _by_id: dict[str, RunResult] | None = field(default=None, init=False, repr=False,
+                                                compare=False)
+
+    def matched(self, result: RunResult, **changes: Any) -> RunResult | None:
+        """The run of this sweep that differs from ``result`` only by ``changes``."""
+        if self._by_id is None:
+            self._by_id = {}
+            for other in self.results:
+                self._by_id.setdefault(other.run_id, other)
+        return self._by_id.get(result.spec.replace(**changes).run_id)
+
+
+Rule = Callable[[Context], list[Recommendation]]
+RULES: list[Rule] = []
+
+
+def register_rule(rule: Rule) -> Rule:
+    RULES.append(rule)
+    return rule
+
+
+def recommend(ctx: Context) -> list[Recommendation]:
+    """Every recommendation whose evidence holds, in registration order."""
+    out: list[Recommendation] = []
+    for rule in RULES:
+        out.extend(rule(ctx))
+    return out
+
+
+def _unhealthy(r: RunResult) -> bool:
+    return r.verdict.status in FAILED or r.verdict.status == "not_converged"
+
+
+def _ids(results: list[RunResult]) -> tuple[str, ...]:
+    return tuple(r.run_id for r in results)
+
+
+def safe_lr(bound: float) -> float:
+    """The lr recommended under a stability bound 2/L: 0.9 * 2/L, to 2 significant digits."""
+    return round_sig(0.9 * bound)
+
+
+@register_rule
+def scale_features(ctx: Context) -> list[Recommendation]:
+    out = []
+    by_source: dict[str, list[RunResult]] = {}
+    for r in ctx.results:
+        if r.spec.scale != "standardized" and _unhealthy(r) and "cond_XtX" in r.trace.probes.get(
+                "start", {}):
+            by_source.setdefault(r.spec.data, []).append(r)
+    for source, runs in by_source.items():
+        before = max(r.trace.probes["start"]["cond_XtX"] for r in runs)
+        after = ctx.standardized_cond.get(source)
+        if after is None or not (math.isfinite(before) and before >= 1e6
+                                 and after * 10 <= before):
+            continue
+        rescued = [r for r in runs if (m := ctx.matched(r, scale="standardized")) and m.healthy]
+        extra = (f"; {len(rescued)} of these runs converged with the same seed once "
+                 "standardized" if rescued else "")
+        out.append(Recommendation(
+            "scale_features",
+            f"scale features (cond {sci(before)} -> {sci(after)})",
+            f"cond(X^T X) is {sci(before)} on the features as given and {sci(after)} after "
+            f"standardizing; {len(runs)} run(s) on unscaled features failed or did not "
+            f"converge{extra}",
+            {"scale": "standardized"}, _ids(runs),
+            {"cond_before": before, "cond_after": after, "rescued_by_matched_run": len(rescued)},
+        ))
+    return out
+
+
+@register_rule
+def lower_lr(ctx: Context) -> list[Recommendation]:
+    groups: dict[tuple, list[RunResult]] = {}
+    for r in ctx.results:
+        bound = r.trace.probes.get("start", {}).get("lr_bound")
+        if bound is None or r.verdict.status not in ("diverged", "overflow", "nan", "oscillating"):
+            continue
+        if not bound > 0:  # L overflowed float64 (features near 1e200): no lr is safe
+            continue
+        if r.spec.lr > bound:
+            groups.setdefault((r.spec.data, r.spec.scale), []).append(r)
+    out = []
+    for (_data, scale), runs in groups.items():
+        # the smallest bound over the runs' lambdas is safe for all of them
+        bound = min(r.trace.probes["start"]["lr_bound"] for r in runs)
+        safe = safe_lr(bound)
+        worst = max(r.spec.lr for r in runs)
+        out.append(Recommendation(
+            "lower_lr",
+            f"lower lr to at most {safe:g}",
+            f"lr {format_value(worst)} is {worst / bound:.3g}x the stability bound "
+            f"2/L = {bound:.3g} (L = {2.0 / bound:.3g}, the largest curvature of the loss on "
+            f"scale={scale} features); {len(runs)} run(s) with lr above it failed",
+            {"lr": safe}, _ids(runs),
+            {"lr_bound": bound, "L": 2.0 / bound, "worst_lr": worst, "scale": scale},
+        ))
+    return out
+
+
+def _l2_for_eigenvalues(ev: np.ndarray, target: float) -> float:
+    """Smallest lambda with cond(G + lambda I) <= target, from the ascending eigenvalues
+    ``ev`` of a feature Gram matrix G.
+
+    With eigenvalues s_max >= s_min >= 0 of G, cond(G + lambda I) =
+    (s_max + lambda) / (s_min + lambda), which falls monotonically in lambda, so
+    lambda = (s_max - target * s_min) / (target - 1), or 0 if G already meets it.
+    """
+    s_min, s_max = max(float(ev[0]), 0.0), float(ev[-1])
+    if s_min > 0 and s_max / s_min <= target:
+        return 0.0
+    return max(0.0, (s_max - target * s_min) / (target - 1.0))
+
+
+@register_rule
+def add_l2(ctx: Context) -> list[Recommendation]:
+    out = []
+    seen = set()
+    for r in ctx.results:
+        start = r.trace.probes.get("start", {})
+        key = (r.spec.data, r.spec.scale, r.spec.precision)
+        gram = ctx.grams.get(key)
+        fmt = FORMATS.get(r.spec.precision)
+        if "cond_XtX" not in start or gram is None or fmt is None or not _unhealthy(r):
+            continue
+        # near-singular in this format: fewer than 2 digits survive cond * u
+        target = 0.01 / fmt.unit_roundoff
+        if start["cond_XtX"] <= target or key in seen:
+            continue
+        ev = np.asarray(gram)  # extreme eigenvalues of X^T X / n (no intercept)
+        if not np.all(np.isfinite(ev)):  # beyond float64 (huge data): no number to give
+            continue
+        s_max = float(ev[-1])
+        lam = round_sig(_l2_for_eigenvalues(ev, target))
+        # a penalty that swamps the data's largest direction is no fix: the format is
+        if r.spec.lam >= lam or lam > 0.01 * s_max:
+            continue
+        seen.add(key)
+        runs = [x for x in ctx.results if (x.spec.data, x.spec.scale, x.spec.precision) == key
+                and _unhealthy(x) and x.spec.lam < lam]
+        out.append(Recommendation(
+            "add_l2",
+            f"add L2 lambda >= {lam:g}",
+            f"cond(X^T X) = {sci(start['cond_XtX'])} is near-singular for {fmt.name} "
+            f"(cond * u = {start['cond_XtX'] * fmt.unit_roundoff:.2g} >= 0.01: fewer than 2 "
+            f"digits survive); lambda >= {lam:g} brings cond(X^T X/n + lambda I) under "
+            f"{sci(target)} (scale={r.spec.scale})",
+            {"lambda": lam}, _ids(runs),
+            {"cond": start["cond_XtX"], "target": target, "lambda": lam,
+             "precision": fmt.name, "scale": r.spec.scale},
+        ))
+    return out
+
+
+@register_rule
+def fused_logloss(ctx: Context) -> list[Recommendation]:
+    hits = []
+    for r in ctx.results:
+        if r.spec.loss != "naive" or r.verdict.status not in ("diverged", "overflow", "nan"):
+            continue
+        twin = ctx.matched(r, loss="stable")
+        if twin is None or twin.verdict.status not in ("diverged", "overflow", "nan"):
+            hits.append((r, twin))
+    if not hits:
+        return []
+    r, twin = hits[0]
+    logit = r.verdict.evidence.get("max_abs_logit")
+    fmt = FORMATS.get(r.spec.precision)
+    sat = -math.log(fmt.unit_roundoff) if fmt else float("nan")
+    twin_text = f"; its matched stable-loss run: {twin.verdict}" if twin else ""
+    return [Recommendation(
+        "fused_logloss",
+        "use the fused log-loss (BCE with logits)",
+        f"the naive sigmoid-then-log loss went non-finite at {r.trace.step_unit} "
+        f"{r.verdict.onset} with max|logit| = {logit if logit is None else f'{logit:.3g}'}; "
+        f"in {r.spec.precision} sigmoid rounds to exactly 1 beyond |z| ~ {sat:.3g}, so "
+        f"log(1 - p) = -inf{twin_text}",
+        {"loss": "stable"}, tuple(h[0].run_id for h in hits),
+        {"runs": len(hits), "max_abs_logit": logit, "saturation_logit": sat},
+    )]
+
+
+@register_rule
+def higher_precision(ctx: Context) -> list[Recommendation]:
+    hits = []
+    for r in ctx.results:
+        if r.spec.precision in ("float64", "float32") or not r.failed:
+            continue
+        for wide in ("float32", "float64"):
+            twin = ctx.matched(r, precision=wide)
+            if twin is not None and not twin.failed:
+                hits.append((r, twin))
+                break
+    if not hits:
+        return []
+    # the most telling example first: a non-finite failure beats a slow one
+    order = {"overflow": 0, "nan": 0, "diverged": 1, "oscillating": 2, "stagnated": 3}
+    r, twin = min(hits, key=lambda h: order.get(h[0].verdict.status, 9))
+    fmts = sorted({h[0].spec.precision for h in hits})
+    return [Recommendation(
+        "higher_precision",
+        "compute in float32/float64 or keep fp32 master weights",
+        f"{len(hits)} run(s) in {'/'.join(fmts)} failed while the matched run in "
+        f"{twin.spec.precision} (same data, init and seed) did not: e.g. "
+        f"{r.spec.precision}: {r.verdict} vs {twin.spec.precision}: {twin.verdict}",
+        {"precision": "float32"}, tuple(h[0].run_id for h in hits),
+        {"runs": len(hits), "formats": fmts},
+    )]
+
+
+@register_rule
+def clip(ctx: Context) -> list[Recommendation]:
+    hits = []
+    for r in ctx.results:
+        if r.spec.clip is not None or r.verdict.status != "diverged":
+            continue
+        g = r.trace.metric("grad_norm")
+        g = g[np.isfinite(g)]
+        if g.size >= 2 and g[0] > 0 and g.max() > 100 * g[0]:
+            hits.append((r, float(g[0]), float(g.max())))
+    if not hits:
+        return []
+    r, g0, gmax = hits[0]
+    level = round_sig(g0)
+    return [Recommendation(
+        "clip",
+        f"clip gradients to norm {level:g}",
+        f"the gradient norm grew from {g0:.3g} to {gmax:.3g} ({gmax / g0:.3g}x) before the "
+        f"run diverged; clipping at the initial norm bounds every step",
+        {"clip": level}, tuple(h[0].run_id for h in hits),
+        {"initial_grad_norm": g0, "max_grad_norm": gmax},
+    )]
