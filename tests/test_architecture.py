@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("precision", "numerics"),  # number formats and policies; stable primitives
     ("linalg",),  # solvers, double-double, conditioning, NIST (float64 and better)
     ("spec",),  # the axis table, RunSpec, Sweep: what to run
-    ("trace",),  # what one run leaves behind
+    ("trace", "metrics"),  # what one run leaves behind, and what its metrics mean
     ("tasks",),  # data + model + loss
     ("run",),  # engine, training loops, monitors, executors
     ("diagnosis",),  # verdict, signatures, phases, the run record

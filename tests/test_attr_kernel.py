@@ -18,6 +18,7 @@ import torch
 from _helpers import c_compiler_here
 
 from stability_lab.run import attribution as A
+from stability_lab.run.engine import run_one
 
 TARGETS = list(A.kernel_targets())
 K_MINMAX, K_SAMPLE, K_UNITMAX, K_UNITANY, K_PARAM = 1, 2, 4, 8, 16
@@ -163,7 +164,7 @@ def _attribution(task: str, monkeypatch, path: str, **changes) -> dict:
     t = get_task(task)
     spec = RunSpec(task=task, data="digits").replace(attribute_every=1, **changes)
     t.validate(spec)
-    return t.run(spec, t.prepare(spec)).extras["attribution"]
+    return run_one(t, spec, t.prepare(spec)).extras["attribution"]
 
 
 @pytest.mark.skipif(not TARGETS, reason="the C kernel is not built")

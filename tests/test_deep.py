@@ -9,13 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stability_lab.diagnosis import diagnose
 from stability_lab.diagnosis.findings import Verdict, jsonable
 from stability_lab.diagnosis.verdict import decide
 from stability_lab.errors import LabError, UsageError
 from stability_lab.spec.axes import parse_sweep_arg
-from stability_lab.remedies.recommend import Context, RunResult, recommend
+from stability_lab.remedies.recommend import recommend
+from stability_lab.remedies.rules import Context
+from stability_lab.diagnosis.record import RunResult
 from stability_lab.spec import RunSpec
 from stability_lab.trace import Trace
+from stability_lab.run.engine import run_one
 
 import torch  # noqa: E402
 
@@ -29,7 +33,7 @@ def run(task_name: str, **changes):
     task = get_task(task_name)
     spec = RunSpec(task=task_name, data="digits").replace(**changes)
     task.validate(spec)
-    trace = task.run(spec, task.prepare(spec))
+    trace = run_one(task, spec, task.prepare(spec))
     return spec, trace
 
 
@@ -151,7 +155,7 @@ def test_forward_overflow_creator_is_the_scaled_third_layer():
     passed = {e["module"] for e in attr["passed"] if e["pass"] == "forward"}
     assert {"a3", "out"} <= passed and "l3" not in passed
     assert decide(tr).status in ("nan", "overflow")
-    sigs = [f["signature"] for f in tr.extras["deep_findings"]]
+    sigs = [f.signature for f in diagnose(tr)[1]]
     assert "nonfinite_created" in sigs
     # the same step in float32 is finite (the value is an fp16 overflow, not a model bug)
     _, ok = run(user("build_overflow"), policy="float32", lr=0.01, epochs=1)
@@ -204,7 +208,7 @@ def test_attention_logit_growth_overflows_fp16_and_qk_layernorm_fixes_it():
     assert verdict.failed and verdict.onset < 100, verdict
     assert attr["first_creator"]["module"] == "blocks.0.attn"
     assert attr["first_creator"]["pass"] == "forward"
-    sigs = {f["signature"] for f in bad.extras["deep_findings"]}
+    sigs = {f.signature for f in diagnose(bad)[1]}
     assert "attention_logit_growth" in sigs
     _, good = run("attention", qk_layernorm=True, **common)
     assert not decide(good).failed and good.extras["accuracy"] > 0.9
@@ -212,7 +216,7 @@ def test_attention_logit_growth_overflows_fp16_and_qk_layernorm_fixes_it():
     # HEADROOM_BITS = 6 powers of two, ~1e3); the peak itself (150-230) varies by kernel
     peak = np.nanmax(good.metrics["attn_logit_max"])
     assert np.isfinite(peak) and peak < 65504 * 2.0 ** -6
-    assert "attention_logit_growth" not in {f["signature"] for f in good.extras["deep_findings"]}
+    assert "attention_logit_growth" not in {f.signature for f in diagnose(good)[1]}
     results = [RunResult(t.spec, t, decide(t)) for t in (bad, good)]
     recs = {r.action: r for r in recommend(Context(results))}
     assert recs["qk_layernorm"].delta == {"qk_layernorm": True}
@@ -259,7 +263,8 @@ def _fake(policy: str, final_loss: float, acc: float, status: str = "not_converg
 
 
 def test_report_picks_cheapest_policy_within_tolerance_and_says_why_others_failed():
-    from stability_lab.diagnosis.policy_report import format_report, sweep_report
+    from stability_lab.diagnosis.policy_evaluation import sweep_report
+    from stability_lab.report.policies import format_report
 
     results = [_fake("float32", 0.10, 0.95), _fake("mixed-bf16", 0.104, 0.95),
                _fake("bfloat16", 0.13, 0.95), _fake("float16", 0.1, 0.95, "nan"),
@@ -372,7 +377,7 @@ def test_a_run_that_raises_mid_attribution_step_leaves_no_hooks_behind():
     spec = RunSpec(task=target).replace(attribute_every=1, epochs=2)
     task.validate(spec)
     with pytest.raises(RuntimeError, match="simulated"):
-        task.run(spec, task.prepare(spec))
+        run_one(task, spec, task.prepare(spec))
     assert (len(M._global_forward_hooks), len(M._global_forward_pre_hooks)) == before
     _, tr = run("mlp", policy="float32", epochs=2, attribute_every=1)  # next run is clean
     assert tr.extras["attribution"]["modules"]

@@ -83,7 +83,7 @@ def test_default_sized_page_stays_under_5_mb():
     import numpy as np
 
     from stability_lab.diagnosis.findings import Finding, Verdict
-    from stability_lab.remedies.recommend import RunResult
+    from stability_lab.diagnosis.record import RunResult
     from stability_lab.report.html import render
     from stability_lab.spec import RunSpec, Sweep
     from stability_lab.trace import Trace

@@ -12,7 +12,8 @@ import pytest
 
 from stability_lab.diagnosis import decide, diagnose, reconcile
 from stability_lab.diagnosis.findings import Finding, Verdict
-from stability_lab.remedies.recommend import Recommendation, RunResult
+from stability_lab.remedies.rules import Recommendation
+from stability_lab.diagnosis.record import RunResult
 from stability_lab.spec import RunSpec
 from stability_lab.trace import Trace
 
@@ -120,7 +121,7 @@ def test_obs5_far_headroom_projection_is_no_finding():
 
 
 def test_obs5_policy_with_warning_finding_is_never_cheapest_within_tolerance():
-    from stability_lab.diagnosis.policy_report import sweep_report
+    from stability_lab.diagnosis.policy_evaluation import sweep_report
 
     def run(policy, findings=(), loss=0.1):
         spec = RunSpec(task="mlp", policy=policy)
@@ -140,7 +141,7 @@ def test_obs5_policy_with_warning_finding_is_never_cheapest_within_tolerance():
 # -- observation 7: labels that do not match ------------------------------------------
 def test_obs7_inf_loss_is_overflow_not_nan_creation_and_show_says_so(tmp_path, capsys):
     from stability_lab.cli import main
-    from stability_lab.lab import record_of
+    from stability_lab.diagnosis.record import record_of
     from stability_lab.store import Store
 
     n = 3
@@ -166,7 +167,7 @@ def test_obs7_inf_loss_is_overflow_not_nan_creation_and_show_says_so(tmp_path, c
 
 
 def test_obs7_underflowed_curvature_is_not_a_zero_hessian():
-    from stability_lab.tasks.logistic import hessian_extremes
+    from stability_lab.tasks.curvature import hessian_extremes
 
     A = np.hstack([np.ones((10, 1)) * 1e3, np.ones((10, 1))])
     h = hessian_extremes(A, np.array([1e3, 0.0]), 0.0)

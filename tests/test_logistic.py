@@ -9,7 +9,9 @@ from stability_lab.lab import run_sweep
 from stability_lab.spec import RunSpec, Sweep, expand
 from stability_lab.store import Store
 from stability_lab.linalg.conditioning import gram_condition as cond_gram
-from stability_lab.tasks.logistic import LogisticRegression, hessian_extremes
+from stability_lab.tasks.logistic import LogisticRegression
+from stability_lab.tasks.curvature import hessian_extremes
+from stability_lab.run.engine import run_one
 
 
 def specs_grid(**base):
@@ -51,7 +53,7 @@ def test_full_batch_gradient_matches_float64_reference():
     spec = RunSpec(precision="float64", scale="standardized", lr=0.5, lam=0.01, epochs=3)
     task = LogisticRegression()
     prep = task.prepare(spec)
-    tr = task.run(spec, prep)
+    tr = run_one(task, spec, prep)
     X, y = prep.X64, prep.y64
     from stability_lab.tasks.logistic import initial_weights
 
@@ -72,7 +74,7 @@ def test_probes_in_float64():
     spec = RunSpec(scale="raw", lam=0.1, epochs=2)
     task = LogisticRegression()
     prep = task.prepare(spec)
-    tr = task.run(spec, prep)
+    tr = run_one(task, spec, prep)
     X = prep.X64
     s = np.linalg.svd(X, compute_uv=False)
     assert tr.probes["start"]["cond_XtX"] == pytest.approx((s[0] / s[-1]) ** 2, rel=1e-10)
@@ -135,16 +137,16 @@ def test_minibatches_are_matched_across_lr():
 
 
 def test_a_run_that_raises_is_stored_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    from stability_lab.tasks import logistic
+    from stability_lab.run import cohort
 
-    real = logistic._run_cohort
+    real = cohort._run_chunk
 
     def flaky(torch, specs, prep):
         if any(s.lr == 0.123 for s in specs):
             raise RuntimeError("injected failure")
         return real(torch, specs, prep)
 
-    monkeypatch.setattr(logistic, "_run_cohort", flaky)
+    monkeypatch.setattr(cohort, "_run_chunk", flaky)
     sweep = Sweep(RunSpec(epochs=5, scale="standardized"), [("lr", [0.01, 0.123, 0.2])])
     result = run_sweep(sweep, out=tmp_path)
     statuses = [r.verdict.status for r in result.results]
@@ -156,9 +158,9 @@ def test_a_run_that_raises_is_stored_and_the_sweep_goes_on(tmp_path, monkeypatch
 
 
 def test_interrupted_sweep_keeps_completed_runs(tmp_path, monkeypatch):
-    from stability_lab.tasks import logistic
+    from stability_lab.run import cohort
 
-    real = logistic._run_cohort
+    real = cohort._run_chunk
     calls = {"n": 0}
 
     def interrupting(torch, specs, prep):
@@ -167,7 +169,7 @@ def test_interrupted_sweep_keeps_completed_runs(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(torch, specs, prep)
 
-    monkeypatch.setattr(logistic, "_run_cohort", interrupting)
+    monkeypatch.setattr(cohort, "_run_chunk", interrupting)
     sweep = Sweep(RunSpec(epochs=5), [("precision", ["float64", "float32"]),
                                       ("lr", [0.01, 0.1])])
     with pytest.raises(KeyboardInterrupt):
@@ -175,7 +177,7 @@ def test_interrupted_sweep_keeps_completed_runs(tmp_path, monkeypatch):
     with Store(tmp_path) as store:
         done = store.run_ids()
     assert len(done) == 2  # the float64 cohort, whole
-    monkeypatch.setattr(logistic, "_run_cohort", real)
+    monkeypatch.setattr(cohort, "_run_chunk", real)
     result = run_sweep(sweep, out=tmp_path)
     assert sum(r.reused for r in result.results) == 2
     assert len(result.results) == 4
@@ -187,10 +189,10 @@ def test_the_float64_optimum_stops_when_newton_can_no_longer_see_progress(monkey
     # variant took 2,917 loss evaluations and 35 s); the iteration stops there instead
     from stability_lab.run import engine
     from stability_lab.spec import RunSpec
-    from stability_lab.tasks import logistic
+    from stability_lab.tasks import optimum
 
     calls = []
-    real = logistic._f_and_grad
+    real = optimum._f_and_grad
 
     def counted(*a, **k):
         calls.append(1)
@@ -198,8 +200,8 @@ def test_the_float64_optimum_stops_when_newton_can_no_longer_see_progress(monkey
 
     spec = RunSpec(data="synthetic:n=30000,d=50,kappa=1e3,seed=0", precision="float64",
                    lam=5e-5, scale="standardized")
-    prep = engine.Prepared().get(spec)
-    monkeypatch.setattr(logistic, "_f_and_grad", counted)
-    opt = logistic.optimum(prep, 5e-5)
+    prep = engine.DataCache().get(spec)
+    monkeypatch.setattr(optimum, "_f_and_grad", counted)
+    opt = optimum.optimum(prep, 5e-5)
     assert opt["attained"] and opt["iterations"] <= 8
     assert len(calls) <= opt["iterations"] + 2  # full Newton steps, no futile halvings

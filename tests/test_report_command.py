@@ -124,7 +124,8 @@ def test_report_command_does_not_import_torch(stored, tmp_path):
 
 
 def test_per_layer_output_is_cut_to_culprit_layers():
-    from stability_lab.diagnosis.policy_report import culprit_modules, format_report
+    from stability_lab.diagnosis.policy_evaluation import culprit_modules
+    from stability_lab.report.policies import format_report
 
     healthy = {"type": "Linear", "act_headroom_min": 12.0, "grad_headroom_min": 20.0,
                "grad_flush_max": 0.0}

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from stability_lab.diagnosis.findings import Verdict
-from stability_lab.remedies.recommend import Recommendation, RunResult
+from stability_lab.remedies.rules import Recommendation
+from stability_lab.diagnosis.record import RunResult
 from stability_lab.report.maps import build_map, default_axes, map_text, parse_map_arg
 from stability_lab.report.terminal import format_sweep, header_lines, print_sweep
 from stability_lab.errors import UsageError

@@ -6,8 +6,8 @@ import io
 from rich.console import Console
 
 from stability_lab.diagnosis.findings import Finding
-from stability_lab.report.terminal import (format_sweep, plain_text, print_sweep, table,
-                                           table_lines)
+from stability_lab.report.terminal import format_sweep, print_sweep
+from stability_lab.report.tables import plain_text, table, table_lines
 from stability_lab.report.verification import format_verification, verification_lines
 from test_report_maps import _hand_built
 

@@ -9,8 +9,9 @@ from _helpers import traced_peak
 
 from stability_lab.linalg import conditioning
 from stability_lab.linalg.conditioning import design_spectrum, tsqr_r
-from stability_lab.tasks import logistic
-from stability_lab.tasks.logistic import Curvature, hessian_extremes
+from stability_lab.precision import FORMATS
+from stability_lab.run import cohort
+from stability_lab.tasks.curvature import Curvature, hessian_extremes
 
 
 def dense_hessian(A, w, lam):
@@ -167,11 +168,11 @@ def test_cohort_chunks_bound_memory(monkeypatch):
     specs = expand(RunSpec(scale="standardized", epochs=8, precision="float64"),
                    [("lr", [0.01, 0.1, 1.0]), ("seed", [0, 1])])
     whole = engine.run_specs(specs)
-    monkeypatch.setattr(logistic, "COHORT_BYTES", 8 * 8 * 569 * 2)  # 2 runs a chunk
-    assert logistic.chunk_runs(569, logistic.FORMATS["float64"]) == 2
+    monkeypatch.setattr(cohort, "COHORT_BYTES", 8 * 8 * 569 * 2)  # 2 runs a chunk
+    assert cohort.chunk_runs(569, FORMATS["float64"]) == 2
     calls = []
-    real = logistic._run_cohort
-    monkeypatch.setattr(logistic, "_run_cohort",
+    real = cohort._run_chunk
+    monkeypatch.setattr(cohort, "_run_chunk",
                         lambda torch, s, p: calls.append(len(s)) or real(torch, s, p))
     chunked = engine.run_specs(specs)
     assert calls == [2, 2, 2]

@@ -189,7 +189,8 @@ def test_missing_metrics_are_skipped():
 def test_no_false_alarms_on_healthy_grid():
     """Healthy: standardized data, float64/float32, lr in [0.05, 0.5] x 2/L."""
     from stability_lab.run.engine import run_specs
-    from stability_lab.tasks.logistic import LogisticRegression, curvature_bound
+    from stability_lab.tasks.logistic import LogisticRegression
+    from stability_lab.tasks.curvature import curvature_bound
 
     task = LogisticRegression()
     specs = []

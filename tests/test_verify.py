@@ -7,6 +7,7 @@ from stability_lab.lab import run_sweep
 from stability_lab.report.verification import format_verification
 from stability_lab.spec import RunSpec, Sweep
 from stability_lab.store import Store
+from stability_lab.lab import verify_and_store
 from stability_lab.remedies.verify import plan, verify_sweep
 
 
@@ -22,7 +23,7 @@ def test_verify_sweep_rows_and_store(tmp_path):
     every, info = plan(result.results, result.recommendations, exhaustive=True)
     assert info["exhaustive"] and {a.before.run_id for a in every} == {
         r.run_id for r in result.results[1:]}
-    rows = verify_sweep(result, out=tmp_path)  # logistic runs in cohorts: every run
+    rows = verify_and_store(result, out=tmp_path)  # logistic runs in cohorts: every run
     assert rows and result.verification is rows
     lower = [r for r in rows if r["mitigation"] == "lower_lr"]
     assert len(lower) == 2 and all(r["fixed"] and r["outcome"] == "fixed" for r in lower)
@@ -77,7 +78,8 @@ def test_a_working_run_with_warnings_is_verified_and_fixed_when_its_findings_go(
     # is re-run; a re-run without the finding, no less converged, counts as fixed
     from stability_lab.diagnosis.findings import Finding
     from stability_lab.diagnosis.verdict import Verdict
-    from stability_lab.remedies.recommend import Recommendation, RunResult
+    from stability_lab.remedies.rules import Recommendation
+    from stability_lab.diagnosis.record import RunResult
     from stability_lab.trace import Trace
     from stability_lab.remedies.verify import is_fixed
 

@@ -33,7 +33,8 @@ import numpy as np
 from stability_lab.diagnosis.findings import Finding
 from stability_lab.formatting import jsonable, round_sig
 from stability_lab.errors import UsageError
-from stability_lab.remedies.recommend import Recommendation, RunResult, safe_lr
+from stability_lab.remedies.rules import Recommendation, safe_lr
+from stability_lab.diagnosis.record import RunResult
 from stability_lab.spec import RunSpec, Sweep
 
 # =========================================================================== containers
@@ -117,7 +118,7 @@ def repro(name: str, workdir: str | Path | None = None) -> Repro:
 
 # =========================================================================== verification core
 def _diagnosed(traces) -> list[RunResult]:
-    from stability_lab.lab import diagnose_trace
+    from stability_lab.diagnosis.record import diagnose_trace
 
     return [diagnose_trace(t) for t in traces]
 
@@ -731,6 +732,7 @@ def _nondet_run(cfg: dict):
     import torch
 
     from stability_lab.diagnosis.signatures import attach_determinism
+    from stability_lab.run import engine
     from stability_lab.tasks.logistic import LogisticRegression, predicted_digits
 
     task = LogisticRegression()
@@ -745,7 +747,7 @@ def _nondet_run(cfg: dict):
             perm = np.random.default_rng(order).permutation(prep.X.shape[0]) if order else \
                 np.arange(prep.X.shape[0])
             p2 = dataclasses.replace(prep, X=prep.X[perm], y64=prep.y64[perm])
-            traces.append(task.run(spec, p2))
+            traces.append(engine.run_one(task, spec, p2))
     finally:
         torch.set_num_threads(old)
     first = traces[0]

@@ -3,7 +3,7 @@
 :func:`estimate_sweep` expands the sweep into the specs :func:`~stability_lab.lab.run_sweep`
 will run, groups them as the engine will (data sets by ``task.dataset_key``, data
 variants by ``task.data_key``, lockstep cohorts by ``task.cohort_key``, chunks of
-:func:`~stability_lab.tasks.logistic.chunk_runs` runs) and adds up what that code
+:func:`~stability_lab.run.cohort.chunk_runs` runs) and adds up what that code
 allocates and computes, from the shape of the data alone (:func:`data_shape`: built-in
 shapes, the parameters of synthetic data, a CSV's header and line count; nothing is
 loaded). It returns an :class:`Estimate` with the seconds, the peak resident bytes, the
@@ -68,6 +68,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from stability_lab.spec.tasks import TASKS
+
 #: refuse when the sweep needs more than this fraction of the memory available
 MARGIN = 0.8
 #: resident bytes a run adds beyond its arrays: lazily imported modules (the store,
@@ -80,7 +82,7 @@ PER_RUN_BYTES = 8 << 10
 #: metrics recorded per epoch (logistic regression), float64 each
 METRICS_PER_EPOCH = 12
 #: (n x runs) arrays alive at once in a cohort chunk's epoch (logits, loss terms,
-#: exponentials, gradient, masks): what ``logistic.COHORT_BYTES`` budgets (about 8),
+#: exponentials, gradient, masks): what ``cohort.COHORT_BYTES`` budgets (about 8),
 #: with the 16-bit formats' float32 copies
 CHUNK_NR_ARRAYS = 10
 #: seconds per run for diagnosis, the store's transaction and Python bookkeeping (a
@@ -101,7 +103,8 @@ CSV_BYTES_PER_SECOND = 25e6
 CSV_LOAD_FACTOR = 1.4
 #: the shapes of the built-in data sets (rows, feature columns)
 BUILTIN_SHAPES = {"breast_cancer": (569, 30), "digits": (1797, 64)}
-DEEP_TASKS = ("mlp", "attention")
+#: the registered deep-net tasks (a user's model is estimated apart)
+DEEP_TASKS = tuple(n for n, e in TASKS.items() if e.family == "deep")
 
 _BLOCK = 1 << 22  # entries of the probes' blocks (tasks.logistic, conditioning)
 
@@ -244,7 +247,7 @@ _MEASURED: dict[Any, Any] = {}
 def _epoch_kernel(torch, precision: str, loss: str, n: int, p: int, runs: int):
     """One epoch of the logistic cohort loop (its loss and gradient, norms, non-finite
     counts, largest logit, smallest gradient entry, update) on random data of the run's
-    format: the work :func:`~stability_lab.tasks.logistic._run_cohort` does per epoch."""
+    format: the work :func:`~stability_lab.run.cohort._run_chunk` does per epoch."""
     from stability_lab.precision import FORMATS
     from stability_lab.tasks.logistic import objective
 
@@ -481,7 +484,9 @@ def _logistic(est: Estimate, specs, shape: Shape, cohorts: bool, rates: Rates | 
               calibrate_time: bool, workers: int | None = None,
               remote: bool = False) -> Estimate:
     from stability_lab.precision import FORMATS
-    from stability_lab.tasks.logistic import EXACT_HESSIAN_LIMIT, LogisticRegression, chunk_runs
+    from stability_lab.run.cohort import chunk_runs
+    from stability_lab.tasks.logistic import LogisticRegression
+    from stability_lab.tasks.curvature import EXACT_HESSIAN_LIMIT
 
     task = LogisticRegression()
     n, p = shape.rows, shape.cols

@@ -286,7 +286,7 @@ def evaluate(corpus: Path = DEFAULT_CORPUS, fast: bool = False, split: str = "al
 
 
 def format_report(rep: dict[str, Any]) -> str:
-    from stability_lab.report.terminal import table
+    from stability_lab.report.tables import table
 
     lines = []
     rows = []

@@ -16,112 +16,22 @@ its cohort finishes, then compute the conditioning report and the recommendation
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from stability_lab.run import engine
-from stability_lab.diagnosis import diagnose
 from stability_lab.diagnosis.findings import Finding, Verdict
+from stability_lab.diagnosis.record import RunResult, diagnose_trace, record_of, trace_from_record
 from stability_lab.errors import LabError
-from stability_lab.formatting import from_jsonable, jsonable
-from stability_lab.remedies.recommend import Context, Recommendation, RunResult, recommend
-from stability_lab.spec import RunSpec, Sweep, content_digests
+from stability_lab.formatting import from_jsonable
+from stability_lab.remedies.recommend import recommend
+from stability_lab.remedies.rules import Context
+from stability_lab.remedies.sweep_result import SweepResult
+from stability_lab.spec import Sweep, content_digests
 from stability_lab.store import Store
 from stability_lab.trace import Trace
-
-
-@dataclass
-class SweepResult:
-    sweep: Sweep
-    results: list[RunResult]
-    conditioning: dict[str, dict[str, Any]] = field(default_factory=dict)
-    recommendations: list[Recommendation] = field(default_factory=list)
-    sweep_id: int | None = None
-    store_path: str | None = None
-    #: task-specific report (policy evaluation for deep nets), or None
-    task_report: dict[str, Any] | None = None
-    #: before/after rows of mitigation re-runs (``--verify``)
-    verification: list[dict[str, Any]] = field(default_factory=list)
-    context: Context | None = None
-    #: the sweep's prepared data variants (``--verify`` re-runs reuse them)
-    prepared: engine.Prepared | None = field(default=None, repr=False, compare=False)
-    #: "verified", "skipped" (more re-runs than verification takes by default), "off"
-    #: (--no-verify) or None (the API caller decides)
-    verify_status: str | None = None
-    #: re-runs verification takes (or took)
-    verify_reruns: int | None = None
-    #: lower_lr re-runs at a ladder of lrs, per feature scale (verify.py)
-    lr_ladder: dict[str, Any] = field(default_factory=dict)
-    #: advisories that hold whether or not a run failed (advisories.py)
-    advisories: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        from stability_lab.diagnosis.phases import phase_dicts
-
-        out = {
-            "sweep": {"id": self.sweep_id, "axes": self.sweep.axis_names,
-                      "base": self.sweep.base.to_dict(), "store": self.store_path,
-                      "runs": len(self.results)},
-            "runs": [
-                {"id": r.run_id, "config": r.spec.to_dict(), "label":
-                 r.spec.label(self.sweep.axis_names), "verdict": r.verdict.status,
-                 "verdict_text": str(r.verdict), "onset_epoch": r.verdict.onset,
-                 "final_loss": r.trace.final_loss,
-                 "findings": [f.to_dict() for f in r.findings],
-                 "phases": phase_dicts(r.trace),
-                 "probes": r.trace.probes, "error": r.trace.error, "reused": r.reused,
-                 **({"policy": r.spec.policy} if r.spec.policy else {}),
-                 **({"attribution": r.trace.extras["attribution"]}
-                    if "attribution" in r.trace.extras else {})}
-                for r in self.results
-            ],
-            "conditioning": self.conditioning,
-            "recommendations": [rec.to_dict() for rec in self.recommendations],
-        }
-        if self.task_report is not None:
-            out["report"] = self.task_report
-        if self.verification:
-            out["verification"] = self.verification
-        out["advisories"] = self.advisories
-        if self.verify_status is not None:
-            out["verification_status"] = {"status": self.verify_status,
-                                          "reruns": self.verify_reruns,
-                                          "lr_ladder": self.lr_ladder}
-        return jsonable(out)
-
-
-def trace_from_record(rec: dict[str, Any]) -> Trace:
-    """Rebuild a trace from a stored run (for reuse and for ``show``)."""
-    extras = dict(rec.get("extras") or {})
-    params = extras.pop("final_params", None)
-    return Trace(
-        spec=RunSpec.from_dict(rec["spec"]),
-        metrics={k: np.asarray(v, dtype=np.float64) for k, v in rec["metrics"].items()},
-        probes=from_jsonable(rec.get("probes") or {}),
-        meta=rec.get("meta") or {},
-        step_unit=rec.get("step_unit") or "epoch",
-        error=rec.get("error"),
-        extras=extras,
-        final_params=None if params is None else np.asarray(from_jsonable(params),
-                                                            dtype=np.float64),
-    )
-
-
-def diagnose_trace(trace: Trace) -> RunResult:
-    verdict, findings = diagnose(trace)
-    return RunResult(trace.spec, trace, verdict, findings)
-
-
-def record_of(result: RunResult) -> dict[str, Any]:
-    """The store's record of a run (its final parameters kept when small)."""
-    rec = result.record()
-    params = result.trace.final_params
-    if params is not None and params.size <= 10_000:
-        rec["extras"] = {**rec["extras"], "final_params": params}
-    return rec
 
 
 def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
@@ -216,7 +126,7 @@ def _verdict_fields(rec: dict[str, Any]) -> dict[str, Any]:
     return {"status": rec["verdict"], "onset": rec["onset"], "detail": rec["verdict_detail"] or ""}
 
 
-def _context(results: list[RunResult], prepared: engine.Prepared,
+def _context(results: list[RunResult], prepared: engine.DataCache,
              sweep: Sweep) -> tuple[dict[str, dict[str, Any]], Context]:
     conditioning: dict[str, dict[str, Any]] = {}
     grams: dict[tuple, np.ndarray] = {}
@@ -249,3 +159,20 @@ def _context(results: list[RunResult], prepared: engine.Prepared,
         if value is not None and math.isfinite(value):
             standardized[source] = float(value)
     return conditioning, Context(results, conditioning, standardized, sweep.axis_names, grams)
+
+
+def verify_and_store(result: SweepResult, out: str | Path | None = None,
+                     max_groups: int | None = None) -> list[dict[str, Any]]:
+    """Verify a sweep's recommendations (:func:`stability_lab.remedies.verify.verify_sweep`)
+    and store the re-runs and their before/after rows beside the sweep in ``out``."""
+    from stability_lab.remedies.verify import MAX_GROUPS, verify_sweep
+
+    rows = verify_sweep(result, MAX_GROUPS if max_groups is None else max_groups)
+    if out is not None and rows:
+        with Store(out) as store:
+            for res in result.reruns:
+                store.save_run(record_of(res), res.trace.metrics)
+            for row in rows:
+                store.save_verification(row["run_id"], row["mitigation"], row["fixed_run_id"],
+                                        row)
+    return rows

@@ -179,7 +179,7 @@ def _install_row_permutation(task: str) -> bool:
 
 def _run_spec(spec_dict: dict[str, Any], run_id: str | None = None):
     """Run one spec as ``stability-lab run`` would (no cohort) and diagnose it."""
-    from stability_lab.lab import diagnose_trace
+    from stability_lab.diagnosis.record import diagnose_trace
     from stability_lab.spec import RunSpec
 
     spec = RunSpec.from_dict(spec_dict)
@@ -444,7 +444,7 @@ def _explain(doc: dict[str, Any]) -> str:
 
 def format_portability(doc: dict[str, Any]) -> str:
     from stability_lab.formatting import fmt_num
-    from stability_lab.report.terminal import table
+    from stability_lab.report.tables import table
 
     def d(x):
         return "-" if x is None else f"{x:.1f}"

@@ -43,15 +43,14 @@ def _gather_ranks(w, trace) -> None:
 
 
 def finish(w):
-    from stability_lab.diagnosis import deep as detectors
     from stability_lab.diagnosis import diagnose
     from stability_lab.diagnosis.phases import phase_dicts
-    from stability_lab.remedies.recommend import Recommendation, RunResult
+    from stability_lab.remedies.rules import Recommendation
+    from stability_lab.diagnosis.record import RunResult
     from stability_lab.watcher import WatchReport
 
     trace = w.build_trace()
     _gather_ranks(w, trace)
-    trace.extras["deep_findings"] = [f.to_dict() for f in detectors.detect(trace)]
     verdict, findings = diagnose(trace)
     first = (trace.extras.get("attribution") or {}).get("first_creator")
     culprit = first["module"] if first else None
@@ -118,7 +117,7 @@ def finish(w):
 
 
 def _store(w, result, recs, replay) -> None:
-    from stability_lab.lab import record_of
+    from stability_lab.diagnosis.record import record_of
     from stability_lab.store import Store
 
     rec = record_of(result)

@@ -52,6 +52,7 @@ from typing import Any, Callable
 import numpy as np
 
 from stability_lab.errors import UsageError
+from stability_lab.metrics import WATCH, metric_names
 
 #: recorded steps between two online diagnoses, at least (and at the first non-finite
 #: step); more when a diagnosis costs more than 1% of that many steps' time
@@ -63,10 +64,8 @@ CHECKPOINT_EVERY = 10
 #: creator replays per run (each costs one forward and backward with checks)
 MAX_CREATOR_REPLAYS = 3
 
-METRICS = ("loss", "grad_norm", "update_norm", "weight_norm", "update_ratio",
-           "nonfinite_weights", "nonfinite_grads", "overflowed_grads", "max_abs_logit",
-           "logit_headroom", "grad_absmax", "grad_headroom", "loss_scale", "skipped", "lr",
-           "step_time")
+#: what the watcher records per step (the one metric table: stability_lab.metrics)
+METRICS = metric_names(WATCH)
 
 
 class WatchReport(dict):
@@ -222,7 +221,7 @@ class Watcher:
         self.ring = Ring(self, replay, replay_storage) if replay else None
         # import what the online diagnosis needs now, not inside the user's loop
         from stability_lab.diagnosis import deep as detectors  # noqa: F401
-        from stability_lab.run import loop
+        from stability_lab.run import loop  # noqa: F401
         from stability_lab.diagnosis import diagnose, phases, signatures  # noqa: F401
         self._install()
 
@@ -599,7 +598,6 @@ class Watcher:
             sys.stderr.write(f"stability-lab watch: {text}\n")
 
     def build_trace(self):
-        from stability_lab.diagnosis import deep as detectors
         from stability_lab.run.loop import attribution_summary
         from stability_lab.spec import RunSpec
         from stability_lab.trace import Trace, environment
@@ -646,7 +644,6 @@ class Watcher:
                 "skipped_steps": int(np.nansum(metrics["skipped"])),
                 "final_scale": float(self.scaler.get_scale()),
                 "min_scale": float(np.nanmin(used)), "max_scale": float(np.nanmax(used))}
-        trace.extras["deep_findings"] = [f.to_dict() for f in detectors.detect(trace)]
         return trace
 
     @property

@@ -17,17 +17,19 @@ __all__ = ["diagnose", "reconcile", "attach_references", "decide", "Finding", "V
 def diagnose(trace: Trace) -> tuple[Verdict, list[Finding]]:
     """Verdict and findings of one run.
 
-    Findings are the signature catalogue's detectors run on the trace, plus the
-    per-layer findings a deep-net task computed while it ran (stored in
-    ``trace.extras["deep_findings"]`` because they need the model's hooks).
+    Findings are the signature catalogue's detectors run on the trace, then, on a
+    deep-net trace (a step trace: the engine's loop or a watched run), the deep-net
+    detectors, which read the per-layer statistics the monitors recorded.
     """
+    from stability_lab.diagnosis.deep import detect as detect_deep
     from stability_lab.diagnosis.signatures import detect_all
 
     verdict = decide(trace)
     if trace.error:
         return verdict, []
     findings = detect_all(trace)
-    findings += [Finding(**f) for f in trace.extras.get("deep_findings", [])]
+    if trace.step_unit == "step":
+        findings += detect_deep(trace)
     return verdict, findings
 
 

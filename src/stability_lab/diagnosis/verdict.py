@@ -181,7 +181,7 @@ def _optimum_verdict(trace: Trace, loss: np.ndarray, rel: np.ndarray, W: int,
     """Rule 4 where the task has a float64 optimum (logistic regression): converged
     means the final weights are close to it, in loss and in gradient, within the
     tolerances the run's format allows (``extras['optimum']``, computed by the task:
-    see :func:`stability_lab.tasks.logistic.optimum_gap`)."""
+    see :func:`stability_lab.tasks.optimum.optimum_gap`)."""
     gap, tol_f = float(opt["gap"]), float(opt["tol_gap"])
     g, tol_g = float(opt["grad_norm64"]), float(opt["tol_grad"])
     ev = {"gap": gap, "tol_gap": tol_f, "grad_norm64": g, "tol_grad": tol_g,

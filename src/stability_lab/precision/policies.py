@@ -27,13 +27,11 @@ and all other ops are float32, master weights float32.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-from stability_lab.errors import UsageError
 from stability_lab.precision import (  # noqa: F401  (the policy table lives there)
     AMAX_HISTORY,
     FORMATS,

@@ -55,7 +55,7 @@ def _digits(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _fit(X: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray | None:
-    from stability_lab.tasks.logistic import optimum
+    from stability_lab.tasks.optimum import optimum
 
     opt = optimum(SimpleNamespace(X64=X, y64=y), lam)
     if not opt["attained"]:

@@ -1,6 +1,6 @@
 """Recommendation rules for deep-net findings (registered on import).
 
-Each rule reads ``trace.extras["deep_findings"]`` of the runs of a sweep and returns
+Each rule reads the deep-net findings of the runs of a sweep and returns
 :class:`~stability_lab.remedies.recommend.Recommendation` s whose ``delta`` the verifier can
 apply (a RunSpec field, or a task parameter by its axis name) and re-run with the same
 seed. A rule fires only on its finding; when the sweep holds the matched run with the
@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from stability_lab.diagnosis.deep import detect as detect_deep
 from stability_lab.formatting import round_sig
-from stability_lab.spec.axes import DEEP_TASKS
-from stability_lab.remedies.recommend import Context, Recommendation, RunResult, register_rule
-from stability_lab.tasks import is_user_task
-from stability_lab.diagnosis.policy_report import _policy
+from stability_lab.spec.tasks import DEEP_TASKS, is_user_task
+from stability_lab.remedies.rules import Context, Recommendation, register_rule
+from stability_lab.diagnosis.record import RunResult
+from stability_lab.diagnosis.policy_evaluation import _policy
 
 
 def _is_deep(r: RunResult) -> bool:
@@ -35,8 +36,11 @@ def _is_deep(r: RunResult) -> bool:
 
 
 def _findings(r: RunResult, signature: str) -> list[dict[str, Any]]:
-    return [f for f in (r.trace.extras.get("deep_findings") or [])
-            if f.get("signature") == signature]
+    """The run's deep-net findings of one signature (the deep-net detectors' own, which
+    carry the per-layer evidence these rules read)."""
+    if r.trace.error or r.trace.step_unit != "step":
+        return []
+    return [f.to_dict() for f in detect_deep(r.trace) if f.signature == signature]
 
 
 def _twin_text(ctx: Context, r: RunResult, **delta: Any) -> str:

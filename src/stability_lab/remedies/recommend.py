@@ -28,127 +28,22 @@ Rules for the linear tasks:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
 
 import numpy as np
 
-from stability_lab.diagnosis.findings import FAILED, Finding, Verdict
-from stability_lab.formatting import jsonable, round_sig, sci
+from stability_lab.diagnosis.record import RunResult
+from stability_lab.remedies.rules import (
+    RULES,
+    Context,
+    Recommendation,
+    _ids,
+    _unhealthy,
+    register_rule,
+    safe_lr,
+)
+from stability_lab.formatting import round_sig, sci
 from stability_lab.precision import FORMATS
-from stability_lab.spec import RunSpec, format_value
-from stability_lab.trace import Trace
-
-
-@dataclass
-class RunResult:
-    """A run as the report sees it: spec, trace, verdict, findings."""
-
-    spec: RunSpec
-    trace: Trace
-    verdict: Verdict
-    findings: list[Finding] = field(default_factory=list)
-    #: True when the run was loaded from the store rather than run now
-    reused: bool = False
-
-    @property
-    def run_id(self) -> str:
-        return self.spec.run_id
-
-    @property
-    def failed(self) -> bool:
-        return self.verdict.failed
-
-    @property
-    def healthy(self) -> bool:
-        return self.verdict.status == "converged"
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "id": self.run_id,
-            "config": self.spec.to_dict(),
-            "verdict": self.verdict.to_dict(),
-            "onset_epoch": self.verdict.onset,
-            "final_loss": self.trace.final_loss,
-            "findings": [f.to_dict() for f in self.findings],
-            "summary": summary(self.trace),
-            "probes": self.trace.probes,
-            "meta": self.trace.meta,
-            "extras": self.trace.extras,
-            "error": self.trace.error,
-            "step_unit": self.trace.step_unit,
-        }
-
-
-def summary(trace: Trace) -> dict[str, Any]:
-    """Last and extreme values of the metrics, for tables and the store."""
-    out: dict[str, Any] = {"steps": trace.n_steps}
-    for name, values in trace.metrics.items():
-        v = np.asarray(values, dtype=np.float64)
-        if v.size == 0:
-            continue
-        out[f"{name}_last"] = float(v[-1])
-        finite = v[np.isfinite(v)]
-        if finite.size:
-            out[f"{name}_max"] = float(finite.max())
-    return out
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    action: str
-    text: str
-    reason: str
-    delta: dict[str, Any] = field(default_factory=dict)
-    runs: tuple[str, ...] = ()
-    evidence: dict[str, Any] = field(default_factory=dict)
-    #: what re-running the failing runs with this action showed (set by
-    #: :func:`stability_lab.remedies.verify.close_recommendations`): ``status`` is "fixed",
-    #: "improved", "not_helping" or "not_verified", with the counts
-    verification: dict[str, Any] | None = None
-
-    @property
-    def advised(self) -> bool:
-        """Printed as advice: verified to fix or improve a run, or not verified yet."""
-        return self.verification is None or self.verification.get("status") != "not_helping"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["runs"] = list(self.runs)
-        return jsonable(d)
-
-
-@dataclass
-class Context:
-    results: list[RunResult]
-    #: data variant label -> conditioning facts (cond_XtX, ...)
-    conditioning: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: cond(X^T X) after standardizing, per data source (for scale_features)
-    standardized_cond: dict[str, float] = field(default_factory=dict)
-    axes: list[str] = field(default_factory=list)
-    #: (data, scale, precision) -> [smallest, largest] eigenvalue of X^T X / n of the
-    #: features the runs saw (the intercept is not penalized, so not included)
-    grams: dict[tuple, np.ndarray] = field(default_factory=dict)
-    #: run id -> the first result with that id (built on first use)
-    _by_id: dict[str, RunResult] | None = field(default=None, init=False, repr=False,
-                                                compare=False)
-
-    def matched(self, result: RunResult, **changes: Any) -> RunResult | None:
-        """The run of this sweep that differs from ``result`` only by ``changes``."""
-        if self._by_id is None:
-            self._by_id = {}
-            for other in self.results:
-                self._by_id.setdefault(other.run_id, other)
-        return self._by_id.get(result.spec.replace(**changes).run_id)
-
-
-Rule = Callable[[Context], list[Recommendation]]
-RULES: list[Rule] = []
-
-
-def register_rule(rule: Rule) -> Rule:
-    RULES.append(rule)
-    return rule
+from stability_lab.spec import format_value
 
 
 def recommend(ctx: Context) -> list[Recommendation]:
@@ -157,19 +52,6 @@ def recommend(ctx: Context) -> list[Recommendation]:
     for rule in RULES:
         out.extend(rule(ctx))
     return out
-
-
-def _unhealthy(r: RunResult) -> bool:
-    return r.verdict.status in FAILED or r.verdict.status == "not_converged"
-
-
-def _ids(results: list[RunResult]) -> tuple[str, ...]:
-    return tuple(r.run_id for r in results)
-
-
-def safe_lr(bound: float) -> float:
-    """The lr recommended under a stability bound 2/L: 0.9 * 2/L, to 2 significant digits."""
-    return round_sig(0.9 * bound)
 
 
 @register_rule
@@ -362,3 +244,7 @@ def clip(ctx: Context) -> list[Recommendation]:
         {"clip": level}, tuple(h[0].run_id for h in hits),
         {"initial_grad_norm": g0, "max_grad_norm": gmax},
     )]
+
+
+# the other rule modules register after these rules (the order recommendations print in)
+from stability_lab.remedies import deep_rules, solver_rules  # noqa: E402,F401

@@ -35,14 +35,14 @@ The signature catalogue (:mod:`stability_lab.catalogue`) builds its rows with th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 from stability_lab.diagnosis.findings import FAILED
 from stability_lab.diagnosis.signatures import attach_reference, lre
 from stability_lab.spec.axes import default_label_axes
 from stability_lab.formatting import round_sig
-from stability_lab.remedies.recommend import Recommendation, RunResult, safe_lr
+from stability_lab.remedies.rules import Recommendation, safe_lr
+from stability_lab.diagnosis.record import RunResult
 
 MAX_GROUPS = 8
 #: verification runs by default when a sweep needs at most this many re-runs
@@ -222,11 +222,11 @@ def rebound_lr(before, delta: dict[str, Any], prepared=None) -> None:
     data). ``before`` is the failing run's RunSpec; tasks without ``lr_bound`` are left
     alone.
     """
-    from stability_lab.run.engine import Prepared
+    from stability_lab.run.engine import DataCache
 
     if "scale" not in delta or "lr" not in delta:
         return
-    prepared = prepared or Prepared()
+    prepared = prepared or DataCache()
     spec = before.replace(**delta)
     bound = getattr(prepared.task(spec.task), "lr_bound", None)
     if bound is None:
@@ -325,15 +325,15 @@ def _lr_ladder(attempts: Sequence[Attempt]) -> list[Attempt]:
     return extra
 
 
-def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GROUPS,
-                 ) -> list[dict[str, Any]]:
-    """Verify a sweep's recommendations on its failing runs; fills ``result.verification``."""
+def verify_sweep(result, max_groups: int = MAX_GROUPS) -> list[dict[str, Any]]:
+    """Verify a sweep's recommendations on its failing runs; fills ``result.verification``
+    (the rows) and ``result.reruns`` (the re-runs that are not runs of the sweep; the
+    caller stores both: :func:`stability_lab.lab.verify_and_store`)."""
+    from stability_lab.diagnosis.record import diagnose_trace
     from stability_lab.run import engine
-    from stability_lab.lab import diagnose_trace, record_of
-    from stability_lab.store import Store
 
     # the sweep's data variants (identical for the same data_key) are reused, not reloaded
-    prepared = getattr(result, "prepared", None) or engine.Prepared()
+    prepared = getattr(result, "prepared", None) or engine.DataCache()
     task = prepared.task(result.sweep.base.task)
     attempts, info = plan(result.results, result.recommendations, max_groups,
                           exhaustive=task.supports_cohort)
@@ -396,13 +396,7 @@ def verify_sweep(result, out: str | Path | None = None, max_groups: int = MAX_GR
         row["plan"] = info
         rows.append(row)
     result.lr_ladder = _ladder_summary(attempts, ladder, pool)
-    if out is not None and rows:
-        with Store(out) as store:
-            for res in new.values():
-                store.save_run(record_of(res), res.trace.metrics)
-            for row in rows:
-                store.save_verification(row["run_id"], row["mitigation"], row["fixed_run_id"],
-                                        row)
+    result.reruns = list(new.values()) if rows else []
     result.verification = rows
     return rows
 

@@ -39,8 +39,10 @@ def load_result(store, sweep_id: int):
     """The stored sweep ``sweep_id`` as a ``SweepResult`` (runs in sweep order)."""
     from stability_lab.diagnosis.findings import Finding, Verdict
     from stability_lab.formatting import from_jsonable
-    from stability_lab.lab import SweepResult, trace_from_record
-    from stability_lab.remedies.recommend import Recommendation, RunResult
+    from stability_lab.remedies.sweep_result import SweepResult
+    from stability_lab.diagnosis.record import trace_from_record
+    from stability_lab.remedies.rules import Recommendation
+    from stability_lab.diagnosis.record import RunResult
     from stability_lab.spec import RunSpec, Sweep
 
     row = store.load_sweep(sweep_id)
@@ -63,7 +65,7 @@ def load_result(store, sweep_id: int):
     report = row.get("report")
     if report is None and sweep.base.task != "logistic_regression" and \
             results[0].trace.step_unit == "step":
-        from stability_lab.diagnosis.policy_report import sweep_report  # no torch: works on stored traces
+        from stability_lab.diagnosis.policy_evaluation import sweep_report  # no torch: works on stored traces
 
         report = sweep_report(results)
     verification = row.get("verification")

@@ -35,7 +35,7 @@ def _delta(delta: dict[str, Any]) -> str:
 
 def _row_cells(r: dict[str, Any]) -> list[Any]:
     """One verification row's cells; verdicts and the fixed column carry their colour."""
-    from stability_lab.report.terminal import verdict_style
+    from stability_lab.report.tables import verdict_style
 
     b, a = r["before"], r["after"]
     label = r.get("label") or r["run_id"][:8]
@@ -70,7 +70,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_verification(rows: Sequence[dict[str, Any]], max_rows: int = 16) -> str:
     """The verification table as plain text (see :func:`verification_lines`)."""
-    from stability_lab.report.terminal import plain_text
+    from stability_lab.report.tables import plain_text
 
     return plain_text(verification_lines(rows, max_rows))
 
@@ -85,7 +85,7 @@ def verification_lines(rows: Sequence[dict[str, Any]], max_rows: int = 16,
     examples, the first row of each (mitigation, verdict before, outcome); ``--json``
     has every row.
     """
-    from stability_lab.report.terminal import table_lines
+    from stability_lab.report.tables import table_lines
 
     if not rows:
         return [[("Verification: nothing to verify (no failing run has a recommendation).",

@@ -1,10 +1,12 @@
 """The engine: runs specs, one at a time or as lockstep cohorts, and returns traces.
 
 Specs are grouped by task, then by the task's ``data_key`` (data loaded and
-transformed once per variant), then, for tasks that support it, by ``cohort_key``:
-all specs of a cohort run together with a leading config axis. A cohort that raises
-is re-run one spec at a time so that only the guilty spec is lost; a spec that raises
-becomes a trace with its error message, and the sweep goes on.
+transformed once per variant), then, for cohort tasks, by ``cohort_key``: all specs of
+a cohort run together with a leading config axis (:mod:`.cohort`). A task of kind
+``"problem"`` hands over its model, data and loss, trained by :mod:`.loop`; a task of
+kind ``"solve"`` computes its answer in closed form. A cohort that raises is re-run one
+spec at a time so that only the guilty spec is lost; a spec that raises becomes a trace
+with its error message, and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from stability_lab.trace import Trace
 Progress = Callable[[int, int], None]
 
 
-class Prepared:
+class DataCache:
     """Data variants prepared for a list of specs (validation happens here).
 
     A task with ``dataset_key(spec)`` and ``load_dataset(spec)`` has its raw data loaded
@@ -52,9 +54,9 @@ class Prepared:
         return self.variants[key]
 
 
-def prepare(specs: Sequence[RunSpec], prepared: Prepared | None = None) -> Prepared:
+def prepare(specs: Sequence[RunSpec], prepared: DataCache | None = None) -> DataCache:
     """Validate every spec and load every data variant; raises LabError on bad input."""
-    prepared = prepared or Prepared()
+    prepared = prepared or DataCache()
     for spec in specs:
         prepared.task(spec.task).validate(spec)
     for spec in specs:
@@ -62,7 +64,7 @@ def prepare(specs: Sequence[RunSpec], prepared: Prepared | None = None) -> Prepa
     return prepared
 
 
-def cohort_groups(specs: Sequence[RunSpec], prepared: Prepared,
+def cohort_groups(specs: Sequence[RunSpec], prepared: DataCache,
                   cohorts: bool = True) -> list[list[int]]:
     """Indices of the specs grouped into the units the engine runs: cohorts (same task,
     data variant and cohort key) or single specs, in first-seen order."""
@@ -77,14 +79,16 @@ def cohort_groups(specs: Sequence[RunSpec], prepared: Prepared,
     return list(groups.values())
 
 
-def run_group(group: Sequence[RunSpec], prepared: Prepared) -> list[Trace]:
+def run_group(group: Sequence[RunSpec], prepared: DataCache) -> list[Trace]:
     """Run one group of :func:`cohort_groups` (the unit of work of every executor):
     a cohort in lockstep, re-run one spec at a time if it raises."""
     task = prepared.task(group[0].task)
     data = prepared.get(group[0])
     if len(group) > 1:
+        from stability_lab.run.cohort import train_cohort
+
         try:
-            return task.run_cohort(list(group), data)
+            return train_cohort(list(group), data)
         except LabError:
             raise
         except Exception:
@@ -92,7 +96,7 @@ def run_group(group: Sequence[RunSpec], prepared: Prepared) -> list[Trace]:
     return [_run_one(task, group[0], data)]
 
 
-def run_specs(specs: Sequence[RunSpec], prepared: Prepared | None = None,
+def run_specs(specs: Sequence[RunSpec], prepared: DataCache | None = None,
               progress: Progress | None = None, cohorts: bool = True,
               sink: Callable[[int, Trace], None] | None = None,
               executor: Any = None) -> list[Trace]:
@@ -121,9 +125,22 @@ def run_specs(specs: Sequence[RunSpec], prepared: Prepared | None = None,
     return [out[i] for i in range(total)]
 
 
+def run_one(task, spec: RunSpec, data) -> Trace:
+    """One spec of ``task`` on its prepared data, by the task's kind (no error capture)."""
+    if task.kind == "cohort":
+        from stability_lab.run.cohort import train_cohort
+
+        return train_cohort([spec], data)[0]
+    if task.kind == "solve":
+        return task.solve(spec, data)
+    from stability_lab.run.loop import train
+
+    return train(spec, task.problem(spec, data))
+
+
 def _run_one(task, spec: RunSpec, data) -> Trace:
     try:
-        return task.run(spec, data)
+        return run_one(task, spec, data)
     except LabError:
         raise
     except Exception as exc:  # the run is stored as an error and the sweep goes on

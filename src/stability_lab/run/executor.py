@@ -83,7 +83,7 @@ def run_group_on_worker(group: Sequence[RunSpec], settings: dict[str, Any]) -> l
 
     apply_thread_settings(settings)
     if _PREPARED is None:
-        _PREPARED = engine.Prepared()
+        _PREPARED = engine.DataCache()
     return engine.run_group(list(group), _PREPARED)
 
 

@@ -1,6 +1,7 @@
-"""The training loop shared by the deep-net tasks: one spec in, one trace out.
+"""The engine's training loop for models with autograd (the deep-net tasks and a
+user's own model): one spec in, one trace out.
 
-A :class:`Problem` is what a task hands over: a model factory (called under
+A :class:`~stability_lab.tasks.base.Problem` is what a task hands over: a model factory (called under
 ``torch.manual_seed(spec.seed)``, so matched runs start from the same weights), the
 batch of every step (the same batches for every policy), the loss, and an evaluation.
 The loop applies the spec's precision policy (:mod:`.policies`), the optimizer, gradient
@@ -26,51 +27,27 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from stability_lab.errors import UsageError
+from stability_lab.tasks.base import Problem, call_model, check_loss
 from stability_lab.formatting import round_sig
 from stability_lab.spec import RunSpec
 from stability_lab.trace import Trace, environment
 from stability_lab.precision import policies as P
 from stability_lab.run.attribution import ROOT, Attributor, _first_tensor, find_creators, headroom_projections
+from stability_lab.metrics import LOOP, metric_names
 from stability_lab.run.scaler import DynamicLossScaler
 
 MAX_CONSECUTIVE_SKIPS = 30
 MAX_REPLAYS = 5
 
-Batch = tuple[Any, Any]
-
-
-@dataclass
-class Problem:
-    model_fn: Callable[[], torch.nn.Module]
-    batch_at: Callable[[int], Batch]
-    n_steps: int
-    loss_fn: Callable[[Any, Any], torch.Tensor]
-    #: (model, forward) -> {"accuracy": ..., "eval_loss": ...}; forward applies the policy
-    eval_fn: Callable[[torch.nn.Module, Callable], dict[str, float]] | None = None
-    #: model -> extra per-step metrics (read after the forward pass)
-    step_metrics: Callable[[torch.nn.Module], dict[str, float]] | None = None
-    optimizer: str = "momentum"
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
 def policy_of(spec: RunSpec) -> P.Policy:
     """The spec's policy; without one, the pure policy of its ``precision``."""
     return P.get_policy(spec.policy or spec.precision)
-
-
-def call_model(model: torch.nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (list, tuple)):
-        return model(*inputs)
-    return model(inputs)
 
 
 def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float):
@@ -81,15 +58,6 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float):
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
     raise UsageError(f"Unknown optimizer {name!r}; expected one of: sgd, momentum, adam.")
-
-
-def check_loss(loss: Any) -> None:
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise UsageError(
-            f"The loss must be a scalar tensor; loss_fn returned {shape}. Reduce it, e.g. "
-            "with .mean(), inside loss_fn."
-        )
 
 
 def threads() -> int:
@@ -158,9 +126,7 @@ def _train(spec: RunSpec, problem: Problem) -> Trace:
         with policy_ctx:
             return problem.loss_fn(outputs, targets)
 
-    names = ("loss", "grad_norm", "update_norm", "weight_norm", "update_ratio",
-             "nonfinite_weights", "nonfinite_grads", "overflowed_grads", "max_abs_logit",
-             "loss_scale", "skipped", "grad_underflow_frac", "step_time")
+    names = metric_names(LOOP)
     rec: dict[str, list[float]] = {k: [] for k in names}
     extra: dict[str, list[float]] = {}
     creators: list[dict[str, Any]] = []

@@ -1,7 +1,7 @@
 """Run specifications and sweeps.
 
 A :class:`RunSpec` describes one run completely: task, data source and transforms,
-number format, optimizer settings, mitigations and seed. It is frozen and its hash
+number format, optimizer settings and seed (a mitigation is a change of these fields). It is frozen and its hash
 (:attr:`RunSpec.run_id`) is the run's identity: the same spec always gives the same
 numbers, so a stored run is never run twice.
 
@@ -46,8 +46,6 @@ class RunSpec:
     policy: str | None = None
     #: task-specific parameters (kappa, depth, width, ...), as sorted (name, value) pairs
     params: tuple[tuple[str, Any], ...] = ()
-    #: mitigation transforms applied by the engine, in order (e.g. "loss_scale")
-    mitigations: tuple[str, ...] = ()
 
     # -- views -------------------------------------------------------------------
     def param(self, name: str, default: Any = None) -> Any:
@@ -59,8 +57,6 @@ class RunSpec:
             value = getattr(self, f.name)
             if f.name == "params":
                 value = {k: v for k, v in value}
-            elif f.name == "mitigations":
-                value = list(value)
             out["lambda" if f.name == "lam" else f.name] = value
         return out
 
@@ -70,7 +66,6 @@ class RunSpec:
         if "lambda" in data:
             data["lam"] = data.pop("lambda")
         data["params"] = tuple(sorted(dict(data.get("params") or {}).items()))
-        data["mitigations"] = tuple(data.get("mitigations") or ())
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -84,6 +79,10 @@ class RunSpec:
         ``dataclasses.replace`` builds a new instance that hashes afresh.
         """
         doc = self.to_dict()
+        # every spec used to carry an (always empty, never applied) list of mitigation
+        # names; mitigations are spec fields now (lr, lam, clip, scale, policy, loss,
+        # solver). The hashed document keeps the empty list so stored runs keep their ids.
+        doc["mitigations"] = []
         content = content_digests(self)
         if content:
             doc["content"] = content

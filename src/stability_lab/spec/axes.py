@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from stability_lab.errors import UsageError
 from stability_lab.linalg import SOLVERS
+from stability_lab.spec.tasks import DEEP_TASKS, is_user_task
 from stability_lab.precision import POLICIES, POLICY_COST  # noqa: F401  (the policy axis' values)
 
 PRECISIONS = ("float64", "float32", "bfloat16", "float16")
@@ -162,12 +163,6 @@ def default_label_axes(task: str | None) -> tuple[str, ...]:
     return ("precision", "solver") if task == "linear_regression" else DEFAULT_LABEL_AXES
 
 
-DEEP_TASKS = ("mlp", "attention", "user")
-
-
-def is_user_task(name: str) -> bool:
-    """A user's own model is named ``module:Class`` (no registered task has a colon)."""
-    return ":" in name
 
 AXES: dict[str, Axis] = {}
 

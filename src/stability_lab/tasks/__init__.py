@@ -1,9 +1,9 @@
-"""Task registry.
+"""Tasks: data, model and loss for a :class:`~stability_lab.spec.RunSpec`.
 
-A task builds data and a differentiable loss for a :class:`~stability_lab.spec.RunSpec`
-and runs it, returning a :class:`~stability_lab.trace.Trace`. Tasks know nothing of
-sweeps or stores. Names map to ``module:Class`` strings so that looking a task up
-imports nothing heavy; torch is imported only when a task runs.
+A task knows nothing of sweeps or stores; the engine (:mod:`stability_lab.run`) runs it.
+The registry of names is :data:`stability_lab.spec.tasks.TASKS` (declared records: a
+name maps to a ``module:Class`` string, so looking a task up imports nothing heavy;
+torch is imported only when a task runs).
 
 A user's own model is ``path/to/file.py:build`` or ``package.module:build``.
 """
@@ -13,23 +13,10 @@ from __future__ import annotations
 import importlib
 
 from stability_lab.errors import UsageError
-from stability_lab.spec.axes import is_user_task
-
-TASKS: dict[str, str] = {
-    "logistic_regression": "stability_lab.tasks.logistic:LogisticRegression",
-    "linear_regression": "stability_lab.tasks.linear_regression:LinearRegressionTask",
-    "mlp": "stability_lab.tasks.mlp:MLPTask",
-    "attention": "stability_lab.tasks.attention:AttentionTask",
-}
-USER_TASK = "stability_lab.tasks.user:UserTask"
+from stability_lab.spec.tasks import TASKS, USER_TASK, is_user_task
 
 #: the --data value each task uses when none is given (a user's model brings its own)
-DEFAULT_DATA: dict[str, str] = {
-    "logistic_regression": "breast_cancer",
-    "linear_regression": "nist:Longley",
-    "mlp": "digits",
-    "attention": "generated",
-}
+DEFAULT_DATA: dict[str, str] = {name: e.default_data for name, e in TASKS.items()}
 
 
 def available() -> list[str]:
@@ -37,8 +24,8 @@ def available() -> list[str]:
     import importlib.util
 
     out = []
-    for name, target in TASKS.items():
-        module = target.partition(":")[0]
+    for name, entry in TASKS.items():
+        module = entry.target.partition(":")[0]
         if importlib.util.find_spec(module) is not None:
             out.append(name)
     return out
@@ -57,7 +44,7 @@ def check_task_name(name: str) -> None:
 def get_task(name: str):
     """The task object for a name (instantiated; imports its module)."""
     check_task_name(name)
-    target = USER_TASK if is_user_task(name) else TASKS[name]
+    target = (USER_TASK if is_user_task(name) else TASKS[name]).target
     module, _, cls = target.partition(":")
     task_cls = getattr(importlib.import_module(module), cls)
     return task_cls(name) if is_user_task(name) else task_cls()

@@ -64,7 +64,7 @@ class AttentionTask(DeepTask):
     def problem(self, spec: RunSpec, prepared):
         import torch
 
-        from stability_lab.run.loop import Problem
+        from stability_lab.tasks.base import Problem
         from stability_lab.tasks.mlp import ce_with_z_loss
 
         T = prepared["seq_len"]

@@ -33,8 +33,6 @@ from stability_lab.linalg import linear
 from stability_lab.linalg.conditioning import gram_condition
 from stability_lab.errors import DataError, UsageError
 from stability_lab.numerics import l2_norm
-from stability_lab.precision import FORMATS
-from stability_lab.remedies.recommend import Context, Recommendation, register_rule
 from stability_lab.spec import RunSpec
 from stability_lab.trace import Trace, environment
 from stability_lab.tasks.base import Task
@@ -43,7 +41,7 @@ NOISE = 1e-3
 
 
 @dataclass
-class Prepared:
+class RegressionData:
     name: str
     X: np.ndarray
     y: np.ndarray
@@ -102,6 +100,7 @@ def _load_csv_regression(path: str, target: str | None) -> datasets.Dataset:
 class LinearRegressionTask(Task):
     name = "linear_regression"
     step_unit = "solve"
+    kind = "solve"
 
     def validate(self, spec: RunSpec) -> None:
         solver = spec.solver or "auto"
@@ -122,7 +121,7 @@ class LinearRegressionTask(Task):
     def data_key(self, spec: RunSpec):
         return (spec.data, spec.target, spec.param("kappa"), spec.scale)
 
-    def prepare(self, spec: RunSpec) -> Prepared:
+    def prepare(self, spec: RunSpec) -> RegressionData:
         name, X, y, certified, problem = _load(spec)
         if X.shape[0] < X.shape[1]:
             raise DataError(
@@ -145,14 +144,14 @@ class LinearRegressionTask(Task):
         else:
             reference = linear.solve(X, y, solver="auto").coef
             kind = "float64 auto solve"
-        return Prepared(name, X, y, np.asarray(reference, float), kind, spec.data,
+        return RegressionData(name, X, y, np.asarray(reference, float), kind, spec.data,
                         spec.scale, gram_condition(X), X_lo)
 
-    def conditioning(self, prepared: Prepared) -> dict[str, Any]:
+    def conditioning(self, prepared: RegressionData) -> dict[str, Any]:
         return {"cond_XtX": prepared.cond_XtX, "n": int(prepared.X.shape[0]),
                 "p": int(prepared.X.shape[1]), "reference": prepared.reference_kind}
 
-    def run(self, spec: RunSpec, prep: Prepared) -> Trace:
+    def solve(self, spec: RunSpec, prep: RegressionData) -> Trace:
         solver = spec.solver or "auto"
         extra = {}
         if solver == "auto" and spec.precision == "float64" and prep.X_lo is not None:
@@ -194,81 +193,3 @@ class LinearRegressionTask(Task):
                                                    "converged", "lre", "warnings",
                                                    "rank_deficiency")}
         return trace
-
-
-@register_rule
-def switch_solver(ctx: Context) -> list[Recommendation]:
-    """A solver lost 2+ digits more than the best solver on the same matched problem."""
-    groups: dict[tuple, list] = {}
-    for r in ctx.results:
-        digits = r.trace.probes.get("end", {}).get("digits")
-        if r.spec.task != "linear_regression" or digits is None:
-            continue
-        groups.setdefault((r.spec.data, r.spec.scale, r.spec.precision), []).append(r)
-    out = []
-    for (_data, _scale, precision), runs in groups.items():
-        def digits(x):
-            value = x.trace.probes["end"]["digits"]
-            return value if isinstance(value, float) and math.isfinite(value) else 0.0
-
-        best = max(runs, key=digits)
-        worse = [x for x in runs if digits(best) - digits(x) >= 2.0]
-        if not worse:
-            if all(x.spec.solver != "auto" for x in runs):
-                out.extend(_lone_solver(x, digits(x), precision) for x in runs
-                           if _squares_kappa_and_lost_digits(x, digits(x)))
-            continue
-        worst = min(worse, key=digits)
-        out.append(Recommendation(
-            "switch_solver",
-            f"switch solver to {best.spec.solver} (digits {digits(worst):.1f} -> "
-            f"{digits(best):.1f})",
-            f"on {best.spec.data} in {precision}, {len(worse)} solver(s) agree with the "
-            f"reference to 2+ fewer digits than {best.spec.solver}: "
-            + ", ".join(f"{x.spec.solver} {digits(x):.1f}" for x in worse)
-            + f"; cond(X^T X) = {best.trace.probes['start']['cond_XtX']:.2g}",
-            {"solver": best.spec.solver}, tuple(x.run_id for x in worse),
-            {"best": best.spec.solver, "best_digits": digits(best),
-             "digits": {x.spec.solver: digits(x) for x in runs}},
-        ))
-    return out
-
-
-#: solvers whose error bound grows with cond(X)^2: the normal equations (formed, or by
-#: Cholesky), and CGLS and gradient descent, which iterate on them
-_SQUARING = (*linear._SQUARES_KAPPA, "cg", "gd")
-
-
-def _squares_kappa_and_lost_digits(run, digits: float) -> bool:
-    """A lone run of a solver that works on the normal equations lost 2+ digits."""
-    if run.spec.solver not in _SQUARING or run.trace.error:
-        return False
-    return digits <= linear._LRE_CAP - 2.0
-
-
-def _lone_solver(run, digits: float, precision: str) -> Recommendation:
-    """No better solver ran beside this one: propose the lab's ``auto`` path.
-
-    The normal equations square cond(X); a backward-stable path (Householder QR, on the
-    double-double design for a polynomial) loses about log10 cond(X) digits instead of
-    twice that. Verification re-runs the same problem with ``solver=auto`` and keeps the
-    advice only if the digits rise.
-    """
-    kappa = run.trace.probes.get("start", {}).get("condition_number")
-    u_digits = FORMATS[precision].digits
-    if isinstance(kappa, (int, float)) and math.isfinite(kappa) and kappa > 0:
-        stable = max(0.0, min(u_digits - math.log10(kappa), linear._LRE_CAP))
-        bound = (f"cond(X) = {kappa:.2g}: {run.spec.solver} works on X^T X (cond "
-                 f"{kappa * kappa:.2g}), a backward-stable solve's bound keeps about "
-                 f"{stable:.1f} digits")
-    else:
-        stable, bound = None, f"{run.spec.solver} works on X^T X"
-    return Recommendation(
-        "switch_solver",
-        f"switch solver to auto (digits {digits:.1f} with {run.spec.solver})",
-        f"on {run.spec.data} in {precision}, {run.spec.solver} agrees with the reference to "
-        f"{digits:.1f} digits; {bound}",
-        {"solver": "auto"}, (run.run_id,),
-        {"best": "auto", "best_digits": None, "digits": {run.spec.solver: digits},
-         "stable_bound_digits": stable},
-    )

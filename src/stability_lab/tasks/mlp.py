@@ -72,7 +72,7 @@ class MLPTask(DeepTask):
     def problem(self, spec: RunSpec, prepared):
         import torch
 
-        from stability_lab.run.loop import Problem
+        from stability_lab.tasks.base import Problem
 
         Xtr, ytr = (torch.as_tensor(a) for a in prepared["train"])
         Xte, yte = (torch.as_tensor(a) for a in prepared["test"])

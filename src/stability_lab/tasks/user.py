@@ -127,7 +127,7 @@ class UserTask(DeepTask):
     def prepare(self, spec: RunSpec):
         import torch
 
-        from stability_lab.run.loop import call_model, check_loss
+        from stability_lab.tasks.base import call_model, check_loss
 
         build = load_build(spec.task)
         name = spec.task.rpartition(":")[2]
@@ -147,7 +147,7 @@ class UserTask(DeepTask):
         return {"build": build, "name": name, "n_batches": len(batches)}
 
     def problem(self, spec: RunSpec, prepared):
-        from stability_lab.run.loop import Problem
+        from stability_lab.tasks.base import Problem
 
         state: dict[str, Any] = {}
 

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from stability_lab.lab import diagnose_trace, trace_from_record
+    from stability_lab.diagnosis.record import diagnose_trace, trace_from_record
     from stability_lab.store import Store
 
     with Store(args.out, create=False) as store:

@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _store(result, out: str) -> None:
-    from stability_lab.lab import record_of
+    from stability_lab.diagnosis.record import record_of
     from stability_lab.store import Store
 
     with Store(out) as store:

@@ -213,11 +213,16 @@ def main(args: argparse.Namespace) -> int:
             progress.close()
         if executor is not None:
             executor.close()
-    from stability_lab.remedies.verify import VERIFY_BY_DEFAULT, close_recommendations, rerun_count, verify_sweep
+    from stability_lab.lab import verify_and_store
+    from stability_lab.remedies.verify import (
+        VERIFY_BY_DEFAULT,
+        close_recommendations,
+        rerun_count,
+    )
 
     reruns = rerun_count(result)
     if args.verify or (args.verify is None and reruns <= VERIFY_BY_DEFAULT):
-        verify_sweep(result, out=args.out)
+        verify_and_store(result, out=args.out)
         close_recommendations(result, "verified", reruns)
     else:
         close_recommendations(result, "off" if args.verify is False else "skipped", reruns)

@@ -49,8 +49,8 @@ def _probe_value(v) -> str:
 def main(args: argparse.Namespace) -> int:
     from stability_lab.diagnosis.phases import phase_dicts
     from stability_lab.formatting import fmt_num, jsonable
-    from stability_lab.lab import trace_from_record
-    from stability_lab.report.terminal import table
+    from stability_lab.diagnosis.record import trace_from_record
+    from stability_lab.report.tables import table
     from stability_lab.store import Store
 
     with Store(args.out, create=False) as store:
@@ -122,8 +122,9 @@ def _write_html(rec, trace, args) -> None:
 
     from stability_lab.diagnosis.findings import Finding, Verdict
     from stability_lab.formatting import from_jsonable
-    from stability_lab.lab import SweepResult
-    from stability_lab.remedies.recommend import Recommendation, RunResult
+    from stability_lab.remedies.sweep_result import SweepResult
+    from stability_lab.remedies.rules import Recommendation
+    from stability_lab.diagnosis.record import RunResult
     from stability_lab.report.html import write_html
     from stability_lab.spec import Sweep
     from stability_lab.store import Store
