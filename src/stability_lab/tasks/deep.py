@@ -5,7 +5,7 @@ loop trains it (:mod:`stability_lab.run.loop`)."""
 from __future__ import annotations
 
 from stability_lab.errors import UsageError
-from stability_lab.precision import POLICIES
+from stability_lab.precision import get_policy
 from stability_lab.spec import RunSpec
 from stability_lab.tasks.base import Task
 
@@ -14,8 +14,6 @@ class DeepTask(Task):
     step_unit = "step"
 
     def validate(self, spec: RunSpec) -> None:
-        policy = spec.policy or spec.precision
-        if policy not in POLICIES:
-            raise UsageError(f"Unknown policy {policy!r}; expected one of: {', '.join(POLICIES)}.")
+        get_policy(spec.policy or spec.precision)  # one-line UsageError when unknown
         if not (spec.lr > 0):
             raise UsageError(f"The 'lr' value must be positive. Got {spec.lr!r} instead.")
