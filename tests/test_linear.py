@@ -1,4 +1,5 @@
-"""stability_lab.linalg.linear: solvers, auto's accuracy against mpmath, diagnostics, errors."""
+"""stability_lab.linalg.solvers and the modules under it: solvers, double-double, auto's
+accuracy against mpmath, diagnostics, errors, the solver table."""
 
 from __future__ import annotations
 
@@ -14,16 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stability_lab.errors import DataError, UsageError
-from stability_lab.linalg.linear import (
-    SOLVERS,
-    _dd_residual,
-    _dd_sum,
-    _two_prod,
-    _two_sum,
-    lre,
-    perturbation_digits,
-    solve,
-)
+from stability_lab.linalg import SOLVERS
+from stability_lab.linalg.doubledouble import dd_residual, dd_sum, two_prod, two_sum
+from stability_lab.linalg.perturbation import perturbation_digits
+from stability_lab.linalg.records import lre
+from stability_lab.linalg.solvers import SOLVER_TABLE, solve
 
 # results depend on the BLAS kernel's rounding: re-run under other kernels by .ci/run
 pytestmark = pytest.mark.blas
@@ -69,8 +65,8 @@ def test_two_sum_and_two_prod_are_error_free():
     rng = np.random.default_rng(1)
     a = rng.standard_normal(200) * 10.0 ** rng.integers(-20, 20, 200)
     b = rng.standard_normal(200) * 10.0 ** rng.integers(-20, 20, 200)
-    s, e = _two_sum(a, b)
-    p, f = _two_prod(a, b)
+    s, e = two_sum(a, b)
+    p, f = two_prod(a, b)
     for i in range(200):
         fa, fb = Fraction(float(a[i])), Fraction(float(b[i]))
         assert Fraction(float(s[i])) + Fraction(float(e[i])) == fa + fb
@@ -83,7 +79,7 @@ def test_dd_sum_is_twice_as_accurate_as_float64():
     v = rng.standard_normal(1001) * 10.0 ** rng.integers(-8, 16, 1001)
     v = np.concatenate([v, -v[:500]])
     exact = sum(Fraction(float(t)) for t in v)
-    hi, lo = _dd_sum(v[:, None], np.zeros((v.size, 1)), axis=0)
+    hi, lo = dd_sum(v[:, None], np.zeros((v.size, 1)), axis=0)
     got = Fraction(float(hi[0])) + Fraction(float(lo[0]))
     scale = sum(abs(Fraction(float(t))) for t in v)
     assert abs(got - exact) <= scale * Fraction(1, 10 ** 28)
@@ -92,7 +88,7 @@ def test_dd_sum_is_twice_as_accurate_as_float64():
 def test_dd_residual_matches_exact_residual():
     X, y = graded_problem()
     x = np.linalg.lstsq(X, y, rcond=None)[0]
-    rh, rl = _dd_residual(X, y, (x, np.zeros_like(x)))
+    rh, rl = dd_residual(X, y, (x, np.zeros_like(x)))
     for i in (0, 7, 39):
         exact = Fraction(float(y[i])) - sum(Fraction(float(X[i, j])) * Fraction(float(x[j]))
                                             for j in range(X.shape[1]))
@@ -193,9 +189,9 @@ def test_sparse_inputs():
 
 
 def test_sparse_auto_large_path(monkeypatch):
-    import stability_lab.linalg.linear as lin
+    import stability_lab.linalg.auto as auto
 
-    monkeypatch.setattr(lin, "_AUTO_DENSIFY_LIMIT", 10)
+    monkeypatch.setattr(auto, "AUTO_DENSIFY_LIMIT", 10)
     rng = np.random.default_rng(9)
     Xd = rng.standard_normal((300, 6)) * np.logspace(-3, 3, 6)
     y = Xd @ np.ones(6)
@@ -261,6 +257,21 @@ def test_bad_solver_and_options():
         solve(X, y, solver="ridge", alpha=-1.0)
     with pytest.raises(UsageError, match="X_lo"):
         solve(X, y, solver="qr", X_lo=np.zeros((3, 3)))
+
+
+def test_the_solver_table_has_one_record_per_solver_name():
+    # SOLVERS (the name tuple the command line checks without SciPy) and the table agree
+    # one to one, in order
+    assert len(set(SOLVERS)) == len(SOLVERS)
+    assert [s.name for s in SOLVER_TABLE] == list(SOLVERS)
+    for s in SOLVER_TABLE:
+        assert set(s.precisions) <= {"float64", "float32", "float16"}, s.name
+        assert not s.squares_kappa or s.on_normal_equations, s.name
+    # the message refusing a sparse X names every solver that takes one
+    with pytest.raises(UsageError) as err:
+        solve(scipy.sparse.eye(3, format="csr"), np.ones(3), solver="qr")
+    named = {s for s in SOLVERS if f"'{s}'" in str(err.value)}
+    assert named == {s.name for s in SOLVER_TABLE if s.sparse_input}
 
 
 def test_underdetermined_allowed_for_minimum_norm_solvers():

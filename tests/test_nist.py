@@ -21,8 +21,10 @@ import pytest
 
 from stability_lab.cli.commands import nist as nist_cmd
 from stability_lab.errors import UsageError
-from stability_lab.linalg.linear import SOLVERS, lre, solve
+from stability_lab.linalg import SOLVERS
 from stability_lab.linalg.nist import PROBLEMS, format_nist, load_problem, run_nist
+from stability_lab.linalg.records import lre
+from stability_lab.linalg.solvers import solve
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nist-strd"
 
@@ -350,7 +352,8 @@ def test_command_module_does_not_import_torch():
     import sys
 
     code = ("import sys, stability_lab.cli.commands.nist as m, stability_lab.linalg.nist, "
-            "stability_lab.linalg.linear, stability_lab.linalg.conditioning, stability_lab.linalg.onehot; "
+            "stability_lab.linalg.solvers, stability_lab.linalg.perturbation, "
+            "stability_lab.linalg.conditioning, stability_lab.linalg.onehot; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from stability_lab.diagnosis.signatures import (SIGNATURES, attach_determinism,
-                                                attach_reference, detect, detect_all, lre)
+from stability_lab.diagnosis.signatures import (SIGNATURES, agreeing_digits,
+                                                attach_determinism, attach_reference, detect,
+                                                detect_all)
 from stability_lab.diagnosis.verdict import decide
 from stability_lab.spec import RunSpec
 from stability_lab.trace import Trace
@@ -138,9 +139,9 @@ def test_blowup_and_rank_deficiency():
     assert not detect(make([0.05], lam=1e-3, probes=probes), "rank_deficiency")
 
 
-def test_silent_digit_loss_and_lre():
-    assert lre(1.0 + 1e-4, 1.0) == pytest.approx(4.0, abs=0.01)
-    assert lre(np.inf, 1.0) == 0.0
+def test_silent_digit_loss_and_agreeing_digits():
+    assert agreeing_digits(1.0 + 1e-4, 1.0) == pytest.approx(4.0, abs=0.01)
+    assert agreeing_digits(np.inf, 1.0) == 0.0
     # digits are judged only on a converged run: an unfinished one has not arrived yet
     a = make(descent(), precision="float32")
     b = make(descent(), precision="float64")

@@ -241,7 +241,7 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
 
 def _digits(a: Any, b: Any) -> float | None:
     """Digits of agreement of a with b (normwise LRE, 0..15); None when either is absent."""
-    from stability_lab.linalg.linear import lre
+    from stability_lab.linalg.records import lre
 
     if a is None or b is None:
         return None

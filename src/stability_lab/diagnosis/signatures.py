@@ -187,8 +187,10 @@ def _f(x: Any) -> str:
     return f"{x:.3g}"
 
 
-def lre(estimate: Any, reference: Any) -> float:
-    """Log relative error -log10(||a - b|| / ||b||): digits that agree (capped at 15.95).
+def agreeing_digits(estimate: Any, reference: Any) -> float:
+    """Normwise digits of agreement, -log10(||a - b|| / ||b||): one number for a whole
+    vector (capped at 15.95); the per-coefficient NIST measure is
+    :func:`stability_lab.linalg.records.lre`.
 
     0 when the estimate is non-finite or off by 100% or more (McCullough 1998).
     """
@@ -217,11 +219,11 @@ def attach_reference(trace: Trace, reference: Trace) -> dict[str, Any]:
     info: dict[str, Any] = {
         "reference_run": reference.run_id,
         "reference_precision": reference.spec.precision,
-        "lre_loss": lre(trace.final_loss, reference.final_loss),
+        "lre_loss": agreeing_digits(trace.final_loss, reference.final_loss),
         "reference_loss": reference.final_loss,
     }
     if trace.final_params is not None and reference.final_params is not None:
-        info["lre_params"] = lre(trace.final_params, reference.final_params)
+        info["lre_params"] = agreeing_digits(trace.final_params, reference.final_params)
     trace.extras["reference"] = info
     return info
 
@@ -240,9 +242,9 @@ def attach_determinism(traces: Sequence[Trace], factors: Sequence[str],
     spread = []
     for t in traces[1:]:
         if first.final_params is not None and t.final_params is not None:
-            digits.append(lre(t.final_params, first.final_params))
+            digits.append(agreeing_digits(t.final_params, first.final_params))
         else:
-            digits.append(lre(t.final_loss, first.final_loss))
+            digits.append(agreeing_digits(t.final_loss, first.final_loss))
         spread.append(abs(t.final_loss - first.final_loss))
     info = {"variants": len(traces), "factors": list(factors),
             "agree_digits": float(min(digits)) if digits else LRE_CAP,

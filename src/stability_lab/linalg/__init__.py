@@ -6,7 +6,7 @@ stores.
 """
 
 #: the least-squares solvers, in the order the ``solver`` axis lists them; each has one
-#: record in the solver table of :mod:`stability_lab.linalg.linear` (this tuple is here,
+#: record in the solver table of :mod:`stability_lab.linalg.solvers` (this tuple is here,
 #: free of NumPy and SciPy, so that the command line can check ``--solver`` cheaply)
 SOLVERS = ("normal", "cholesky", "qr", "svd", "pinv", "lstsq", "ridge", "lsqr", "cg", "gd",
            "auto")

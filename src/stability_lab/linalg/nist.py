@@ -3,7 +3,7 @@
 NIST's Statistical Reference Datasets (https://www.itl.nist.gov/div898/strd/lls/lls.shtml)
 give eleven linear regression problems with coefficients certified to 15 significant
 digits (computed in 500-digit arithmetic). :func:`run_nist` solves each with each
-solver of :mod:`stability_lab.linalg.linear` and scores the coefficients and the residual
+solver of :mod:`stability_lab.linalg.solvers` and scores the coefficients and the residual
 standard deviation by the log relative error (LRE, digits correct, capped at 15).
 
 The packaged data (``data/nist/nist_strd.json``) hold, per problem, the raw x and y
@@ -32,15 +32,11 @@ from typing import Any, Iterable
 import numpy as np
 
 from stability_lab.errors import UsageError
-from stability_lab.linalg.linear import (
-    SOLVERS,
-    _dd_residual,
-    _two_prod,
-    _two_sum,
-    lre,
-    perturbation_digits,
-    solve,
-)
+from stability_lab.linalg import SOLVERS
+from stability_lab.linalg.doubledouble import dd_residual, two_prod, two_sum
+from stability_lab.linalg.perturbation import perturbation_digits
+from stability_lab.linalg.records import lre
+from stability_lab.linalg.solvers import solve
 
 __all__ = [
     "PROBLEMS",
@@ -57,7 +53,7 @@ PROBLEMS: tuple[str, ...] = (
     "Wampler1", "Wampler2", "Wampler3", "Wampler4", "Wampler5",
 )
 
-#: Solvers shown by :func:`run_nist`: all of :data:`stability_lab.linalg.linear.SOLVERS`.
+#: Solvers shown by :func:`run_nist`: all of :data:`stability_lab.linalg.SOLVERS`.
 NIST_SOLVERS: tuple[str, ...] = SOLVERS
 
 _DATA_FILE = "nist_strd.json"
@@ -113,9 +109,9 @@ class NistProblem:
         x = self.x[:, 0]
         hi_cols, lo_cols = [np.ones_like(x)], [np.zeros_like(x)]
         for _ in range(m["polynomial_degree"]):
-            p, e = _two_prod(hi_cols[-1], x)
+            p, e = two_prod(hi_cols[-1], x)
             e = e + lo_cols[-1] * x
-            h, lo = _two_sum(p, e)
+            h, lo = two_sum(p, e)
             hi_cols.append(h)
             lo_cols.append(lo)
         start = 0 if m["intercept"] else 1
@@ -184,7 +180,7 @@ def _residual_sd(X: np.ndarray, y: np.ndarray, coef: np.ndarray,
     m, p = X.shape
     if not np.all(np.isfinite(coef)):
         return math.nan
-    rh, rl = _dd_residual(X, y, (coef, np.zeros_like(coef)), X_lo)
+    rh, rl = dd_residual(X, y, (coef, np.zeros_like(coef)), X_lo)
     r = rh + rl
     return float(math.sqrt(float(np.dot(r, r)) / (m - p)))
 
@@ -198,7 +194,7 @@ def run_nist(problems: Iterable[str] | None = None, solvers: Iterable[str] | Non
     condition numbers, float64 ceiling and ``results``: solver -> LRE of coefficients
     (minimum and per coefficient), LRE of the residual SD, rank, cutoff, status,
     predicted digits, time) and ``solvers``. With ``perturb`` each result also holds
-    :func:`stability_lab.linalg.linear.perturbation_digits` statistics for that relative
+    :func:`stability_lab.linalg.perturbation.perturbation_digits` statistics for that relative
     perturbation size. With ``extended_design`` the ``auto`` solver is given the
     double-double design (:meth:`NistProblem.design_dd`) instead of the float64 one.
     """

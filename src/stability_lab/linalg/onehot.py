@@ -36,7 +36,7 @@ import scipy.sparse
 from stability_lab.linalg.conditioning import condition_info
 from stability_lab.errors import UsageError
 from stability_lab.formatting import jsonable
-from stability_lab.linalg.linear import solve
+from stability_lab.linalg.solvers import solve
 
 __all__ = ["OneHotData", "FitSummary", "OneHotReport", "make_onehot", "design_from_codes",
            "onehot_report"]

@@ -28,13 +28,10 @@ import numpy as np
 
 from stability_lab.errors import UsageError
 
-from stability_lab.numerics import _core
+from stability_lab.numerics import _core, _forward
 from stability_lab.numerics._backend import (
     _UNSET,
-    ACCUMULATE,
     ELEMENTWISE,
-    REDUCE,
-    SOFTMAX,
     Like,
     alias,
     check_float,
@@ -78,27 +75,22 @@ def _autograd(name: str, *args: Any):
 
 
 # =========================================================================== element-wise
-def _elementwise(kernel, x: Any, like: Like):
-    a = to_compute(x, like, ELEMENTWISE)
-    return from_compute(kernel(a), like)
+def _make_elementwise(name: str, doc: str):
+    kernel = _forward.ELEMENTWISE_KERNELS[name]
 
-
-def _make_elementwise(name: str, kernel, doc: str):
     def fn(x: Any):
         x, like = check_float(x, name, "x")
         if like.kind == "torch" and _wants_grad(x):
             return _autograd(name, x, like)
-        return _elementwise(kernel, x, like)
+        return _forward.elementwise(kernel, x, like)
 
     fn.__name__ = fn.__qualname__ = name
     fn.__doc__ = doc
-    fn._kernel = kernel  # used by the torch forward
     return fn
 
 
 sigmoid = _make_elementwise(
     "sigmoid",
-    _core.sigmoid,
     """Logistic function sigmoid(x) = 1 / (1 + exp(-x)), element-wise.
 
     Algorithm: x >= 0: 1/(1 + exp(-x)); x < 0: exp(x)/(1 + exp(x)), so exp never
@@ -110,7 +102,6 @@ sigmoid = _make_elementwise(
 
 softplus = _make_elementwise(
     "softplus",
-    _core.softplus,
     """softplus(x) = log(1 + exp(x)), element-wise.
 
     Algorithm: piecewise, as scikit-learn's ``log1pexp`` and Maechler (2012) eq. (10):
@@ -123,7 +114,6 @@ softplus = _make_elementwise(
 
 log_sigmoid = _make_elementwise(
     "log_sigmoid",
-    _core.log_sigmoid,
     """log(sigmoid(x)) = -softplus(-x), element-wise.
 
     Never -inf for finite x (the naive log(sigmoid(x)) is -inf below x ~ -745).
@@ -133,7 +123,6 @@ log_sigmoid = _make_elementwise(
 
 log1mexp = _make_elementwise(
     "log1mexp",
-    _core.log1mexp,
     """log(1 - exp(x)) for x <= 0, element-wise.
 
     Algorithm (Maechler, "Accurately computing log(1 - exp(-|a|))", 2012): for
@@ -150,52 +139,6 @@ log1mexp = _make_elementwise(
 # scipy.special.logsumexp) and torch's (dim, keepdim). The default axis is None, for
 # every input kind: all elements are reduced, as scipy.special does (torch has no
 # default: pass dim). See docs/numerics.md, "Spellings and the default axis".
-def _fwd_lse(x: Any, like: Like, axes: tuple[int, ...] | None, keepdim: bool):
-    a = to_compute(x, like, REDUCE)
-    shape = a.shape
-    rows, _ = _core.to_rows(a.reshape(shape or (1,)), axes)
-    m, big_l = _core.lse_rows(rows)
-    out = _core.from_rows_reduced(m + big_l, shape or (1,), axes, keepdim and bool(shape))
-    return from_compute(out.reshape(()) if not shape else out, like)
-
-
-def _fwd_lse_weighted(x: Any, w: Any, like: Like, axes: tuple[int, ...] | None,
-                      keepdim: bool, return_sign: bool):
-    a = to_compute(x, like, REDUCE)
-    wa = to_compute(w, like, REDUCE)
-    shape = a.shape
-    rows, _ = _core.to_rows(a.reshape(shape or (1,)), axes)
-    wrows, _ = _core.to_rows(wa.reshape(shape or (1,)), axes)
-    out, sgn = _core.lse_weighted_rows(rows, wrows)
-    if not return_sign:
-        out[sgn < 0] = np.nan
-    keep = keepdim and bool(shape)
-    res = []
-    for r in ((out, sgn) if return_sign else (out,)):
-        r = _core.from_rows_reduced(r, shape or (1,), axes, keep)
-        res.append(from_compute(r.reshape(()) if not shape else r, like))
-    return tuple(res) if return_sign else res[0]
-
-
-def _fwd_log_softmax(x: Any, like: Like, axes: tuple[int, ...] | None):
-    a = to_compute(x, like, REDUCE)
-    shape = a.shape
-    rows, mshape = _core.to_rows(a.reshape(shape or (1,)), axes)
-    lsm = np.empty_like(rows)
-    _core.lse_rows(rows, lsm)
-    out = lsm if axes is None else _core.from_rows_full(lsm, mshape, axes)
-    return from_compute(out.reshape(shape), like)
-
-
-def _fwd_softmax(x: Any, like: Like, axes: tuple[int, ...] | None):
-    a = to_compute(x, like, SOFTMAX)
-    shape = a.shape
-    rows, mshape = _core.to_rows(a.reshape(shape or (1,)), axes)
-    sm = _core.softmax_rows(rows)
-    out = sm if axes is None else _core.from_rows_full(sm, mshape, axes)
-    return from_compute(out.reshape(shape), like)
-
-
 def _weights(x: Any, b: Any, like: Like, fn: str):
     """Promote ``x`` and the weights ``b`` together (scipy's rule: the common type,
     integers and booleans to float64; torch's for tensors), broadcast them, return
@@ -270,12 +213,12 @@ def logsumexp(x: Any, axis: Any = _UNSET, b: Any = None, keepdims: Any = _UNSET,
     if b is None and not return_sign:
         if like.kind == "torch" and _wants_grad(x):
             return _autograd("logsumexp", x, like, axes, keep)
-        return _fwd_lse(x, like, axes, keep)
+        return _forward.lse(x, like, axes, keep)
     if b is None:
         b = np.ones(x.shape, x.dtype) if like.kind == "numpy" else x.new_ones(x.shape)
     if like.kind == "torch" and _wants_grad(x, b):
         return _autograd("logsumexp_weighted", x, b, like, axes, keep, bool(return_sign))
-    return _fwd_lse_weighted(x, b, like, axes, keep, bool(return_sign))
+    return _forward.lse_weighted(x, b, like, axes, keep, bool(return_sign))
 
 
 def log_softmax(x: Any, axis: Any = _UNSET, *, dim: Any = _UNSET):
@@ -296,7 +239,7 @@ def log_softmax(x: Any, axis: Any = _UNSET, *, dim: Any = _UNSET):
     axes = norm_axes(axis, len(x.shape), fn)
     if like.kind == "torch" and _wants_grad(x):
         return _autograd("log_softmax", x, like, axes)
-    return _fwd_log_softmax(x, like, axes)
+    return _forward.log_softmax(x, like, axes)
 
 
 def softmax(x: Any, axis: Any = _UNSET, *, dim: Any = _UNSET):
@@ -318,25 +261,10 @@ def softmax(x: Any, axis: Any = _UNSET, *, dim: Any = _UNSET):
     axes = norm_axes(axis, len(x.shape), fn)
     if like.kind == "torch" and _wants_grad(x):
         return _autograd("softmax", x, like, axes)
-    return _fwd_softmax(x, like, axes)
+    return _forward.softmax(x, like, axes)
 
 
 # =========================================================================== losses
-def _reduce_losses(loss: np.ndarray, reduction: str) -> np.ndarray:
-    if reduction == "none":
-        return loss
-    with np.errstate(all="ignore"):
-        s = loss.sum(dtype=np.float64)
-        if reduction == "sum":
-            return np.asarray(s)
-        if not np.isfinite(s) and loss.size and np.isfinite(loss).all():
-            # the sum overflowed but the mean cannot: average values scaled by 2^-k >= 1/n
-            k = int(np.ceil(np.log2(loss.size))) + 1
-            return np.asarray(np.ldexp(np.ldexp(loss.astype(np.float64), -k).sum() / loss.size,
-                                       k))
-        return np.asarray(s / loss.size)
-
-
 def _check_same_kind(fn: str, targets: Any, like: Like) -> None:
     if (like.kind == "torch") != is_tensor(targets):
         want = "a torch tensor" if like.kind == "torch" else "a NumPy array"
@@ -374,13 +302,6 @@ def _bce_targets(logits: Any, targets: Any, like: Like):
     return t_np
 
 
-def _fwd_bce(logits: Any, t_np: np.ndarray, like: Like, reduction: str):
-    a = to_compute(logits, like, ELEMENTWISE)
-    t = t_np.astype(a.dtype, copy=False)
-    loss = _core.bce_elementwise(a, t)
-    return from_compute(_reduce_losses(loss, reduction), like)
-
-
 def binary_cross_entropy_with_logits(logits: Any, targets: Any, reduction: str = "mean"):
     """Binary cross-entropy of probabilities ``targets`` given ``logits``.
 
@@ -399,7 +320,7 @@ def binary_cross_entropy_with_logits(logits: Any, targets: Any, reduction: str =
     t_np = _bce_targets(logits, targets, like)
     if like.kind == "torch" and _wants_grad(logits, targets):
         return _autograd(fn, logits, targets, like, t_np, reduction)
-    return _fwd_bce(logits, t_np, like, reduction)
+    return _forward.bce(logits, t_np, like, reduction)
 
 
 def log_loss_and_grad(logits: Any, targets: Any):
@@ -472,19 +393,6 @@ def _ce_targets(logits: Any, targets: Any, like: Like, dim: int) -> np.ndarray:
     return t_np
 
 
-def _fwd_ce(logits: Any, t_np: np.ndarray, like: Like, dim: int, reduction: str):
-    a = to_compute(logits, like, REDUCE)
-    shape = a.shape or (1,)
-    rows, _ = _core.to_rows(a.reshape(shape), dim)
-    m, big_l = _core.lse_rows(rows)
-    t = t_np.reshape(-1).astype(np.intp, copy=False)
-    with np.errstate(all="ignore"):
-        xt = rows[np.arange(rows.shape[0]), t] if rows.shape[0] else m
-        loss = (m - xt) + big_l  # -log_softmax at the target: two terms >= 0
-    loss = loss.reshape(t_np.shape)
-    return from_compute(_reduce_losses(loss, reduction), like)
-
-
 def cross_entropy(logits: Any, targets: Any, dim: int = -1, reduction: str = "mean"):
     """Cross-entropy -log softmax(x)_t of integer class ``targets`` along ``dim``.
 
@@ -502,23 +410,10 @@ def cross_entropy(logits: Any, targets: Any, dim: int = -1, reduction: str = "me
     t_np = _ce_targets(logits, targets, like, d)
     if like.kind == "torch" and _wants_grad(logits):
         return _autograd(fn, logits, like, t_np, d, reduction)
-    return _fwd_ce(logits, t_np, like, d, reduction)
+    return _forward.cross_entropy(logits, t_np, like, d, reduction)
 
 
 # =========================================================================== accumulation
-def _fwd_rows(kernel, x: Any, like: Like, dim: int | None, keepdim: bool):
-    a = to_compute(x, like, ACCUMULATE)
-    shape = a.shape or (1,)
-    rows, _ = _core.to_rows(a.reshape(shape), dim)
-    res = kernel(rows)
-    keep = keepdim and bool(a.shape)
-    if isinstance(res, tuple):
-        outs = [_core.from_rows_reduced(r, shape, dim, keep) for r in res]
-        return tuple(from_compute(o.reshape(()) if not a.shape else o, like) for o in outs)
-    out = _core.from_rows_reduced(res, shape, dim, keep)
-    return from_compute(out.reshape(()) if not a.shape else out, like)
-
-
 def stable_sum(x: Any, dim: int | None = None, keepdim: bool = False):
     """Sum of ``x`` (over all elements, or along ``dim``), compensated.
 
@@ -534,7 +429,7 @@ def stable_sum(x: Any, dim: int | None = None, keepdim: bool = False):
     d = norm_dim(dim, len(x.shape), "stable_sum", allow_none=True)
     if like.kind == "torch" and _wants_grad(x):
         return _autograd("stable_sum", x, like, d, bool(keepdim))
-    return _fwd_rows(_core.sum2_rows, x, like, d, bool(keepdim))
+    return _forward.by_rows(_core.sum2_rows, x, like, d, bool(keepdim))
 
 
 def mean_and_variance(x: Any, dim: int | None = None, *, ddof: int = 0, keepdim: bool = False):
@@ -555,11 +450,7 @@ def mean_and_variance(x: Any, dim: int | None = None, *, ddof: int = 0, keepdim:
         raise UsageError(f"{fn}: 'ddof' must be a non-negative integer; got {ddof!r}.")
     if like.kind == "torch" and _wants_grad(x):
         return _autograd(fn, x, like, d, bool(keepdim), int(ddof))
-    return _fwd_rows(_ddof_kernel(int(ddof)), x, like, d, bool(keepdim))
-
-
-def _ddof_kernel(ddof: int):
-    return lambda rows: _core.mean_var_rows(rows, ddof)
+    return _forward.by_rows(_forward.mean_var_kernel(int(ddof)), x, like, d, bool(keepdim))
 
 
 def l2_norm(x: Any, dim: int | None = None, keepdim: bool = False):
@@ -575,4 +466,4 @@ def l2_norm(x: Any, dim: int | None = None, keepdim: bool = False):
     d = norm_dim(dim, len(x.shape), "l2_norm", allow_none=True)
     if like.kind == "torch" and _wants_grad(x):
         return _autograd("l2_norm", x, like, d, bool(keepdim))
-    return _fwd_rows(_core.l2_norm_rows, x, like, d, bool(keepdim))
+    return _forward.by_rows(_core.l2_norm_rows, x, like, d, bool(keepdim))

@@ -1,6 +1,6 @@
 """torch autograd wrappers (private; imported only when a tensor needs a gradient).
 
-The forward passes are the NumPy kernels (through ``stability_lab.numerics._fwd_*``);
+The forward passes are the NumPy kernels (through :mod:`stability_lab.numerics._forward`);
 the backward passes are hand-written torch expressions that are finite for finite
 inputs. Autograd through a max-shift or a ``where`` over branches would not be: e.g.
 d/dx of where(x >= 0, 1/(1+exp(-x)), exp(x)/(1+exp(x))) evaluates the gradient of the
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from stability_lab import numerics as _n
+from stability_lab.numerics import _core, _forward
 
 
 def _expand(g: torch.Tensor, dim: int | None, keepdim: bool, ndim: int) -> torch.Tensor:
@@ -54,10 +54,10 @@ class _Op(torch.autograd.Function):
 
 
 def _elementwise(name: str, x: torch.Tensor, like) -> torch.Tensor:
-    kernel = getattr(_n, name)._kernel
+    kernel = _forward.ELEMENTWISE_KERNELS[name]
 
     def fwd(x):
-        return _n._elementwise(kernel, x, like)
+        return _forward.elementwise(kernel, x, like)
 
     derivative = {
         "sigmoid": lambda x: torch.sigmoid(x) * torch.sigmoid(-x),
@@ -83,7 +83,7 @@ def _logsumexp(x, like, dim, keepdim):
         p = torch.where(torch.isneginf(lse), torch.zeros((), dtype=p.dtype), p)
         return (g * p,)
 
-    return _Op.apply(lambda x: _n._fwd_lse(x, like, dim, keepdim), bwd, x)
+    return _Op.apply(lambda x: _forward.lse(x, like, dim, keepdim), bwd, x)
 
 
 def _logsumexp_weighted(x, w, like, dim, keepdim, return_sign):
@@ -100,7 +100,7 @@ def _logsumexp_weighted(x, w, like, dim, keepdim, return_sign):
         return (g * w * p, g * p)
 
     return _Op.apply(
-        lambda x, w: _n._fwd_lse_weighted(x, w, like, dim, keepdim, return_sign), bwd, x, w)
+        lambda x, w: _forward.lse_weighted(x, w, like, dim, keepdim, return_sign), bwd, x, w)
 
 
 def _log_softmax(x, like, dim):
@@ -110,7 +110,7 @@ def _log_softmax(x, like, dim):
             return (g - torch.exp(y) * g,)
         return (g - torch.exp(y) * _sum_keep(g, dim),)
 
-    return _Op.apply(lambda x: _n._fwd_log_softmax(x, like, dim), bwd, x)
+    return _Op.apply(lambda x: _forward.log_softmax(x, like, dim), bwd, x)
 
 
 def _softmax(x, like, dim):
@@ -120,7 +120,7 @@ def _softmax(x, like, dim):
             return (s * (g - g * s),)
         return (s * (g - _sum_keep(g * s, dim)),)
 
-    return _Op.apply(lambda x: _n._fwd_softmax(x, like, dim), bwd, x)
+    return _Op.apply(lambda x: _forward.softmax(x, like, dim), bwd, x)
 
 
 def _bce(logits, targets, like, t_np, reduction):
@@ -135,7 +135,7 @@ def _bce(logits, targets, like, t_np, reduction):
         gt = (-g * x).to(t.dtype) if t.is_floating_point() else None
         return gx, gt
 
-    return _Op.apply(lambda x, t: _n._fwd_bce(x, t_np, like, reduction), bwd, logits, targets)
+    return _Op.apply(lambda x, t: _forward.bce(x, t_np, like, reduction), bwd, logits, targets)
 
 
 def _cross_entropy(logits, like, t_np, dim, reduction):
@@ -146,7 +146,7 @@ def _cross_entropy(logits, like, t_np, dim, reduction):
         (x,), (g,) = ins, grads
         if x.ndim == 0:  # one class: the loss is identically 0
             return (torch.zeros_like(x),)
-        lse = _n.logsumexp(x.detach(), dim=dim, keepdim=True)
+        lse = _forward.lse(x.detach(), like, (dim,), True)
         p = torch.exp(x - lse)
         onehot = torch.zeros_like(x).scatter_(dim, t.unsqueeze(dim), 1)
         if reduction == "none":
@@ -155,7 +155,7 @@ def _cross_entropy(logits, like, t_np, dim, reduction):
             g = g / n
         return (g * (p - onehot),)
 
-    return _Op.apply(lambda x: _n._fwd_ce(x, t_np, like, dim, reduction), bwd, logits)
+    return _Op.apply(lambda x: _forward.cross_entropy(x, t_np, like, dim, reduction), bwd, logits)
 
 
 def _count(x: torch.Tensor, dim: int | None) -> int:
@@ -167,11 +167,11 @@ def _stable_sum(x, like, dim, keepdim):
         (x,), (g,) = ins, grads
         return (_expand(g, dim, keepdim, x.ndim).expand_as(x).clone(),)
 
-    return _Op.apply(lambda x: _n._fwd_rows(_n._core.sum2_rows, x, like, dim, keepdim), bwd, x)
+    return _Op.apply(lambda x: _forward.by_rows(_core.sum2_rows, x, like, dim, keepdim), bwd, x)
 
 
 def _mean_and_variance(x, like, dim, keepdim, ddof):
-    kernel = _n._ddof_kernel(ddof)
+    kernel = _forward.mean_var_kernel(ddof)
 
     def bwd(ins, outs, grads):
         (x,), (mean, _var), (gm, gv) = ins, outs, grads
@@ -181,7 +181,7 @@ def _mean_and_variance(x, like, dim, keepdim, ddof):
         gv = _expand(gv, dim, keepdim, x.ndim)
         return (gm / n + gv * 2.0 * (x - mean) / (n - ddof),)
 
-    return _Op.apply(lambda x: _n._fwd_rows(kernel, x, like, dim, keepdim), bwd, x)
+    return _Op.apply(lambda x: _forward.by_rows(kernel, x, like, dim, keepdim), bwd, x)
 
 
 def _l2_norm(x, like, dim, keepdim):
@@ -194,7 +194,7 @@ def _l2_norm(x, like, dim, keepdim):
         # quotient of two finite numbers with |x| <= ||x|| never overflows.
         return (torch.where(nrm == 0, torch.zeros((), dtype=x.dtype), g * (x / safe)),)
 
-    return _Op.apply(lambda x: _n._fwd_rows(_n._core.l2_norm_rows, x, like, dim, keepdim),
+    return _Op.apply(lambda x: _forward.by_rows(_core.l2_norm_rows, x, like, dim, keepdim),
                      bwd, x)
 
 

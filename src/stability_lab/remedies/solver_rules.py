@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 
-from stability_lab.linalg import linear
+from stability_lab.linalg.records import LRE_CAP
+from stability_lab.linalg.solvers import SOLVER_TABLE
 from stability_lab.precision import FORMATS
 from stability_lab.remedies.rules import Context, Recommendation, register_rule
 
@@ -55,14 +56,14 @@ def switch_solver(ctx: Context) -> list[Recommendation]:
 
 #: solvers whose error bound grows with cond(X)^2: the normal equations (formed, or by
 #: Cholesky), and CGLS and gradient descent, which iterate on them
-_SQUARING = (*linear._SQUARES_KAPPA, "cg", "gd")
+_SQUARING = tuple(s.name for s in SOLVER_TABLE if s.on_normal_equations)
 
 
 def _squares_kappa_and_lost_digits(run, digits: float) -> bool:
     """A lone run of a solver that works on the normal equations lost 2+ digits."""
     if run.spec.solver not in _SQUARING or run.trace.error:
         return False
-    return digits <= linear._LRE_CAP - 2.0
+    return digits <= LRE_CAP - 2.0
 
 
 def _lone_solver(run, digits: float, precision: str) -> Recommendation:
@@ -76,7 +77,7 @@ def _lone_solver(run, digits: float, precision: str) -> Recommendation:
     kappa = run.trace.probes.get("start", {}).get("condition_number")
     u_digits = FORMATS[precision].digits
     if isinstance(kappa, (int, float)) and math.isfinite(kappa) and kappa > 0:
-        stable = max(0.0, min(u_digits - math.log10(kappa), linear._LRE_CAP))
+        stable = max(0.0, min(u_digits - math.log10(kappa), LRE_CAP))
         bound = (f"cond(X) = {kappa:.2g}: {run.spec.solver} works on X^T X (cond "
                  f"{kappa * kappa:.2g}), a backward-stable solve's bound keeps about "
                  f"{stable:.1f} digits")

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from stability_lab.diagnosis.findings import FAILED
-from stability_lab.diagnosis.signatures import attach_reference, lre
+from stability_lab.diagnosis.signatures import agreeing_digits, attach_reference
 from stability_lab.spec.axes import default_label_axes
 from stability_lab.formatting import round_sig
 from stability_lab.remedies.rules import Recommendation, safe_lr
@@ -371,7 +371,7 @@ def verify_sweep(result, max_groups: int = MAX_GROUPS) -> list[dict[str, Any]]:
             return None
         if res.run_id in by_id:
             # a run of the sweep: read its digits, leave its trace as the sweep stored it
-            return lre(res.trace.final_loss, ref.trace.final_loss)
+            return agreeing_digits(res.trace.final_loss, ref.trace.final_loss)
         info_ref = attach_reference(res.trace, ref.trace)
         return info_ref["lre_loss"]
 

@@ -21,7 +21,7 @@ from stability_lab.spec.tasks import DEEP_TASKS, is_user_task
 from stability_lab.precision import POLICIES, POLICY_COST  # noqa: F401  (the policy axis' values)
 
 PRECISIONS = ("float64", "float32", "bfloat16", "float16")
-#: every solver name accepted by stability_lab.linalg.linear.solve, in display order (declared
+#: every solver name accepted by stability_lab.linalg.solvers.solve, in display order (declared
 #: here, in the torch- and scipy-free table, so the CLI can check it without importing them)
 
 

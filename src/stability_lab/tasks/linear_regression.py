@@ -29,8 +29,9 @@ import numpy as np
 
 from stability_lab.tasks import datasets
 
-from stability_lab.linalg import linear
+from stability_lab.linalg import SOLVERS
 from stability_lab.linalg.conditioning import gram_condition
+from stability_lab.linalg.solvers import PRECISIONS, SOLVER_TABLE, solve, solver_record
 from stability_lab.errors import DataError, UsageError
 from stability_lab.numerics import l2_norm
 from stability_lab.spec import RunSpec
@@ -104,18 +105,19 @@ class LinearRegressionTask(Task):
 
     def validate(self, spec: RunSpec) -> None:
         solver = spec.solver or "auto"
-        if solver not in linear.SOLVERS:
+        if solver not in SOLVERS:
             raise UsageError(f"Unknown solver {solver!r}; expected one of: "
-                             f"{', '.join(linear.SOLVERS)}.")
-        if spec.precision not in linear.PRECISIONS:
+                             f"{', '.join(SOLVERS)}.")
+        if spec.precision not in PRECISIONS:
             raise UsageError(
-                f"linear_regression runs in {', '.join(linear.PRECISIONS)}; got precision "
+                f"linear_regression runs in {', '.join(PRECISIONS)}; got precision "
                 f"{spec.precision!r}. Pick one of those."
             )
-        if spec.precision == "float16" and solver not in ("cg", "gd"):
+        if spec.precision not in solver_record(solver).precisions:
+            able = [s.name for s in SOLVER_TABLE if spec.precision in s.precisions]
             raise UsageError(
-                f"Solver {solver!r} does not run in float16 (only cg and gd do); use "
-                "--precision float32 or --solver cg."
+                f"Solver {solver!r} does not run in {spec.precision} (only "
+                f"{' and '.join(able)} do); use --precision float32 or --solver {able[0]}."
             )
 
     def data_key(self, spec: RunSpec):
@@ -128,7 +130,8 @@ class LinearRegressionTask(Task):
                 f"{name!r} has {X.shape[0]} rows and {X.shape[1]} columns (with the "
                 "intercept): the least-squares fit is not unique and the lab's solvers are "
                 "compared on unique fits; add rows or drop features (in Python, "
-                "stability_lab.linalg.linear.solve(X, y, solver='svd') gives the minimum-norm fit)."
+                "stability_lab.linalg.solvers.solve(X, y, solver='svd') gives the minimum-norm "
+                "fit)."
             )
         X_lo = None
         if spec.scale != "raw":
@@ -142,7 +145,7 @@ class LinearRegressionTask(Task):
             if problem is not None and problem.model["kind"] == "polynomial":
                 _, X_lo = problem.design_dd()
         else:
-            reference = linear.solve(X, y, solver="auto").coef
+            reference = solve(X, y, solver="auto").coef
             kind = "float64 auto solve"
         return RegressionData(name, X, y, np.asarray(reference, float), kind, spec.data,
                         spec.scale, gram_condition(X), X_lo)
@@ -156,8 +159,8 @@ class LinearRegressionTask(Task):
         extra = {}
         if solver == "auto" and spec.precision == "float64" and prep.X_lo is not None:
             extra["X_lo"] = prep.X_lo  # the polynomial design held in double-double
-        sol = linear.solve(prep.X, prep.y, solver=solver, precision=spec.precision,
-                           reference=prep.reference, **extra)
+        sol = solve(prep.X, prep.y, solver=solver, precision=spec.precision,
+                    reference=prep.reference, **extra)
         diag = sol.diagnostics
         b = np.asarray(sol.coef, dtype=np.float64)
         with np.errstate(all="ignore"):
