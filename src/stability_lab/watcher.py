@@ -54,6 +54,7 @@ from typing import Any, Callable
 import numpy as np
 
 from stability_lab.errors import UsageError
+from stability_lab.watch_report import WatchReport, finish
 
 #: recorded steps between two online diagnoses, at least (and at the first non-finite
 #: step); more when a diagnosis costs more than 1% of that many steps' time
@@ -69,38 +70,6 @@ METRICS = ("loss", "grad_norm", "update_norm", "weight_norm", "update_ratio",
            "nonfinite_weights", "nonfinite_grads", "overflowed_grads", "max_abs_logit",
            "logit_headroom", "grad_absmax", "grad_headroom", "loss_scale", "skipped", "lr",
            "step_time")
-
-
-class WatchReport(dict):
-    """The watched run's verdict, findings, recommendations (a mapping; ``to_dict()``)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        from stability_lab.formatting import jsonable
-
-        return jsonable(dict(self))
-
-    def __str__(self) -> str:
-        lines = [f"Watched run {self.get('run_id')}: {self.get('verdict_text')}"]
-        for f in self.get("findings", []):
-            where = f" in {f['location']}" if f.get("location") else ""
-            onset = f" at step {f['onset']}" if f.get("onset") else ""
-            lines.append(f"Finding: {f['signature']}{onset}{where}: {f['message']}")
-        c = self.get("first_creator")
-        if c:
-            lines.append(f"Creator: {c['module']} ({c['pass']} pass, step {c['step']}): "
-                         f"{c['detail']}")
-        for r in self.get("recommendations", []):
-            tag = {True: "verified by replay", False: "did not fix it on replay",
-                   None: "not verified (watch with replay=K to verify)"}[r.get("verified")]
-            lines.append(f"Recommendation: {r['text']} ({tag})")
-        rep = self.get("replay")
-        if rep and rep.get("rows"):
-            from stability_lab.remedies.replay import format_rows
-
-            lines.append(format_rows(rep))
-        elif rep and rep.get("note"):
-            lines.append(f"Replay: {rep['note']}")
-        return "\n".join(lines)
 
 
 def watch(model, optimizer=None, *, out: str | Path | None = "lab-runs",
@@ -224,13 +193,12 @@ class Watcher:
         self.ring = Ring(self, replay, replay_storage) if replay else None
         # import what the online diagnosis needs now, not inside the user's loop
         from stability_lab.diagnosis import deep as detectors  # noqa: F401
-        from stability_lab.run import loop
+        from stability_lab.run import loop  # noqa: F401
         from stability_lab.diagnosis import diagnose, phases, signatures  # noqa: F401
         self._install()
 
     # -- hooks ---------------------------------------------------------------------
     def _install(self) -> None:
-        torch = self.torch
         root = self.inner
         self._handles.append(root.register_forward_pre_hook(self._fwd_pre, with_kwargs=True))
         self._handles.append(root.register_forward_hook(self._fwd_post))
@@ -688,8 +656,6 @@ class Watcher:
         if self._micro or self._losses:  # a last step the loop did not close
             if self._opt_steps:
                 self._close_step(False, self._last_scale)
-        from stability_lab.watch_report import finish
-
         self._report = finish(self)
         return self._report
 
