@@ -7,7 +7,8 @@ Variants, interleaved and repeated (median of per-step times over repeats):
   step (hooks attached, stats reduced, update ratios); the rows are decoded into
   per-module values when read, after the run: that time is printed apart, per step;
 - ``attr-1/torch``: the same with the step's reductions done by torch instead of the C
-  kernel (``attribution.REDUCE = "torch"``, the path used where the kernel is not built);
+  kernel (``attribution.kernel_path.REDUCE = "torch"``, the path used where the kernel
+  is not built);
 - ``attr-10``: attribution every 10th step (hooks attached only on those steps);
 - ``anomaly``: plain step under ``torch.autograd.set_detect_anomaly(True)``.
 
@@ -53,14 +54,13 @@ def main() -> None:
     import torch
     from sklearn.datasets import load_digits
 
-    from stability_lab.run import attribution as A
     from stability_lab.precision import policies as P
-    from stability_lab.run.attribution import Attributor
+    from stability_lab.run.attribution import Attributor, kernel_path
     from stability_lab.spec import RunSpec
     from stability_lab.tasks.mlp import build_mlp
 
     if args.kernel is not None:
-        A.KERNEL_TARGET = args.kernel
+        kernel_path.KERNEL_TARGET = args.kernel
     torch.set_num_threads(args.threads)
     X, y = load_digits(return_X_y=True)
     X = torch.as_tensor(X / 16.0, dtype=torch.float32)
@@ -76,7 +76,7 @@ def main() -> None:
     decode: list[float] = []  # attr-1: seconds per attribution step to decode the rows
 
     def variant(every: int | None, anomaly: bool = False, reduce: str = "kernel") -> float:
-        A.REDUCE = reduce
+        kernel_path.REDUCE = reduce
         torch.manual_seed(0)
         model = build_mlp(spec)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -130,7 +130,7 @@ def main() -> None:
           f"{1e6 * dec:.1f} us per attribution step, not in the step; counted in: "
           f"{(med['attr-1'] + dec) / med['plain']:.3f}")
     if args.phases:
-        A.REDUCE = "kernel"
+        kernel_path.REDUCE = "kernel"
         plain, attr1 = phases(batches, spec, policy, None), phases(batches, spec, policy, 1)
         print("phases of the step (median us over the steps of one more run of each):")
         print(f"{'phase':<15} {'plain':>8} {'attr-1':>8} {'added':>8}")
@@ -144,18 +144,19 @@ def phases(batches, spec, policy, every: int | None) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from stability_lab.run import attribution as A
+    from stability_lab.run.attribution import Attributor, kernel_path
     from stability_lab.tasks.mlp import build_mlp
 
     torch.manual_seed(0)
     model = build_mlp(spec)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    attr = A.Attributor(model, policy, every) if every else None
+    attr = Attributor(model, policy, every) if every else None
     names = ("begin", "forward", "end_forward", "backward", "before_update", "optimizer",
              "end_step")
     times: dict[str, list[float]] = {k: [] for k in names}
     kernel: list[float] = []
-    real = A._attrkernel.attr_reduce if A._attrkernel is not None else None
+    extension = kernel_path._attrkernel  # the C kernel's module (None: not built)
+    real = extension.attr_reduce if extension is not None else None
 
     def timed(*args):
         t0 = time.perf_counter()
@@ -163,7 +164,7 @@ def phases(batches, spec, policy, every: int | None) -> dict[str, float]:
         kernel.append(time.perf_counter() - t0)
 
     if real is not None:
-        A._attrkernel.attr_reduce = timed
+        extension.attr_reduce = timed
     try:
         for step, (xb, yb) in enumerate(batches, start=1):
             t = [time.perf_counter()]
@@ -191,7 +192,7 @@ def phases(batches, spec, policy, every: int | None) -> dict[str, float]:
                 times[k].append(b - a)
     finally:
         if real is not None:
-            A._attrkernel.attr_reduce = real
+            extension.attr_reduce = real
     out = {k: 1e6 * float(np.median(v[5:])) for k, v in times.items()}
     if kernel:
         out["(kernel call)"] = 1e6 * float(np.median(kernel[5:]))

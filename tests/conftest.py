@@ -38,14 +38,17 @@ def attribution_path(request, monkeypatch):
     on each. On a kernel path every ``end_step`` that reduces something must go through
     the C kernel (no silent fallback to torch), which the fixture checks after the test.
     """
-    from stability_lab.run import attribution as A
+    from stability_lab.run.attribution import Attributor, kernel_path
 
     path = request.param
-    monkeypatch.setattr(A, "REDUCE", "torch" if path == "torch" else "kernel")
-    monkeypatch.setattr(A, "KERNEL_TARGET", None if path == "torch" else path.split(":")[1])
+    monkeypatch.setattr(kernel_path, "REDUCE", "torch" if path == "torch" else "kernel")
+    monkeypatch.setattr(kernel_path, "KERNEL_TARGET",
+                        None if path == "torch" else path.split(":")[1])
     counts = {"steps": 0, "kernel": 0}
     if path != "torch":
-        real_reduce, real_end = A._attrkernel.attr_reduce, A.Attributor.end_step
+        from stability_lab.run import _attrkernel
+
+        real_reduce, real_end = _attrkernel.attr_reduce, Attributor.end_step
 
         def reduce(*args):
             counts["kernel"] += 1
@@ -55,8 +58,8 @@ def attribution_path(request, monkeypatch):
             counts["steps"] += 1
             return real_end(self, *args, **kwargs)
 
-        monkeypatch.setattr(A._attrkernel, "attr_reduce", reduce)
-        monkeypatch.setattr(A.Attributor, "end_step", end_step)
+        monkeypatch.setattr(_attrkernel, "attr_reduce", reduce)
+        monkeypatch.setattr(Attributor, "end_step", end_step)
     yield path
     if path != "torch":
         assert counts["kernel"] == counts["steps"], (

@@ -1,4 +1,4 @@
-"""The attribution step's C kernel (``deep/_attrkernel.c``): built, exact, and guarded.
+"""The attribution step's C kernel (``run/_attrkernel.c``): built, exact, and guarded.
 
 The statistics it feeds are compared with a straightforward reference on every copy of
 the kernel in ``test_deep_attribution_reference.py`` and ``test_deep_attribution_speed.py``
@@ -17,10 +17,12 @@ import pytest
 import torch
 from _helpers import c_compiler_here
 
-from stability_lab.run import attribution as A
+from stability_lab.run.attribution import Attributor, kernel_path
+from stability_lab.run.attribution.kernel_path import JOB
 from stability_lab.run.engine import run_one
 
-TARGETS = list(A.kernel_targets())
+KERNEL = kernel_path._attrkernel  # the extension module (None: not built)
+TARGETS = list(kernel_path.kernel_targets())
 K_MINMAX, K_SAMPLE, K_UNITMAX, K_UNITANY, K_PARAM = 1, 2, 4, 8, 16
 CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
@@ -30,15 +32,15 @@ def test_kernel_is_built_where_a_compiler_is():
     (docs/deep.md), so a silently failed build must not pass unnoticed."""
     if not c_compiler_here():
         pytest.skip("no C compiler here: the kernel is optional (setup.py)")
-    assert A._attrkernel is not None, (
+    assert KERNEL is not None, (
         "the C kernel is not built: run `pip install -e .` in the repository root")
     assert TARGETS[-1] == "generic"
-    assert A._attrkernel.job_size() == A._JOB.size
+    assert KERNEL.job_size() == JOB.size
 
 
 def _job(kind, t, *, a=0, b=-1, c=-1, rows=0, width=0, stride=0, nsample=0,
          o=(0, 0, 0, 0), thr=0.0, numel=None) -> bytes:
-    return A._JOB.pack(kind, CODES[t.dtype], a, b, c, t.numel() if numel is None else numel,
+    return JOB.pack(kind, CODES[t.dtype], a, b, c, t.numel() if numel is None else numel,
                        rows, width, stride, nsample, *o, thr)
 
 
@@ -54,7 +56,7 @@ def test_every_half_pattern_widens_exactly(target, dtype):
     (subnormals, infinities, NaNs, both zeros) widen as torch widens them."""
     t = _patterns(dtype)
     out = np.zeros(t.numel())
-    A._attrkernel.attr_reduce([t.data_ptr()], _job(K_UNITMAX, t, rows=1, width=t.numel()),
+    KERNEL.attr_reduce([t.data_ptr()], _job(K_UNITMAX, t, rows=1, width=t.numel()),
                               out, target)
     ref = t.double().numpy()
     assert np.array_equal(out, ref, equal_nan=True)
@@ -93,7 +95,7 @@ def test_loops_equal_torch(target, dtype, nan):
             + _job(K_SAMPLE, x, stride=stride, nsample=m, thr=thr,
                    o=(0, 0, 2 * width + 2, 2 * width + 3)))
     out = np.zeros(2 * width + 4)
-    A._attrkernel.attr_reduce([x.data_ptr()], jobs, out, target)
+    KERNEL.attr_reduce([x.data_ptr()], jobs, out, target)
     assert np.array_equal(out[:width], x.amax(0).double().numpy(), equal_nan=True)
     assert np.array_equal(out[width:2 * width], x.ne(0).any(0).double().numpy())
     lo, hi = out[2 * width:2 * width + 2]
@@ -119,10 +121,10 @@ def test_parameter_sums_of_squares(target, dtype, snap):
     w = torch.randn(300, generator=gen, dtype=torch.float64).to(dtype)
     g = torch.randn(300, generator=gen, dtype=torch.float64).to(dtype)
     before = (w.to(snap) + torch.randn(300, generator=gen, dtype=torch.float64).to(snap) * 1e-3)
-    jobs = A._JOB.pack(K_PARAM, CODES[dtype], 0, 1, 2, 300, CODES[snap], 0, 0, 0, 0, 1, 2,
+    jobs = JOB.pack(K_PARAM, CODES[dtype], 0, 1, 2, 300, CODES[snap], 0, 0, 0, 0, 1, 2,
                        0, 0.0)
     out = np.array([1.0, 2.0, 3.0])
-    A._attrkernel.attr_reduce([g.data_ptr(), w.data_ptr(), before.data_ptr()], jobs, out,
+    KERNEL.attr_reduce([g.data_ptr(), w.data_ptr(), before.data_ptr()], jobs, out,
                               target)
     u = (before - w.to(snap)).double()
     ref = [1 + float((g.double() ** 2).sum()), 2 + float((w.double() ** 2).sum()),
@@ -133,7 +135,7 @@ def test_parameter_sums_of_squares(target, dtype, snap):
 def _job_error(jobs: bytes, out=None, ptrs=None, target=None):
     x = torch.zeros(10)
     with pytest.raises(ValueError) as e:
-        A._attrkernel.attr_reduce(ptrs if ptrs is not None else [x.data_ptr()], jobs,
+        KERNEL.attr_reduce(ptrs if ptrs is not None else [x.data_ptr()], jobs,
                                   out if out is not None else np.zeros(4), target)
     return str(e.value)
 
@@ -160,7 +162,7 @@ def _attribution(task: str, monkeypatch, path: str, **changes) -> dict:
     from stability_lab.spec import RunSpec
     from stability_lab.tasks import get_task
 
-    monkeypatch.setattr(A, "REDUCE", path)
+    monkeypatch.setattr(kernel_path, "REDUCE", path)
     t = get_task(task)
     spec = RunSpec(task=task, data="digits").replace(attribute_every=1, **changes)
     t.validate(spec)
@@ -198,9 +200,9 @@ def test_runs_record_the_same_attribution_on_both_paths(task, changes, monkeypat
 def _count_kernel_calls(monkeypatch) -> list[int]:
     """A list that grows by one per call of the C kernel."""
     calls: list[int] = []
-    if A._attrkernel is not None:
-        real = A._attrkernel.attr_reduce
-        monkeypatch.setattr(A._attrkernel, "attr_reduce",
+    if KERNEL is not None:
+        real = KERNEL.attr_reduce
+        monkeypatch.setattr(KERNEL, "attr_reduce",
                             lambda *a: calls.append(1) or real(*a))
     return calls
 
@@ -226,14 +228,14 @@ def test_a_non_contiguous_parameter_falls_back_to_torch(monkeypatch):
     calls = _count_kernel_calls(monkeypatch)
 
     def run(path):
-        monkeypatch.setattr(A, "REDUCE", path)
+        monkeypatch.setattr(kernel_path, "REDUCE", path)
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(),
                                     torch.nn.Linear(5, 3))
         model[0].weight = torch.nn.Parameter(model[0].weight.detach().t().contiguous().t())
         assert not model[0].weight.is_contiguous()
         from stability_lab.precision import policies as P
-        attr = A.Attributor(model, P.get_policy("float32"), 1)
+        attr = Attributor(model, P.get_policy("float32"), 1)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
         for step in (1, 2):
@@ -264,11 +266,11 @@ def test_a_tensor_subclass_output_falls_back_to_torch(monkeypatch):
     from stability_lab.precision import policies as P
 
     def run(path):
-        monkeypatch.setattr(A, "REDUCE", path)
+        monkeypatch.setattr(kernel_path, "REDUCE", path)
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(6, 5), TagOutput(), torch.nn.ReLU(),
                                     torch.nn.Linear(5, 3))
-        attr = A.Attributor(model, P.get_policy("float32"), 1)
+        attr = Attributor(model, P.get_policy("float32"), 1)
         x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
         _attributed_step(attr, 1, lambda: torch.nn.functional.cross_entropy(
             model(x).as_subclass(torch.Tensor), y))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from stability_lab.evaluate import DEFAULT_CORPUS, evaluate, load
 

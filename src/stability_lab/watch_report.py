@@ -3,13 +3,47 @@
 Kept apart from :mod:`stability_lab.watcher` (the hooks) so that the judgement of a
 watched run is the lab's: ``diagnosis.diagnose`` (verdict + the catalogue's detectors +
 the deep-net findings), ``diagnosis.phases``, ``recommend.Recommendation`` rows, the
-store's ``runs``/``metrics``/``verifications`` tables.
+store's ``runs``/``metrics``/``verifications`` tables. The watcher imports this module,
+never the other way round: :func:`finish` reads the watcher it is given by its
+attributes and returns a :class:`WatchReport`.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+
+class WatchReport(dict):
+    """The watched run's verdict, findings, recommendations (a mapping; ``to_dict()``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        from stability_lab.formatting import jsonable
+
+        return jsonable(dict(self))
+
+    def __str__(self) -> str:
+        lines = [f"Watched run {self.get('run_id')}: {self.get('verdict_text')}"]
+        for f in self.get("findings", []):
+            where = f" in {f['location']}" if f.get("location") else ""
+            onset = f" at step {f['onset']}" if f.get("onset") else ""
+            lines.append(f"Finding: {f['signature']}{onset}{where}: {f['message']}")
+        c = self.get("first_creator")
+        if c:
+            lines.append(f"Creator: {c['module']} ({c['pass']} pass, step {c['step']}): "
+                         f"{c['detail']}")
+        for r in self.get("recommendations", []):
+            tag = {True: "verified by replay", False: "did not fix it on replay",
+                   None: "not verified (watch with replay=K to verify)"}[r.get("verified")]
+            lines.append(f"Recommendation: {r['text']} ({tag})")
+        rep = self.get("replay")
+        if rep and rep.get("rows"):
+            from stability_lab.remedies.replay import format_rows
+
+            lines.append(format_rows(rep))
+        elif rep and rep.get("note"):
+            lines.append(f"Replay: {rep['note']}")
+        return "\n".join(lines)
 
 
 def _gather_ranks(w, trace) -> None:
@@ -42,12 +76,13 @@ def _gather_ranks(w, trace) -> None:
                 break
 
 
-def finish(w):
+def finish(w) -> WatchReport:
+    """Close the watched run of the watcher ``w``: its trace diagnosed, fixes verified by
+    replay from its checkpoint ring (when it failed), the run stored; its report."""
     from stability_lab.diagnosis import diagnose
     from stability_lab.diagnosis.phases import phase_dicts
-    from stability_lab.remedies.rules import Recommendation
     from stability_lab.diagnosis.record import RunResult
-    from stability_lab.watcher import WatchReport
+    from stability_lab.remedies.rules import Recommendation
 
     trace = w.build_trace()
     _gather_ranks(w, trace)

@@ -13,7 +13,8 @@ How it sees the run, without changing the user's loop:
 
 - a forward pre-hook and a forward hook on the model (the root module only) note each
   micro-batch's inputs, the autocast state, the GradScaler's scale and the output (and, on
-  attribution steps, start and end the per-layer :class:`~.deep.attribution.Attributor`);
+  attribution steps, start and end the per-layer
+  :class:`~stability_lab.run.attribution.Attributor`);
 - global optimizer step hooks (``torch.optim.optimizer.register_optimizer_step_pre_hook``,
   filtered to optimizers that own the model's parameters) read the gradients before the
   update (norm, absmax, non-finite count) and the update after it;
@@ -24,13 +25,14 @@ How it sees the run, without changing the user's loop:
 
 When a micro-batch's output, or a step's gradients, are not finite, the micro-batches of
 that step are replayed before the weights change (the optimizer pre-hook runs before the
-update) with :func:`~.deep.attribution.find_creators`, so the module that created the
-first inf/NaN is named by its qualified name, in the forward or the backward pass. The
-replay uses the root module's recorded output gradient, so no loss function is needed.
+update) with :func:`~stability_lab.run.attribution.find_creators`, so the module that
+created the first inf/NaN is named by its qualified name, in the forward or the backward
+pass. The replay uses the root module's recorded output gradient, so no loss function is
+needed.
 
 Every recorded step is a row of a :class:`~.trace.Trace` with the deep loop's metric names
-(``deep/loop.py``); the verdict, the catalogue's detectors, the deep-net detectors, the
-phases are the lab's own (``diagnosis.diagnose``, ``deep.detectors.detect``), run online
+(``run/loop.py``); the verdict, the catalogue's detectors, the deep-net detectors, the
+phases are the lab's own (``diagnosis.diagnose``, ``diagnosis.deep.detect``), run online
 every ``DIAGNOSE_EVERY`` recorded steps and at once when something is non-finite; a new
 finding prints one line with its onset and module. At :meth:`Watcher.close` the run is
 stored (task ``watched``) in the SQLite store under ``out``.
@@ -53,6 +55,7 @@ import numpy as np
 
 from stability_lab.errors import UsageError
 from stability_lab.metrics import WATCH, metric_names
+from stability_lab.watch_report import WatchReport, finish
 
 #: recorded steps between two online diagnoses, at least (and at the first non-finite
 #: step); more when a diagnosis costs more than 1% of that many steps' time
@@ -66,38 +69,6 @@ MAX_CREATOR_REPLAYS = 3
 
 #: what the watcher records per step (the one metric table: stability_lab.metrics)
 METRICS = metric_names(WATCH)
-
-
-class WatchReport(dict):
-    """The watched run's verdict, findings, recommendations (a mapping; ``to_dict()``)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        from stability_lab.formatting import jsonable
-
-        return jsonable(dict(self))
-
-    def __str__(self) -> str:
-        lines = [f"Watched run {self.get('run_id')}: {self.get('verdict_text')}"]
-        for f in self.get("findings", []):
-            where = f" in {f['location']}" if f.get("location") else ""
-            onset = f" at step {f['onset']}" if f.get("onset") else ""
-            lines.append(f"Finding: {f['signature']}{onset}{where}: {f['message']}")
-        c = self.get("first_creator")
-        if c:
-            lines.append(f"Creator: {c['module']} ({c['pass']} pass, step {c['step']}): "
-                         f"{c['detail']}")
-        for r in self.get("recommendations", []):
-            tag = {True: "verified by replay", False: "did not fix it on replay",
-                   None: "not verified (watch with replay=K to verify)"}[r.get("verified")]
-            lines.append(f"Recommendation: {r['text']} ({tag})")
-        rep = self.get("replay")
-        if rep and rep.get("rows"):
-            from stability_lab.remedies.replay import format_rows
-
-            lines.append(format_rows(rep))
-        elif rep and rep.get("note"):
-            lines.append(f"Replay: {rep['note']}")
-        return "\n".join(lines)
 
 
 def watch(model, optimizer=None, *, out: str | Path | None = "lab-runs",
@@ -227,7 +198,6 @@ class Watcher:
 
     # -- hooks ---------------------------------------------------------------------
     def _install(self) -> None:
-        torch = self.torch
         root = self.inner
         self._handles.append(root.register_forward_pre_hook(self._fwd_pre, with_kwargs=True))
         self._handles.append(root.register_forward_hook(self._fwd_post))
@@ -298,9 +268,9 @@ class Watcher:
     def _fwd_post(self, module, args, output):
         if not self._micro or "out" in self._micro[-1]:
             return None
-        from stability_lab.run.attribution import _first_tensor
+        from stability_lab.run.attribution import first_tensor
 
-        out = output if isinstance(output, self.torch.Tensor) else _first_tensor(output)
+        out = output if isinstance(output, self.torch.Tensor) else first_tensor(output)
         if out is None and hasattr(output, "logits"):
             out = output.logits
         mb = self._micro[-1]
@@ -426,7 +396,7 @@ class Watcher:
             return
         self._creator_replays += 1
         torch = self.torch
-        from stability_lab.run.attribution import ROOT, find_creators
+        from stability_lab.run.attribution import ROOT, find_creators, qualified_names
 
         if self._attr_active:
             self._attributor.abort()
@@ -450,9 +420,9 @@ class Watcher:
                 on, dt = mb["autocast"]
                 with torch.autocast("cpu", dtype=dt or torch.bfloat16, enabled=on):
                     output = _call(model, mb["args"], mb["kwargs"])
-                from stability_lab.run.attribution import _first_tensor
+                from stability_lab.run.attribution import first_tensor
 
-                out = output if isinstance(output, torch.Tensor) else _first_tensor(output)
+                out = output if isinstance(output, torch.Tensor) else first_tensor(output)
                 if out is None and hasattr(output, "logits"):
                     out = output.logits
                 g = (mb.get("out_grad_slot") or [None])[-1]
@@ -478,7 +448,7 @@ class Watcher:
                                      f"{str(exc).splitlines()[0][:160]}", "type": ""}]
             finally:
                 handle.remove()
-            names = {m: (n or ROOT) for n, m in model.named_modules()}
+            names = qualified_names(model)
             by_name = {names[m]: str(d).replace("torch.", "") for m, d in dtypes.items()
                        if m in names}
             for e in events:  # the format the module computed in (autocast included)
@@ -683,8 +653,6 @@ class Watcher:
         if self._micro or self._losses:  # a last step the loop did not close
             if self._opt_steps:
                 self._close_step(False, self._last_scale)
-        from stability_lab.watch_report import finish
-
         self._report = finish(self)
         return self._report
 

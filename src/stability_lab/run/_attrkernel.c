@@ -1,14 +1,14 @@
 /*
- * One-visit reductions for per-layer attribution (private; see attribution.py).
+ * One-visit reductions for per-layer attribution (private; see attribution/kernel_path.py).
  *
  * The attribution step reduces every stashed activation and gradient (and every
  * parameter) to a few numbers. Done with torch, that is several kernel calls per tensor,
  * each reading the tensor again and each paying torch's dispatch cost. This module does
  * the whole step in one call: a table of jobs (built once per layout of shapes and
- * dtypes by attribution.py) and the data pointers of this step's tensors go in, one
- * float64 buffer of results comes out. Each tensor is read once for its exact minimum
- * and maximum (or its per-unit maxima) and then, while it is still in cache, at its
- * strided sample.
+ * dtypes by attribution/kernel_path.py) and the data pointers of this step's tensors
+ * go in, one float64 buffer of results comes out. Each tensor is read once for its
+ * exact minimum and maximum (or its per-unit maxima) and then, while it is still in
+ * cache, at its strided sample.
  *
  * Job kinds (a tensor may have several jobs; they are run in table order):
  *   K_MINMAX   out[o0] = min, out[o1] = max over all values (both NaN if any is NaN,
@@ -20,7 +20,7 @@
  *   K_UNITANY  out[o0 + j] = 1 if column j holds a non-zero value (NaN is non-zero), else 0;
  *   K_PARAM    out[o0] += sum g^2, out[o1] += sum w^2, out[o2] += sum u^2 in float64,
  *              u = before - w evaluated in the snapshot's dtype (float32 or float64),
- *              as attribution.py's torch path does; a pointer index of -1 skips that sum.
+ *              as attribution/torch_path.py does; a pointer index of -1 skips that sum.
  *
  * dtypes: float32, float64, float16, bfloat16. float16 and bfloat16 values are widened
  * exactly to float32 (subnormals included) and compared there; float64 is done in double.
@@ -45,8 +45,8 @@
 enum { K_MINMAX = 1, K_SAMPLE = 2, K_UNITMAX = 4, K_UNITANY = 8, K_PARAM = 16 };
 enum { D_F32 = 0, D_F64 = 1, D_F16 = 2, D_BF16 = 3 };
 
-/* One job: 14 int64 fields and a double (the layout attribution.py packs with
- * struct format "<14qd"). */
+/* One job: 14 int64 fields and a double (the layout attribution/kernel_path.py packs
+ * with struct format "<14qd"). */
 typedef struct {
     int64_t kind, dtype;
     int64_t a, b, c;      /* pointer indices: tensor (or grad, weight, before); -1: none */
@@ -395,7 +395,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef moddef = {
     PyModuleDef_HEAD_INIT, "_attrkernel",
-    "One-visit reductions for per-layer attribution (private; see attribution.py).",
+    "One-visit reductions for per-layer attribution (private; see attribution/kernel_path.py).",
     -1, methods,
 };
 

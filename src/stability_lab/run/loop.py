@@ -38,7 +38,8 @@ from stability_lab.formatting import round_sig
 from stability_lab.spec import RunSpec
 from stability_lab.trace import Trace, environment
 from stability_lab.precision import policies as P
-from stability_lab.run.attribution import ROOT, Attributor, _first_tensor, find_creators, headroom_projections
+from stability_lab.run.attribution import (ROOT, Attributor, find_creators, first_tensor,
+                                          headroom_projections)
 from stability_lab.metrics import LOOP, metric_names
 from stability_lab.run.scaler import DynamicLossScaler
 
@@ -155,7 +156,7 @@ def _train(spec: RunSpec, problem: Problem) -> Trace:
             check_loss(loss)
         scale = scaler.scale if scaler is not None else 1.0
         (loss.float() * scale if scaler is not None else loss).backward()
-        out_t = outputs if isinstance(outputs, torch.Tensor) else _first_tensor(outputs)
+        out_t = outputs if isinstance(outputs, torch.Tensor) else first_tensor(outputs)
         with torch.no_grad():
             grads = [p.grad for p in params if p.grad is not None]
             gnorm_scaled = _norm(grads)
