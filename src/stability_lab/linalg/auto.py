@@ -21,12 +21,16 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 
+from stability_lab.linalg import SOLVER_TABLE
 from stability_lab.linalg.diagnostics import column_norms, kappa_from_svals, pow2_scale
 from stability_lab.linalg.doubledouble import refine_least_squares
-from stability_lab.linalg.methods import LSQR_DEFAULTS, solve_lsqr
+from stability_lab.linalg.methods import solve_lsqr
 from stability_lab.linalg.records import SolveDiagnostics
 
 __all__ = ["AUTO_DENSIFY_LIMIT", "solve_auto"]
+
+#: LSQR's record: the sparse path runs it with its default options
+_LSQR = next(s for s in SOLVER_TABLE if s.name == "lsqr")
 
 #: m * n entries; a sparse X above it stays sparse (equilibrated LSQR), below it is
 #: densified for the QR path
@@ -125,5 +129,5 @@ def _solve_sparse(X, y, diag):
     the Jacobi preconditioner for the normal equations), O(nnz) per iteration."""
     d = pow2_scale(column_norms(X))
     A = X @ scipy.sparse.diags(d)
-    z = solve_lsqr(A, y, LSQR_DEFAULTS, diag)
+    z = solve_lsqr(A, y, _LSQR.options, diag)
     return z * d

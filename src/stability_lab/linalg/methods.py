@@ -39,7 +39,6 @@ and cutoff, iterations, convergence, warnings). Each returns the coefficients.
 from __future__ import annotations
 
 import math
-from types import MappingProxyType
 
 import numpy as np
 import scipy.linalg
@@ -49,7 +48,6 @@ import scipy.sparse.linalg
 from stability_lab.linalg.diagnostics import norm_estimate, pow2_scale
 
 __all__ = [
-    "LSQR_DEFAULTS",
     "solve_cg",
     "solve_cholesky",
     "solve_gd",
@@ -64,7 +62,6 @@ __all__ = [
 
 #: LSQR's options and their defaults (None = computed from the problem); declared here,
 #: beside the solver, because ``auto`` runs LSQR with them on large sparse X
-LSQR_DEFAULTS = MappingProxyType({"damp": 0.0, "atol": None, "btol": None, "max_iter": None})
 
 
 def solve_normal(X, y, opts, diag):

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -29,95 +26,13 @@ import scipy.linalg
 import scipy.sparse
 
 from stability_lab.errors import DataError, UsageError
-from stability_lab.linalg import SOLVERS, methods
-from stability_lab.linalg.auto import solve_auto
+from stability_lab.linalg import PRECISIONS, SOLVER_TABLE, SOLVERS, Solver
 from stability_lab.linalg.diagnostics import condition_of_data, predicted_digits_lost
 from stability_lab.linalg.records import LRE_CAP, LinearSolution, SolveDiagnostics, lre
 from stability_lab.linalg.validation import as_numeric_2d, check_finite, validate_inputs
 
-__all__ = ["PRECISIONS", "SOLVER_TABLE", "Solver", "solve", "solver_record"]
+__all__ = ["solve", "solver_record"]
 
-#: Precisions accepted by :func:`solve`; ``float16`` only for the iterative solvers.
-PRECISIONS: tuple[str, ...] = ("float64", "float32", "float16")
-
-_LAPACK_PRECISIONS = ("float64", "float32")
-
-
-@dataclass(frozen=True)
-class Solver:
-    """One least-squares solver and everything :func:`solve` needs to know about it."""
-
-    name: str
-    #: one line: the algorithm
-    summary: str
-    #: the solver: ``(X, y, opts, diag) -> coef`` with X and y rounded to the working
-    #: precision; with ``mixed_precision``, ``(X, y, opts, diag, precision, X_lo)`` with
-    #: the validated float64 data
-    function: Callable[..., np.ndarray]
-    #: the options it accepts, with their defaults (None = computed from the problem)
-    options: Mapping[str, Any]
-    #: precisions it runs in (LAPACK has no half precision: only the iterative solvers
-    #: that need nothing but products run in float16)
-    precisions: tuple[str, ...] = _LAPACK_PRECISIONS
-    #: takes a SciPy sparse X (it needs only products with X and X^T)
-    sparse_input: bool = False
-    #: takes X with fewer rows than columns (it returns a minimum-norm or regularised fit)
-    underdetermined: bool = False
-    #: invariant under column scaling: its error is governed by the condition number of
-    #: the column-equilibrated X, not of X (Householder QR, Cholesky; Higham secs. 19.4,
-    #: 20.4)
-    scaling_invariant: bool = False
-    #: forms the normal equations: its error bound is ``kappa^2 u`` (Higham sec. 20.4)
-    squares_kappa: bool = False
-    #: works with ``X^T X``, formed or through products (normal equations, CGLS, gradient
-    #: descent): its digits fall with ``cond(X)^2``
-    on_normal_equations: bool = False
-    #: receives the float64 data and the precision, rounds the data itself and refines in
-    #: higher precision; only it accepts a double-double design (``X_lo``)
-    mixed_precision: bool = False
-
-
-#: every solver, in the order of :data:`stability_lab.linalg.SOLVERS`
-SOLVER_TABLE: tuple[Solver, ...] = (
-    Solver("normal", "explicit inverse of the Gram matrix, inv(X^T X) X^T y",
-           methods.solve_normal, MappingProxyType({}),
-           scaling_invariant=True, squares_kappa=True, on_normal_equations=True),
-    Solver("cholesky", "Cholesky factorization of X^T X (LAPACK potrf)",
-           methods.solve_cholesky, MappingProxyType({}),
-           scaling_invariant=True, squares_kappa=True, on_normal_equations=True),
-    Solver("qr", "Householder QR of X without pivoting (LAPACK geqrf)",
-           methods.solve_qr, MappingProxyType({}),
-           scaling_invariant=True),
-    Solver("svd", "truncated SVD, cutoff rcond * s_max (default max(m, n) eps)",
-           methods.solve_svd, MappingProxyType({"rcond": None}),
-           underdetermined=True),
-    Solver("pinv", "numpy.linalg.pinv(X) @ y, cutoff 1e-15 * s_max",
-           methods.solve_pinv, MappingProxyType({"rcond": 1e-15}),
-           underdetermined=True),
-    Solver("lstsq", "numpy.linalg.lstsq, cutoff max(m, n) eps s_max",
-           methods.solve_lstsq, MappingProxyType({"rcond": None}),
-           underdetermined=True),
-    Solver("ridge", "Tikhonov by Householder QR of [X; sqrt(alpha) I]",
-           methods.solve_ridge, MappingProxyType({"alpha": None}),
-           underdetermined=True, scaling_invariant=True),
-    Solver("lsqr", "Paige & Saunders' LSQR, optionally damped",
-           methods.solve_lsqr, methods.LSQR_DEFAULTS,
-           sparse_input=True, underdetermined=True),
-    Solver("cg", "CGLS: conjugate gradients on the normal equations, not formed",
-           methods.solve_cg,
-           MappingProxyType({"damp": 0.0, "tol": None, "max_iter": None}),
-           precisions=PRECISIONS, sparse_input=True, underdetermined=True,
-           on_normal_equations=True),
-    Solver("gd", "gradient descent with step 1 / (s_max^2 + damp^2)",
-           methods.solve_gd,
-           MappingProxyType({"damp": 0.0, "tol": None, "max_iter": 5000, "lr": None}),
-           precisions=PRECISIONS, sparse_input=True, underdetermined=True,
-           on_normal_equations=True),
-    Solver("auto", "equilibrated pivoted QR + double-double augmented refinement",
-           solve_auto,
-           MappingProxyType({"rank_tol": None, "max_refine": None, "equilibrate": True}),
-           sparse_input=True, scaling_invariant=True, mixed_precision=True),
-)
 
 _BY_NAME = {s.name: s for s in SOLVER_TABLE}
 
@@ -245,14 +160,14 @@ def solve(X: Any, y: Any, solver: str = "auto", precision: str = "float64", *,
     try:
         with np.errstate(all="ignore"):
             if record.mixed_precision:
-                coef = record.function(Xv, yv, opts, diag, precision, X_lo)
+                coef = record.resolve()(Xv, yv, opts, diag, precision, X_lo)
                 # the condition number it measured on the data it solved (equilibrated,
                 # rounded to the precision: singular values of its R factor) governs it
                 if diagnose and math.isfinite(diag.condition_number_equilibrated):
                     kappa_eq = diag.condition_number_equilibrated
             else:
                 Xw = Xv.astype(dt) if scipy.sparse.issparse(Xv) else np.asarray(Xv, dtype=dt)
-                coef = record.function(Xw, yv.astype(dt), opts, diag)
+                coef = record.resolve()(Xw, yv.astype(dt), opts, diag)
         coef = np.asarray(coef, dtype=np.float64)
         if not np.all(np.isfinite(coef)):
             diag.status = "failed"

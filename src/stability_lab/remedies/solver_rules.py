@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from stability_lab.linalg.records import LRE_CAP
-from stability_lab.linalg.solvers import SOLVER_TABLE
+from stability_lab.linalg import SOLVER_TABLE
 from stability_lab.precision import FORMATS
 from stability_lab.remedies.rules import Context, Recommendation, register_rule
 

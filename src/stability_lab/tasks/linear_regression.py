@@ -31,7 +31,8 @@ from stability_lab.tasks import datasets
 
 from stability_lab.linalg import SOLVERS
 from stability_lab.linalg.conditioning import gram_condition
-from stability_lab.linalg.solvers import PRECISIONS, SOLVER_TABLE, solve, solver_record
+from stability_lab.linalg.solvers import solve, solver_record
+from stability_lab.linalg import PRECISIONS, SOLVER_TABLE
 from stability_lab.errors import DataError, UsageError
 from stability_lab.numerics import l2_norm
 from stability_lab.spec import RunSpec
