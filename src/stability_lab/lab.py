@@ -23,6 +23,7 @@ import numpy as np
 
 from stability_lab.run import engine
 from stability_lab.diagnosis.findings import Finding, Verdict
+from stability_lab.diagnosis.policy_evaluation import sweep_report
 from stability_lab.diagnosis.record import RunResult, diagnose_trace, record_of, trace_from_record
 from stability_lab.errors import LabError
 from stability_lab.formatting import from_jsonable
@@ -30,6 +31,7 @@ from stability_lab.remedies.recommend import recommend
 from stability_lab.remedies.rules import Context
 from stability_lab.remedies.sweep_result import SweepResult
 from stability_lab.spec import Sweep, content_digests
+from stability_lab.spec.tasks import task_entry
 from stability_lab.store import Store
 from stability_lab.trace import Trace
 
@@ -100,8 +102,8 @@ def run_sweep(sweep: Sweep, *, out: str | Path | None = None, command: str = "",
                                results.index(res))
         conditioning, ctx = _context(final, prepared, sweep)
         recs = recommend(ctx)
-        task = prepared.task(sweep.base.task)
-        report = task.sweep_report(final) if hasattr(task, "sweep_report") else None
+        # deep-net sweeps: the policy evaluation (cheapest policy within tolerance)
+        report = sweep_report(final) if task_entry(sweep.base.task).family == "deep" else None
         result = SweepResult(sweep, final, conditioning, recs, sweep_id,
                              str(store.path) if store else None, report, context=ctx,
                              prepared=prepared)

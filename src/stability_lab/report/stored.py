@@ -13,6 +13,8 @@ from __future__ import annotations
 
 
 from stability_lab.errors import UsageError
+from stability_lab.diagnosis.policy_evaluation import sweep_report
+from stability_lab.spec.tasks import task_entry
 
 
 def parse_sweep_id(text: str, store) -> int:
@@ -63,10 +65,10 @@ def load_result(store, sweep_id: int):
     recs = [Recommendation(**{**r, "runs": tuple(r.get("runs") or ())})
             for r in (row["recommendations"] or [])]
     report = row.get("report")
-    if report is None and sweep.base.task != "logistic_regression" and \
-            results[0].trace.step_unit == "step":
-        from stability_lab.diagnosis.policy_evaluation import sweep_report  # no torch: works on stored traces
-
+    entry = task_entry(sweep.base.task)
+    if report is None and entry is not None and entry.family == "deep" \
+            and results[0].trace.step_unit == "step":
+        # a store from before the report column: recomputed from the stored traces
         report = sweep_report(results)
     verification = row.get("verification")
     if verification is None:
