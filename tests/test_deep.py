@@ -188,7 +188,7 @@ def test_loss_scaling_recovers_a_run_that_underflows_without_it():
     assert np.nanmean(scaled.metrics["grad_underflow_frac"]) < 0.05
     assert "loss_scale" in scaled.metrics and "loss_scale" not in noscale.metrics
     # the finding and the rule point at the fix
-    results = [RunResult(t.spec, t, decide(t)) for t in (ref, noscale, scaled)]
+    results = [RunResult(t.spec, t, *diagnose(t)) for t in (ref, noscale, scaled)]
     recs = [r for r in recommend(Context(results)) if r.action == "use_loss_scaling"]
     assert recs and recs[0].delta == {"policy": "mixed-fp16"}
 
@@ -217,7 +217,7 @@ def test_attention_logit_growth_overflows_fp16_and_qk_layernorm_fixes_it():
     peak = np.nanmax(good.metrics["attn_logit_max"])
     assert np.isfinite(peak) and peak < 65504 * 2.0 ** -6
     assert "attention_logit_growth" not in {f.signature for f in diagnose(good)[1]}
-    results = [RunResult(t.spec, t, decide(t)) for t in (bad, good)]
+    results = [RunResult(t.spec, t, *diagnose(t)) for t in (bad, good)]
     recs = {r.action: r for r in recommend(Context(results))}
     assert recs["qk_layernorm"].delta == {"qk_layernorm": True}
     assert "converged" in recs["qk_layernorm"].reason  # quotes the matched fixed run
@@ -293,29 +293,29 @@ def _trace(metrics: dict, extras: dict | None = None, policy: str = "mixed-fp16"
 
 
 def test_loss_scale_collapse_detector():
-    from stability_lab.diagnosis.deep import loss_scale_collapse
+    from stability_lab.diagnosis.signatures.deep_net import detect_loss_scale_collapse
 
     n = 30
     scale = [2.0 ** (16 - i) for i in range(n)]
     loss = [1.0] * 5 + [math.inf] * (n - 5)
     tr = _trace({"loss": loss, "loss_scale": scale, "skipped": [1.0] * n})
-    (f,) = loss_scale_collapse(tr)
+    (f,) = detect_loss_scale_collapse(tr)
     assert f.signature == "loss_scale_collapse" and f.onset == 17  # scale 2^0 at step 17
     assert f.evidence["forward_overflow"] is True
     healthy = _trace({"loss": [1.0] * n, "loss_scale": [65536.0] * n, "skipped": [0.0] * n})
-    assert loss_scale_collapse(healthy) == []
+    assert detect_loss_scale_collapse(healthy) == []
 
 
 def test_logit_growth_detector():
-    from stability_lab.diagnosis.deep import logit_growth
+    from stability_lab.diagnosis.signatures.deep_net import detect_logit_growth
 
     grow = [1.0, 1.1, 2.0, 20.0, 300.0, 2000.0, math.inf]
     tr = _trace({"loss": [1.0] * 7, "max_abs_logit": grow}, {"format": {"outputs": "float16"}})
-    (f,) = logit_growth(tr)
+    (f,) = detect_logit_growth(tr)
     assert f.onset == 4 and f.evidence["went_nonfinite"] and f.severity == "error"
     flat = _trace({"loss": [1.0] * 7, "max_abs_logit": [5.0] * 7},
                   {"format": {"outputs": "float16"}})
-    assert logit_growth(flat) == []
+    assert detect_logit_growth(flat) == []
 
 
 def _attr_extras(norms: dict[str, list[float]], dead: list[float] | None = None):
@@ -330,27 +330,29 @@ def _attr_extras(norms: dict[str, list[float]], dead: list[float] | None = None)
 
 
 def test_gradients_by_depth_detectors():
-    from stability_lab.diagnosis.deep import gradients_by_depth
+    from stability_lab.diagnosis.signatures.deep_net import (detect_exploding_gradients,
+                                                             detect_vanishing_gradients)
 
-    layers = {f"fc{i}": [1.0, 1.0 * 4 ** (4 - i)] for i in range(5)}  # 256x at step 11
-    (f,) = gradients_by_depth(_trace({"loss": [1.0]}, _attr_extras(layers)))
+    def both(layers):
+        tr = _trace({"loss": [1.0]}, _attr_extras(layers))
+        return detect_exploding_gradients(tr) + detect_vanishing_gradients(tr)
+
+    (f,) = both({f"fc{i}": [1.0, 1.0 * 4 ** (4 - i)] for i in range(5)})  # 256x at step 11
     assert f.signature == "exploding_gradients" and f.onset == 11
     assert f.evidence["factor_per_layer"] == pytest.approx(4.0)
-    vanish = {f"fc{i}": [10.0 ** (i - 4)] for i in range(5)}
-    (v,) = gradients_by_depth(_trace({"loss": [1.0]}, _attr_extras(vanish)))
+    (v,) = both({f"fc{i}": [10.0 ** (i - 4)] for i in range(5)})
     assert v.signature == "vanishing_gradients" and v.onset == 1
-    even = {f"fc{i}": [1.0, 2.0] for i in range(5)}
-    assert gradients_by_depth(_trace({"loss": [1.0]}, _attr_extras(even))) == []
+    assert both({f"fc{i}": [1.0, 2.0] for i in range(5)}) == []
 
 
 def test_dying_relu_detector():
-    from stability_lab.diagnosis.deep import dying_relu
+    from stability_lab.diagnosis.signatures.deep_net import detect_dying_relu
 
     ex = _attr_extras({"fc0": [1.0] * 4}, dead=[0.05, 0.2, 0.6, 0.8])
-    (f,) = dying_relu(_trace({"loss": [1.0]}, ex))
+    (f,) = detect_dying_relu(_trace({"loss": [1.0]}, ex))
     assert f.location == "act0" and f.onset == 21
     ex = _attr_extras({"fc0": [1.0] * 4}, dead=[0.05, 0.1, 0.1, 0.1])
-    assert dying_relu(_trace({"loss": [1.0]}, ex)) == []
+    assert detect_dying_relu(_trace({"loss": [1.0]}, ex)) == []
 
 
 def test_headroom_projection_finds_steady_shrink_and_its_zero():

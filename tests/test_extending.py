@@ -68,7 +68,8 @@ def test_the_policy_example_is_one_entry_and_trains(monkeypatch):
     assert trace.meta["semantics"] == policy.semantics()
 
 
-@pytest.mark.parametrize("registry", ["spec/tasks.py", "precision/__init__.py"])
+@pytest.mark.parametrize("registry", ["spec/tasks.py", "precision/__init__.py",
+                                      "diagnosis/signatures/registry.py"])
 def test_the_page_names_registries_that_exist(registry):
     assert registry in DOC.read_text()
     assert (pathlib.Path(__file__).resolve().parents[1] / "src" / "stability_lab"
@@ -99,3 +100,20 @@ def test_the_solver_example_is_one_file_and_one_entry_and_solves(tmp_path, monke
         sys.modules.pop("doc_qr_pivoted", None)
     assert sol.diagnostics.lre_min > 7.5
     assert np.allclose(sol.coef, problem.certified, rtol=1e-6)
+
+
+def test_the_signature_example_is_its_file_and_its_entry():
+    """The page shows collapse_to_chance's detector and record as they are in its file,
+    and its registry entry as it is in ENTRIES; the registered record fires on its
+    failing trace and not on its healthy one (its contract test checks the rest)."""
+    from stability_lab.diagnosis.signatures import SIGNATURES
+
+    folder = DOC.parents[1] / "src" / "stability_lab" / "diagnosis" / "signatures"
+    source = (folder / "collapse_to_chance.py").read_text()
+    detector = _block("# file: diagnosis/signatures/collapse_to_chance.py")
+    assert detector.split("\n", 1)[1] in source
+    assert _block("COLLAPSE_TO_CHANCE = Signature(") in source
+    entry = _block("collapse_to_chance.COLLAPSE_TO_CHANCE,").strip()
+    assert f"\n    {entry}\n" in (folder / "registry.py").read_text()
+    record = SIGNATURES["collapse_to_chance"]
+    assert record.detect(record.fires_on()) and not record.detect(record.silent_on())

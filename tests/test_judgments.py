@@ -108,16 +108,16 @@ def test_obs4_verdicts_agree_with_the_float64_optimum():
 
 # -- observation 5: deep-net false alarms and contradictions --------------------------
 def test_obs5_far_headroom_projection_is_no_finding():
-    from stability_lab.diagnosis.deep import headroom_shrinking
+    from stability_lab.diagnosis.signatures.deep_net import detect_headroom_shrinking
 
     proj = {"module": "fc0", "kind": "act", "headroom_first": 1022.0,
             "headroom_last": 1020.0, "slope_per_step": -0.01, "r2": 0.9,
             "projected_step": 100000, "fitted_steps": [1, 100]}
     t = _trace(np.linspace(2, 0.1, 100), unit="step", attribution={"projections": [proj]})
-    assert headroom_shrinking(t) == []
+    assert detect_headroom_shrinking(t) == []
     near = dict(proj, projected_step=150)
     t2 = _trace(np.linspace(2, 0.1, 100), unit="step", attribution={"projections": [near]})
-    assert [f.signature for f in headroom_shrinking(t2)] == ["headroom_shrinking"]
+    assert [f.signature for f in detect_headroom_shrinking(t2)] == ["headroom_shrinking"]
 
 
 def test_obs5_policy_with_warning_finding_is_never_cheapest_within_tolerance():
@@ -178,9 +178,12 @@ def test_obs7_underflowed_curvature_is_not_a_zero_hessian():
 def test_obs8_rediagnosis_keeps_deep_net_findings():
     from stability_lab.remedies.verify import rediagnose
 
-    f = Finding("loss_scale_collapse", 5, "the loss scale fell to 1", {}, "error")
-    t = _trace(np.linspace(2, 0.5, 40), unit="step", deep_findings=[f.to_dict()])
+    n = 40
+    t = _trace(np.linspace(2, 0.5, n), unit="step", attribution={})
+    t.metrics["loss_scale"] = 2.0 ** (16 - np.arange(n))  # 2^0 at step 17
+    t.metrics["skipped"] = np.ones(n)
     v, findings = diagnose(t)
+    assert "loss_scale_collapse" in {x.signature for x in findings}
     res = RunResult(t.spec, t, v, findings)
     rediagnose(res)
     assert "loss_scale_collapse" in {x.signature for x in res.findings}

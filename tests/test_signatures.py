@@ -119,6 +119,16 @@ def test_gradient_underflow():
                       "gradient_underflow")
 
 
+def test_gradient_underflow_is_one_finding_on_a_deep_net_trace():
+    """One signature, one finding: a deep-net trace is judged by the same detector (the
+    per-step 5% rule; its mean over the measured steps feeds use_loss_scaling)."""
+    frac = np.full(30, np.nan)
+    frac[10:] = 0.2
+    tr = make(descent(30), grad_underflow_frac=frac, extras={"attribution": {}})
+    (f,) = [f for f in detect_all(tr) if f.signature == "gradient_underflow"]
+    assert f.onset == 11 and f.evidence["mean_frac"] == pytest.approx(0.2)
+
+
 def test_cancellation_reads_data_probe():
     bad = {"data": {"variance_rel_error": 0.5, "max_mean_over_std": 1e5, "format": "float32"}}
     assert detect(make(descent(), probes=bad), "catastrophic_cancellation")
@@ -178,6 +188,35 @@ def test_saturation():
     f = detect(tr, "saturation")
     assert f and f[0].onset == 1
     assert not detect(make(descent(n), frac_saturated_wrong=np.zeros(n)), "saturation")
+
+
+def test_collapse_to_chance_needs_a_model_that_had_learned():
+    """Labels that do not depend on the inputs: the loss never leaves log C, the gradient
+    vanishes at that optimum, and the model (not the computation) is at fault."""
+    n = 60
+    tr = make(np.log(10) + 0.05 * np.exp(-np.arange(n) / 5.0),
+              grad_norm=10.0 ** (-4.0 * np.arange(n) / n),
+              extras={"chance_loss": math.log(10), "chance_accuracy": 0.1, "accuracy": 0.1})
+    assert not detect(tr, "collapse_to_chance")
+
+
+def test_collapse_to_chance_on_the_digits_mlp_and_its_fix():
+    """lr 0.6 throws the float64 mlp to chance level (the verdict says converged);
+    clipping the gradient norm at 1, or lr 0.1, keeps it learning."""
+    from stability_lab.run.engine import run_specs
+
+    base = RunSpec(task="mlp", data="digits", policy="float64", epochs=200, lr=0.6)
+    collapsed, clipped, slow = run_specs([base, base.replace(clip=1.0),
+                                          base.replace(lr=0.1)])
+    (f,) = detect(collapsed, "collapse_to_chance")
+    assert decide(collapsed).status == "converged"
+    assert f.severity == "error" and 20 < f.onset < 200
+    assert f.evidence["final_loss"] == pytest.approx(math.log(10), rel=1e-3)
+    assert f.evidence["accuracy"] <= 0.11 and f.evidence["best_loss"] < 2.0
+    assert f.evidence["grad_norm_final"] < 1e-3 * f.evidence["grad_norm_initial"]
+    for healthy in (clipped, slow):
+        assert healthy.extras["accuracy"] > 0.9
+        assert not detect(healthy, "collapse_to_chance")
 
 
 def test_missing_metrics_are_skipped():

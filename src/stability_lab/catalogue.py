@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from stability_lab.diagnosis.findings import Finding
+from stability_lab.diagnosis.signatures import SIGNATURES
 from stability_lab.formatting import jsonable, round_sig
 from stability_lab.errors import UsageError
 from stability_lab.remedies.rules import Recommendation, safe_lr
@@ -84,9 +85,12 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {}
 
 
-def scenario(name: str, description: str, symptom: str, cause: str, fixes: Sequence[str]):
+def scenario(name: str, description: str):
+    """Register the scenario reproducing signature ``name``; its playbook text (symptom,
+    cause, fixes) is the one the signature's record declares."""
     def wrap(fn: Callable[[Path], Repro]) -> Callable[[Path], Repro]:
-        SCENARIOS[name] = Scenario(name, description, symptom, cause, tuple(fixes), fn)
+        text = SIGNATURES[name].playbook
+        SCENARIOS[name] = Scenario(name, description, text.symptom, text.cause, text.fixes, fn)
         return fn
 
     return wrap
@@ -349,13 +353,6 @@ def _write_csv(path: Path, X: np.ndarray, y: np.ndarray, names: Sequence[str]) -
 @scenario(
     "overflow",
     "float16 logistic regression on raw breast-cancer features: the gradient overflows to inf",
-    "loss=inf (verdict overflow) within the first epochs; max|logit| or a gradient sum "
-    "passes 65504",
-    "raw features up to ~4e3 make X^T (p - y) sum past the float16 maximum 65504; the "
-    "step size cannot help: the overflow is in the gradient itself",
-    ("standardize the features (scale=standardized): cheapest, keeps float16",
-     "compute in float32 (or keep fp32 master weights)",
-     "lowering lr does not help: the inf is in the gradient, not the step"),
 )
 def _overflow(ws: Path) -> Repro:
     base = RunSpec(precision="float16", lr=0.2, lam=0.1)
@@ -366,11 +363,6 @@ def _overflow(ws: Path) -> Repro:
     "nan_creation",
     "naive sigmoid-then-log loss in float32: log(1 - p) with p rounded to 1 gives inf, "
     "its gradient NaN",
-    "loss=inf (verdict overflow) and NaN gradients from finite weights and logits",
-    "sigmoid(z) rounds to exactly 1 for z > 16.6 in float32; log(1 - p) = -inf and the "
-    "chain rule multiplies inf by p(1 - p) = 0",
-    ("use the fused log-loss (BCE with logits): no extra cost",
-     "lower lr below 2/L so logits grow slowly (delays, may not prevent, the NaN)"),
 )
 def _nan(ws: Path) -> Repro:
     base = RunSpec(precision="float32", scale="standardized", lr=5.0, lam=0.01, loss="naive")
@@ -380,11 +372,6 @@ def _nan(ws: Path) -> Repro:
 @scenario(
     "divergence",
     "gradient descent with lr 2.5x the stability bound 2/L on a ridge-logistic problem",
-    "the loss grows geometrically from the first epochs, then overflows",
-    "for lr > 2/L the iteration multiplies the error along the top Hessian direction by "
-    "|1 - lr L| > 1 each step",
-    ("lower lr to below 2/L (the lab prints 2/L from the curvature probe)",
-     "clip the gradient norm (bounds each step; slower)"),
 )
 def _divergence(ws: Path) -> Repro:
     base = RunSpec(data="synthetic:n=500,d=10,kappa=10,seed=0", scale="standardized",
@@ -396,10 +383,6 @@ def _divergence(ws: Path) -> Repro:
 @scenario(
     "edge_of_stability",
     "lr 6x 2/L with L2 0.1 on standardized breast cancer: the loss oscillates and never settles",
-    "loss alternates up/down every epoch (verdict oscillating) at a level above the optimum",
-    "lr times the sharpness (largest Hessian eigenvalue) is above 2 at the optimum, so the "
-    "iterates bounce across the valley instead of descending it",
-    ("lower lr below 2/L",),
 )
 def _eos(ws: Path) -> Repro:
     base = RunSpec(scale="standardized", lam=0.1)
@@ -422,12 +405,6 @@ def _spike_run(cfg: dict):
 @scenario(
     "loss_spike",
     "an lr schedule restart (warm restart to 30x 2/L) on logistic regression: spike, then recovery",
-    "a sudden jump of the loss, many standard deviations above the recent window, that "
-    "comes back within a few steps",
-    "the restarted lr is above 2/sharpness at the current weights: the iterate is thrown "
-    "out of the valley (catapult) until the curvature it lands in is lower",
-    ("warm the restarted lr up over 20 epochs instead of jumping",
-     "cap the restarted lr at 2/L"),
 )
 def _spike(ws: Path) -> Repro:
     B = _lr_bound(RunSpec(scale="standardized", lam=0.01))
@@ -449,12 +426,6 @@ def _spike(ws: Path) -> Repro:
 @scenario(
     "stagnation",
     "bfloat16 weights with a small lr: updates fall below half an ulp and training stops",
-    "loss flat at a poor value while the gradient norm stays large; most weights are "
-    "bit-for-bit unchanged each epoch (verdict stagnated)",
-    "w - lr*g rounds back to w when |lr*g| < ulp(w)/2; bfloat16 has 8 bits of precision, "
-    "so an update below 0.4% of the weight is lost",
-    ("raise lr towards 2/L so updates clear half an ulp (free)",
-     "keep fp32 master weights / compute in float32 (memory cost)"),
 )
 def _stagnation(ws: Path) -> Repro:
     base = RunSpec(precision="bfloat16", scale="standardized", lr=0.01, lam=0.1, epochs=300)
@@ -495,12 +466,6 @@ def _underflow_run(cfg: dict):
 @scenario(
     "gradient_underflow",
     "fp16 gradients without loss scaling (20000 samples): dL/dz = (p - y)/n flushes to zero",
-    "a large share of the per-sample gradient is exactly zero in float16 (grad_underflow_frac); "
-    "the fit stops improving short of the float32 fit",
-    "(p - y)/n falls below the smallest float16 subnormal 6e-8 once |p - y| < 1.2e-3 with "
-    "n = 20000; those samples contribute nothing",
-    ("scale the loss by 2^k (dynamic loss scaling) before the fp16 backward, unscale in fp32",
-     "compute the gradient in float32 / bfloat16 (wider exponent)"),
 )
 def _underflow(ws: Path) -> Repro:
     base = {"data": "generated n=20000 d=10", "precision": "float32", "grad_format": "float16",
@@ -554,12 +519,6 @@ def _cancellation_run(cfg: dict):
 @scenario(
     "catastrophic_cancellation",
     "standardizing float32 features with |mean|/std ~ 1e5 by the one-pass variance E[x^2]-E[x]^2",
-    "standardized features with wildly wrong (even negative) variances; the training run "
-    "downstream goes NaN or fits noise",
-    "E[x^2] and E[x]^2 agree to more digits than float32 carries (relative error of the "
-    "difference ~ u (mean/std)^2 = 6e-8 x 1e9), so their difference is rounding noise",
-    ("use the two-pass (or Welford) variance: same cost class, exact to rounding",
-     "compute the statistics in float64 (still one-pass: only moves the limit)"),
 )
 def _cancellation(ws: Path) -> Repro:
     base = {"data": "generated offsets 1e4..5e4, std 0.5..3", "precision": "float32",
@@ -630,13 +589,6 @@ def _blowup_run(cfg: dict):
     "ill_conditioned_blowup",
     "least squares by pinv with a cutoff below rounding on one-hot data with an intercept "
     "and duplicated rows (dummy-variable trap)",
-    "training residuals look normal but the weights are ~1e12 and predictions on a new "
-    "category are absurd (exp() of them overflows)",
-    "the design is exactly rank-deficient; its smallest singular values are rounding "
-    "noise ~eps s_max, and a cutoff below them divides by that noise",
-    ("use the default pinv/lstsq cutoff (max(n, p) eps s_max) or an explicit rank",
-     "drop a reference level per categorical feature",
-     "add a small ridge penalty"),
 )
 def _blowup(ws: Path) -> Repro:
     base = {"data": "one-hot 1000x16 (40 unique rows x25)", "precision": "float64",
@@ -675,12 +627,6 @@ def _design_probe(trace) -> None:
 @scenario(
     "rank_deficiency",
     "breast cancer with a duplicated column and a constant column, lambda = 0",
-    "the loss converges, but the weights change with the seed and split arbitrarily "
-    "between the duplicated columns; cond(X^T X) is infinite",
-    "a duplicated or constant column (with the intercept) makes [X, 1] rank-deficient: "
-    "directions in its null space do not change the loss, so nothing pins the weights",
-    ("drop the duplicated/constant columns (or one reference level per one-hot feature)",
-     "add a small L2 penalty (makes the solution unique)"),
 )
 def _rank(ws: Path) -> Repro:
     from stability_lab.tasks import datasets
@@ -709,11 +655,6 @@ def _rank(ws: Path) -> Repro:
 @scenario(
     "silent_digit_loss",
     "bfloat16 logistic regression that converges, with weights agreeing with float64 to ~1 digit",
-    "verdict converged, loss close to float64's, but the weights (what you interpret) are "
-    "right to about one digit",
-    "bfloat16 carries 2.4 digits; rounding of every update and of X itself, amplified by "
-    "the Hessian's condition, leaves ~1 digit in the weights",
-    ("compute in float32 (or keep fp32 master weights)",),
 )
 def _silent(ws: Path) -> Repro:
     base = RunSpec(precision="bfloat16", scale="standardized", lr=0.2, lam=0.1, epochs=600)
@@ -760,13 +701,6 @@ def _nondet_run(cfg: dict):
     "nondeterminism",
     "float32 full-batch GD at 10x 2/L: permuting the rows (a different summation order) "
     "changes the result in the first digit",
-    "two runs of the same spec on the same data (rows in another order, another thread "
-    "count) end at different losses and weights",
-    "the dynamics are chaotic above the stability bound: rounding differences of order u "
-    "from the summation order are amplified every step",
-    ("lower lr below 2/L: the iteration contracts and order effects stay at rounding level",
-     "fix the reduction order (deterministic kernels, sorted data); does not make the "
-     "result right, only repeatable"),
 )
 def _nondet(ws: Path) -> Repro:
     B = _lr_bound(RunSpec(scale="standardized", lam=0.1))
@@ -794,12 +728,6 @@ def _saturation_run(cfg: dict):
     "saturation",
     "a sigmoid classifier trained with squared error on raw features: wrong-side outputs "
     "saturate at exactly 0 or 1 and stop learning",
-    "the loss stalls at a high value; a fraction of samples have p == 0 or p == 1 on the "
-    "wrong side, with zero gradient",
-    "the MSE gradient (p - y) p (1 - p) is exactly 0 once p rounds to 0 or 1; large logits "
-    "from unscaled features put misclassified samples there",
-    ("use the log-loss (cross-entropy with logits): its gradient p - y does not vanish",
-     "standardize the features so logits start small"),
 )
 def _saturation(ws: Path) -> Repro:
     base = {"data": "breast_cancer raw", "precision": "float32", "loss": "mse", "scale": "raw",

@@ -31,8 +31,8 @@ pass. The replay uses the root module's recorded output gradient, so no loss fun
 needed.
 
 Every recorded step is a row of a :class:`~.trace.Trace` with the deep loop's metric names
-(``run/loop.py``); the verdict, the catalogue's detectors, the deep-net detectors, the
-phases are the lab's own (``diagnosis.diagnose``, ``diagnosis.deep.detect``), run online
+(``run/loop.py``); the verdict, the signatures (deep-net ones included) and the phases
+are the lab's own (``diagnosis.diagnose``, the one signature registry), run online
 every ``DIAGNOSE_EVERY`` recorded steps and at once when something is non-finite; a new
 finding prints one line with its onset and module. At :meth:`Watcher.close` the run is
 stored (task ``watched``) in the SQLite store under ``out``.
@@ -191,7 +191,6 @@ class Watcher:
 
         self.ring = Ring(self, replay, replay_storage) if replay else None
         # import what the online diagnosis needs now, not inside the user's loop
-        from stability_lab.diagnosis import deep as detectors  # noqa: F401
         from stability_lab.run import loop  # noqa: F401
         from stability_lab.diagnosis import diagnose, phases, signatures  # noqa: F401
         self._install()

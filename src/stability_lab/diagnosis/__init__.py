@@ -1,13 +1,15 @@
 """Diagnosis: pure functions of traces.
 
 :func:`diagnose` gives a run's verdict and its findings (failure signatures with
-onset and evidence). Detectors never run training; they read a trace and its spec.
+onset and evidence, from the one registry of :mod:`.signatures`). Detectors never run
+training; they read a trace and its spec.
 """
 
 from __future__ import annotations
 
 from stability_lab.trace import Trace
 from stability_lab.diagnosis.findings import FAILED, VERDICTS, Finding, Verdict
+from stability_lab.diagnosis.signatures import attach_reference, detect_all
 from stability_lab.diagnosis.verdict import DEFAULT_RULES, VerdictRules, decide
 
 __all__ = ["diagnose", "reconcile", "attach_references", "decide", "Finding", "Verdict",
@@ -17,20 +19,14 @@ __all__ = ["diagnose", "reconcile", "attach_references", "decide", "Finding", "V
 def diagnose(trace: Trace) -> tuple[Verdict, list[Finding]]:
     """Verdict and findings of one run.
 
-    Findings are the signature catalogue's detectors run on the trace, then, on a
-    deep-net trace (a step trace: the engine's loop or a watched run), the deep-net
-    detectors, which read the per-layer statistics the monitors recorded.
+    Findings are those of every registered signature that applies to the trace: the
+    per-layer ones of a deep-net model included (they read the attribution summary the
+    training loop or the watcher recorded in the trace).
     """
-    from stability_lab.diagnosis.deep import detect as detect_deep
-    from stability_lab.diagnosis.signatures import detect_all
-
     verdict = decide(trace)
     if trace.error:
         return verdict, []
-    findings = detect_all(trace)
-    if trace.step_unit == "step":
-        findings += detect_deep(trace)
-    return verdict, findings
+    return verdict, detect_all(trace)
 
 
 #: formats from wide to narrow: a run is never judged more converged than a wider one
@@ -83,8 +79,6 @@ def attach_references(results) -> list:
     two unconverged runs disagree for reasons that are not the format's. Returns the
     results whose findings changed (the caller stores them again).
     """
-    from stability_lab.diagnosis.signatures import attach_reference
-
     by_id = {r.spec.run_id: r for r in results}
     changed = []
     for r in results:

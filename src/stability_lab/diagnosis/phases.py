@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from stability_lab.formatting import jsonable
-from stability_lab.diagnosis.signatures import SPIKE_K, SPIKE_REL, trace_format
+from stability_lab.diagnosis.signatures.common import trace_format
+from stability_lab.diagnosis.signatures.dynamics import SPIKE_K, SPIKE_REL
 
 PHASES = ("stable_descent", "plateau", "oscillation", "spike", "recovery", "divergence",
           "collapse")

@@ -53,7 +53,7 @@ import numpy as np
 from stability_lab.precision import FORMATS
 from stability_lab.trace import Trace
 from stability_lab.diagnosis.findings import Verdict
-from stability_lab.diagnosis.signatures import _final_stretch, _window
+from stability_lab.diagnosis.windows import final_stretch, window
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
     nfw, nfg = trace.nonfinite_counts()
     bad = ~np.isfinite(loss) | (nfw > 0) | (nfg > 0)
     rtol, gtol = tolerances(trace.spec.policy or trace.spec.precision, rules)
-    W = _window(len(loss), rules.window)
+    W = window(len(loss), rules.window)
 
     if bad.any():
         k = int(np.argmax(bad))
@@ -142,7 +142,7 @@ def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
     if unchanged.size and np.isfinite(unchanged[-W:]).all():
         stuck = (unchanged >= rules.stagnant_fraction) & ~grad_small
         if stuck[-W:].all():
-            onset = _final_stretch(stuck) + 1
+            onset = final_stretch(stuck) + 1
             return Verdict(
                 "stagnated", onset,
                 f"{unchanged[-1]:.0%} of weights unchanged from {unit} {onset}: updates below "
@@ -157,7 +157,7 @@ def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
     plateau = np.abs(rel) <= rtol
     conv = plateau & grad_small & (loss <= loss[0] * (1 + rtol))
     if conv[-1]:
-        onset = _final_stretch(conv) + 1
+        onset = final_stretch(conv) + 1
         return Verdict("converged", onset, "",
                        {"rel_improvement": float(rel[-1]), "grad_ratio": float(grad[-1] / g0)})
 
@@ -190,7 +190,7 @@ def _optimum_verdict(trace: Trace, loss: np.ndarray, rel: np.ndarray, W: int,
         # onset: the first step from which the recorded loss stays within the
         # tolerance of its final value (the final weights are at the optimum)
         within = loss - loss[-1] <= tol_f + max(abs(loss[-1] - float(opt["final_loss64"])), 0)
-        onset = _final_stretch(within) + 1
+        onset = final_stretch(within) + 1
         return Verdict("converged", onset, "", ev)
     tail = loss[-2 * W:]
     if tail.size >= 4:
