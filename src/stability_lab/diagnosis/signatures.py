@@ -127,6 +127,15 @@ def trace_format(trace: Trace) -> Format:
     return FORMATS["float32"]
 
 
+def gradient_format(trace: Trace) -> Format:
+    """The number format the run's gradients are rounded to: a precision policy's
+    gradient format (``extras['format']['gradients']``: float16 under mixed-fp16, whose
+    parameters are float32), else the parameters' format."""
+    info = _entry(trace.extras, "format")
+    name = info.get("gradients") if isinstance(info, dict) else None
+    return FORMATS[name] if name in FORMATS else trace_format(trace)
+
+
 def _window(n: int, cap: int = 10) -> int:
     """The judging window for ``n`` steps: half of them, between 2 and ``cap``."""
     return max(2, min(cap, n // 2 or 1))
@@ -519,7 +528,7 @@ def detect_gradient_underflow(trace: Trace) -> list[Finding]:
     if not hit.any():
         return []
     k = int(np.argmax(hit))
-    fmt = trace_format(trace)
+    fmt = gradient_format(trace)
     scale = trace.metric("loss_scale")
     evidence = {"step": k + 1, "max_frac": float(f.max()), "mean_frac": float(f.mean()),
                 "format": fmt.name, "format_tiny": fmt.tiny, "format_subnormal": fmt.subnormal,
