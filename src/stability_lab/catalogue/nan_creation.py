@@ -1,0 +1,24 @@
+"""nan_creation: the textbook sigmoid-then-log loss, whose log(1 - p) meets p rounded to 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stability_lab.catalogue.common import spec_scenario
+from stability_lab.catalogue.registry import Repro, scenario
+from stability_lab.spec import RunSpec
+
+
+@scenario(
+    "nan_creation",
+    "naive sigmoid-then-log loss in float32: log(1 - p) with p rounded to 1 gives inf, "
+    "its gradient NaN",
+    "loss=inf (verdict overflow) and NaN gradients from finite weights and logits",
+    "sigmoid(z) rounds to exactly 1 for z > 16.6 in float32; log(1 - p) = -inf and the "
+    "chain rule multiplies inf by p(1 - p) = 0",
+    ("use the fused log-loss (BCE with logits): no extra cost",
+     "lower lr below 2/L so logits grow slowly (delays, may not prevent, the NaN)"),
+)
+def reproduce(ws: Path) -> Repro:
+    base = RunSpec(precision="float32", scale="standardized", lr=5.0, lam=0.01, loss="naive")
+    return spec_scenario("nan_creation", base, [("loss", ["naive", "stable"])])

@@ -1,0 +1,40 @@
+"""saturation: a sigmoid classifier trained with squared error, whose wrong-side outputs
+round to exactly 0 or 1 and get no gradient."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stability_lab.catalogue.common import spec_scenario
+from stability_lab.catalogue.registry import Repro, scenario
+from stability_lab.diagnosis.record import RunResult
+from stability_lab.remedies.rules import Recommendation
+from stability_lab.spec import RunSpec
+
+
+@scenario(
+    "saturation",
+    "a sigmoid classifier trained with squared error on raw features: wrong-side outputs "
+    "saturate at exactly 0 or 1 and stop learning",
+    "the loss stalls at a high value; a fraction of samples have p == 0 or p == 1 on the "
+    "wrong side, with zero gradient",
+    "the MSE gradient (p - y) p (1 - p) is exactly 0 once p rounds to 0 or 1; large logits "
+    "from unscaled features put misclassified samples there",
+    ("standardize the features so logits start small",
+     "use the log-loss (cross-entropy with logits): its gradient p - y does not vanish; on "
+     "raw features it also needs lr below 2/L (alone, at lr 0.01, it diverges)"),
+)
+def reproduce(ws: Path) -> Repro:
+    base = RunSpec(precision="float32", loss="mse")
+
+    def extra(first: RunResult) -> list[Recommendation]:
+        return [
+            Recommendation("logloss", "train with the log-loss (BCE with logits)",
+                           "its gradient p - y stays +-1 for saturated wrong-side samples",
+                           {"loss": "stable"}, (first.run_id,), {}),
+            Recommendation("scale_features", "standardize the features",
+                           "logits start near 0, far from saturation",
+                           {"scale": "standardized"}, (first.run_id,), {}),
+        ]
+
+    return spec_scenario("saturation", base, [], extra)
