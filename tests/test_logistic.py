@@ -107,6 +107,35 @@ def test_naive_loss_overflows_where_stable_does_not():
     assert vs.status != vn.status or vs.onset != vn.onset
 
 
+def test_squared_error_loss_is_autograds_and_vanishes_at_saturation():
+    """--loss mse: the loss and dL/dz are torch autograd's on mean((sigmoid(z) - y)^2) / 2;
+    a sample whose probability rounds to the wrong 0 or 1 gets a gradient of exactly 0,
+    and its runs record the saturation metrics, without the log-loss's probes."""
+    import torch
+
+    from stability_lab.tasks.logistic import _loss_and_dz
+
+    z = torch.tensor([[-3.0], [-0.2], [0.0], [1.5], [4.0]], dtype=torch.float64)
+    y = torch.tensor([[0.0], [1.0], [1.0], [0.0], [1.0]], dtype=torch.float64)
+    loss, dz = _loss_and_dz(torch, z, y, "mse", 5)
+    zg = z.clone().requires_grad_(True)
+    ref = 0.5 * ((torch.sigmoid(zg) - y) ** 2).mean()
+    ref.backward()
+    assert float(loss[0]) == pytest.approx(ref.item(), rel=1e-15)
+    assert torch.allclose(dz, zg.grad, rtol=1e-14, atol=0)
+    # float32: sigmoid(20) rounds to exactly 1, so a y = 0 sample there learns nothing
+    _, dz32 = _loss_and_dz(torch, torch.tensor([[20.0]]), torch.tensor([[0.0]]), "mse", 1)
+    assert float(dz32) == 0.0
+
+    spec = RunSpec(precision="float32", scale="raw", loss="mse", lr=0.01, epochs=5)
+    (tr,) = engine.run_specs([spec])
+    assert tr.metrics["frac_saturated_wrong"][-1] > 0.5
+    assert np.all(tr.metrics["frac_saturated"] >= tr.metrics["frac_saturated_wrong"])
+    assert "optimum" not in tr.extras and "hessian_max" not in tr.probes["start"]
+    (stable,) = engine.run_specs([spec.replace(loss="stable")])
+    assert "frac_saturated" not in stable.metrics and "optimum" in stable.extras
+
+
 def test_bfloat16_small_lr_stagnates():
     spec = RunSpec(precision="bfloat16", scale="standardized", lr=0.01, epochs=300)
     (tr,) = engine.run_specs([spec])

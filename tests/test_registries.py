@@ -17,7 +17,7 @@ import pytest
 from stability_lab.precision import _TABLE as POLICY_TABLE
 from stability_lab.precision import FORMATS, POLICIES, POLICY_COST, get_policy
 from stability_lab.run.engine import run_specs
-from stability_lab.metrics import COHORT, LOOP, METRICS, SOLVE, metric_names
+from stability_lab.metrics import COHORT, LOOP, METRICS, SOLVE, SQUARED_ERROR_ONLY, metric_names
 from stability_lab.spec import RunSpec
 from stability_lab.spec.axes import AXES, axis
 from stability_lab.spec.tasks import DEEP_TASKS, TASKS, USER_TASK, task_entry
@@ -45,8 +45,10 @@ def test_task_entry_runs_its_default_data_and_records_the_declared_metrics(name)
     assert trace.spec == spec and trace.n_steps >= 1
     monitor = {"cohort": COHORT, "problem": LOOP, "solve": SOLVE}[task.kind]
     recorded = [k for k in trace.metrics if k in {m.name for m in METRICS}]
-    # the loss scale is recorded by runs that scale the loss (none here: float32)
-    assert recorded == [k for k in metric_names(monitor) if k != "loss_scale"]
+    # the loss scale is recorded by runs that scale the loss (none here: float32), the
+    # saturation metrics by squared-error runs (none here: the default loss form)
+    assert recorded == [k for k in metric_names(monitor)
+                        if k != "loss_scale" and k not in SQUARED_ERROR_ONLY]
     assert math.isfinite(trace.final_loss)
 
 

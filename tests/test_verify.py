@@ -112,3 +112,30 @@ def test_a_working_run_with_warnings_is_verified_and_fixed_when_its_findings_go(
                           (conv.run_id,))
     attempts, _ = plan([quiet, conv], [rec2], exhaustive=True)
     assert [a.before.run_id for a in attempts] == [conv.run_id]
+
+
+def test_verify_run_tries_each_fix_alone_then_all_with_float64_digits():
+    """One run, a given list of fixes (the catalogue's driver): each fix alone, then all
+    together with lr re-bounded for the rescaled data, every non-float64 run measured
+    against its float64 twin, judged by the target signature."""
+    from stability_lab.remedies.rules import Recommendation, safe_lr
+    from stability_lab.remedies.verify import verify_run
+    from stability_lab.tasks.logistic import LogisticRegression
+
+    base = RunSpec(precision="float16", lr=0.2, lam=0.1)
+    recs = [Recommendation("scale_features", "standardize", "", {"scale": "standardized"}),
+            Recommendation("lower_lr", "lower lr", "", {"lr": 4e-6})]
+    before, rows, results = verify_run(base, recs, target="overflow")
+    assert before.spec == base and before.failed
+    assert "overflow" in {f.signature for f in before.findings}
+    assert [r["mitigation"] for r in rows] == ["scale_features", "lower_lr", "all"]
+    task = LogisticRegression()
+    scaled = base.replace(scale="standardized")
+    assert rows[2]["delta"] == {"scale": "standardized",
+                                "lr": min(0.2, safe_lr(task.lr_bound(scaled,
+                                                                     task.prepare(scaled))))}
+    assert len(results) == 8  # four runs and their four float64 twins
+    assert all(r["before"]["digits"] is not None and r["after"]["digits"] is not None
+               for r in rows)
+    assert rows[0]["fixed"] and not rows[1]["fixed"]
+    assert all(r["label"] == "baseline" and r["run_id"] == base.run_id for r in rows)

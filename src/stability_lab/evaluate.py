@@ -145,10 +145,10 @@ def build(scenario: dict[str, Any], folder: Path):
     if changes:
         base = base.replace(**changes)
     if "lr_times_bound" in (scenario.get("base") or {}):
-        from stability_lab.catalogue import _lr_bound
+        from stability_lab.catalogue.common import lr_bound
 
         k = float(scenario["base"]["lr_times_bound"])
-        base = base.replace(lr=float(f"{k * _lr_bound(base):.2g}"))
+        base = base.replace(lr=float(f"{k * lr_bound(base):.2g}"))
     axes = [(k, [_parse(k, v) for v in vals]) for k, vals in (scenario.get("sweep") or {}).items()]
     case = base.replace(**{k: _parse(k, v) for k, v in (scenario.get("case") or {}).items()})
     return Sweep(base, axes), case

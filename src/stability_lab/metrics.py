@@ -50,6 +50,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("frac_unchanged", "of the weights whose intended update lr*g was non-zero, the "
            "fraction the rounding left unchanged (updates below half an ulp)", (COHORT,)),
     Metric("clip_factor", "the factor clipping by global norm applied (1: none)", (COHORT,)),
+    Metric("frac_saturated", "of the samples, the fraction whose probability is exactly 0 "
+           "or 1 (squared-error runs only)", (COHORT,)),
+    Metric("frac_saturated_wrong", "of the samples, the fraction whose probability is exactly "
+           "0 or 1 on the wrong side: the squared error's gradient there is 0, so they are "
+           "never corrected (squared-error runs only)", (COHORT,)),
     Metric("logit_headroom", "powers of two between the largest |output| and the output "
            "format's largest finite value", (WATCH,)),
     Metric("grad_absmax", "largest |gradient| entry", (WATCH,)),
@@ -68,6 +73,10 @@ METRICS: tuple[Metric, ...] = (
 )
 
 BY_NAME = {m.name: m for m in METRICS}
+
+#: cohort metrics recorded only by runs of the squared-error loss form (``--loss mse``),
+#: the one whose gradient vanishes at saturation
+SQUARED_ERROR_ONLY = ("frac_saturated", "frac_saturated_wrong")
 
 
 def metric_names(monitor: str) -> tuple[str, ...]:

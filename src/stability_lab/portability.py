@@ -163,16 +163,16 @@ def _install_row_permutation(task: str) -> bool:
         L._load = load
         return True
     if task == "catalogue:ill_conditioned_blowup":
-        from stability_lab import catalogue as C
+        from stability_lab.catalogue import ill_conditioned_blowup as C
 
-        real_design = C._onehot_design
+        real_design = C.onehot_design
 
         def design(*a, **k):
             X, y, codes = real_design(*a, **k)
             idx = _permutation(X.shape[0])
             return X[idx], y[idx], codes[idx]
 
-        C._onehot_design = design
+        C.onehot_design = design
         return True
     return False
 

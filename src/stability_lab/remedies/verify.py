@@ -28,21 +28,27 @@ A row is ``fixed`` when the re-run converged and none of the failing run's signa
 re-run no longer fails but has not converged in the epochs given) or ``not fixed``. A
 mitigation that does not fix the run is kept in the table with ``fixed: false``.
 
-The signature catalogue (:mod:`stability_lab.catalogue`) builds its rows with the same
-:func:`make_row`, :func:`merge_deltas`, :func:`rebound_lr` and :func:`rediagnose`.
+For one run and a given list of recommendations (the signature catalogue,
+:mod:`stability_lab.catalogue`), :func:`verify_run` makes the same re-runs (each fix
+alone, then all together, the lr re-bounded as in 3), runs their float64 references as
+in 4, and builds the rows with the same :func:`make_row`, judged against the run's
+target signature. It takes the runner, so a run that is not a plain RunSpec of a task
+(a computation of the catalogue's own, configured by a dict) is verified the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from stability_lab.diagnosis.findings import FAILED
+from stability_lab.diagnosis.record import RunResult
 from stability_lab.diagnosis.signatures import agreeing_digits, attach_reference
-from stability_lab.spec.axes import default_label_axes
 from stability_lab.formatting import round_sig
 from stability_lab.remedies.rules import Recommendation, safe_lr
-from stability_lab.diagnosis.record import RunResult
+from stability_lab.spec import RunSpec
+from stability_lab.spec.axes import default_label_axes
+from stability_lab.trace import Trace
 
 MAX_GROUPS = 8
 #: verification runs by default when a sweep needs at most this many re-runs
@@ -68,6 +74,15 @@ def merge_deltas(recs: Sequence[Recommendation]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for rec in recs:
         out.update(rec.delta)
+    return out
+
+
+def fix_deltas(recs: Sequence[Recommendation]) -> list[tuple[str, dict[str, Any]]]:
+    """The re-runs that verify recommendations on one run, as (mitigation, delta): each
+    recommendation alone, in order, then all of them together when there are several."""
+    out = [(rec.action, dict(rec.delta)) for rec in recs]
+    if len(recs) > 1:
+        out.append(("all", merge_deltas(recs)))
     return out
 
 
@@ -192,11 +207,8 @@ def plan(results: Sequence[RunResult], recommendations: Sequence[Recommendation]
         members = groups[key]
         for rep in (members if exhaustive else members[:1]):
             size = 1 if exhaustive else len(members)
-            recs = recs_of[rep.run_id]
-            for rec in recs:
-                attempts.append(Attempt(rep, rec.action, dict(rec.delta), size))
-            if len(recs) > 1:
-                attempts.append(Attempt(rep, "all", merge_deltas(recs), size))
+            for mitigation, delta in fix_deltas(recs_of[rep.run_id]):
+                attempts.append(Attempt(rep, mitigation, delta, size))
     info = {"failing_runs": sum(len(m) for m in groups.values()) + unrecommended,
             "groups": len(keys),
             "groups_verified": len(keys) if exhaustive else min(len(keys), max_groups),
@@ -425,6 +437,68 @@ def _ladder_summary(attempts, ladder, pool) -> dict[str, Any]:
         s["tried"] = {f"{lr:g}": {"converged": c, "reruns": n}
                       for lr, (c, n) in sorted(s["tried"].items())}
     return {"lower_lr": out} if out else {}
+
+
+def float64_reference(spec: RunSpec) -> RunSpec | None:
+    """The matched float64 run of a spec (None when it is float64 already)."""
+    return spec.replace(precision="float64") if spec.precision != "float64" else None
+
+
+def verify_run(before: Any, recommendations: Sequence[Recommendation],
+               run: Callable[[list[Any]], list[Trace]] | None = None,
+               apply: Callable[[Any, dict[str, Any]], Any] | None = None,
+               reference: Callable[[Any], Any | None] = float64_reference,
+               target: str | None = None, label: str = "baseline",
+               ) -> tuple[RunResult, list[dict[str, Any]], list[RunResult]]:
+    """Verify recommendations on one run: re-run it with each fix alone, then all
+    together, with the same seed, and judge each re-run against it.
+
+    ``before`` is the run's configuration: a RunSpec (the defaults run it on the engine
+    and apply a delta with ``spec.replace(**delta)``) or anything ``run`` and ``apply``
+    understand. ``run`` turns configurations into traces, in order; ``reference`` gives
+    the configuration of a run's matched float64 run (None: no reference), whose final
+    loss the row's digits are measured against (and attached to the run, so the
+    ``silent_digit_loss`` detector sees it). A row is fixed when ``target``, the
+    signature the fixes must remove, is gone (see :func:`is_fixed`).
+
+    Returns the before-run, the rows (one per re-run, ``label`` naming the before-run)
+    and every result, references included, in the order they were run.
+    """
+    from stability_lab.diagnosis.record import diagnose_trace
+
+    if run is None:
+        from stability_lab.run import engine
+
+        run = engine.run_specs
+    if apply is None:
+        apply = _replace
+    attempts = fix_deltas(recommendations)
+    if isinstance(before, RunSpec):
+        for mitigation, delta in attempts:
+            if mitigation == "all":
+                rebound_lr(before, delta)
+    configs = [before] + [apply(before, delta) for _, delta in attempts]
+    references = [reference(c) for c in configs]
+    traces = run(configs + [r for r in references if r is not None])
+    results = [diagnose_trace(t) for t in traces]
+    runs, reference_results = results[:len(configs)], iter(results[len(configs):])
+    digits: list[float | None] = []
+    for res, ref in zip(runs, references):
+        if ref is None:
+            digits.append(None)
+        else:
+            digits.append(attach_reference(res.trace, next(reference_results).trace)["lre_loss"])
+    for res in runs:
+        rediagnose(res)
+    first = runs[0]
+    rows = [make_row(Attempt(first, mitigation, delta), after, digits[0], after_digits,
+                     target, label=label)
+            for (mitigation, delta), after, after_digits in zip(attempts, runs[1:], digits[1:])]
+    return first, rows, results
+
+
+def _replace(spec: RunSpec, delta: dict[str, Any]) -> RunSpec:
+    return spec.replace(**delta)
 
 
 def rediagnose(res: RunResult) -> None:

@@ -11,8 +11,11 @@ lr step, masking the runs that stopped) and records per epoch, per run: ``loss``
 ``grad_norm``, ``update_norm``, ``weight_norm``, ``update_ratio``, ``nonfinite_weights``,
 ``nonfinite_grads``, ``max_abs_logit``, ``headroom_log2`` (to the format's max),
 ``grad_min_headroom_log2`` (smallest non-zero gradient entry over the smallest normal),
-``frac_unchanged`` (entries whose intended update rounded away) and ``clip_factor``.
-A run stops at its first non-finite loss, weight or gradient.
+``frac_unchanged`` (entries whose intended update rounded away) and ``clip_factor``;
+runs of the squared-error loss form also ``frac_saturated`` and ``frac_saturated_wrong``
+(probabilities exactly 0 or 1, where its gradient vanishes), and have no Hessian probes
+and no float64 optimum (both are the log-loss's). A run stops at its first non-finite
+loss, weight or gradient.
 """
 
 from __future__ import annotations
@@ -23,9 +26,16 @@ from typing import Sequence
 import numpy as np
 
 from stability_lab.precision import Format
-from stability_lab.metrics import COHORT, metric_names
+from stability_lab.metrics import COHORT, SQUARED_ERROR_ONLY, metric_names
 from stability_lab.spec import RunSpec
-from stability_lab.tasks.logistic import LogisticData, _loss_and_dz, _matmul, initial_weights, objective
+from stability_lab.tasks.logistic import (
+    LogisticData,
+    _loss_and_dz,
+    _matmul,
+    initial_weights,
+    objective,
+    probabilities,
+)
 from stability_lab.tasks.optimum import optimum_gap
 from stability_lab.trace import Trace, environment
 
@@ -76,6 +86,9 @@ def _run_chunk(torch, specs: list[RunSpec], prep: LogisticData) -> list[Trace]:
         epochs = np.array([s.epochs for s in specs])
         E = int(epochs.max())
         names = metric_names(COHORT)
+        log_loss = base.loss != "mse"
+        if log_loss:
+            names = tuple(k for k in names if k not in SQUARED_ERROR_ONLY)
         rec = {k: np.full((E, R), np.nan) for k in names}
         active = np.ones(R, dtype=bool)
         stopped_at = epochs.copy()  # number of epochs recorded per run
@@ -107,6 +120,11 @@ def _run_chunk(torch, specs: list[RunSpec], prep: LogisticData) -> list[Trace]:
             rec["nonfinite_grads"][e] = (~torch.isfinite(g)).sum(1).numpy()
             amax = Z.abs().amax(0).double().numpy()
             rec["max_abs_logit"][e] = amax
+            if not log_loss:
+                P = probabilities(torch, Z)
+                sat = (P == 0) | (P == 1)
+                rec["frac_saturated"][e] = sat.double().mean(0).numpy()
+                rec["frac_saturated_wrong"][e] = (sat & (P != y)).double().mean(0).numpy()
             # headroom to the format's smallest normal: the smallest non-zero gradient
             # entry, in powers of two above it (negative: it is subnormal)
             ga = gd.abs()
@@ -166,8 +184,9 @@ def _run_chunk(torch, specs: list[RunSpec], prep: LogisticData) -> list[Trace]:
                       "hessian": prep.curv.describe()}
     Wf = W.double().numpy()
     lams = np.array([s.lam for s in specs], dtype=np.float64)
-    h_start = prep.curv.hessians(W0, lams)
-    h_end = prep.curv.hessians(Wf, lams)
+    no_probe: list[dict[str, float]] = [{} for _ in specs]
+    h_start = prep.curv.hessians(W0, lams) if log_loss else no_probe
+    h_end = prep.curv.hessians(Wf, lams) if log_loss else no_probe
     bounds = {lam: prep.curv.bound(lam) for lam in set(lams.tolist())}
     est = ({} if prep.spectrum.exact else
            {"cond_XtX_relative_error": 2 * prep.spectrum.relative_error_bound})
@@ -183,6 +202,7 @@ def _run_chunk(torch, specs: list[RunSpec], prep: LogisticData) -> list[Trace]:
                       meta=dict(meta), step_unit="epoch", final_params=Wf[r].copy())
         trace.extras["format"] = {"name": fmt.name, "eps": fmt.eps, "max": fmt.max,
                                   "tiny": fmt.tiny}
-        trace.extras["optimum"] = optimum_gap(prep, spec, Wf[r], W0[r])
+        if log_loss:
+            trace.extras["optimum"] = optimum_gap(prep, spec, Wf[r], W0[r])
         traces.append(trace)
     return traces

@@ -187,8 +187,9 @@ for _axis in (
          "clip the gradient to this global norm (none: off)"),
     Axis("seed", "seed", int_at_least("seed", 0), ("0", "1", "2"),
          "seed of the initial weights and of the mini-batch order"),
-    Axis("loss", "loss", choice("loss", ("stable", "naive")), ("stable", "naive"),
-         "stable: fused log-loss (BCE with logits); naive: sigmoid then log"),
+    Axis("loss", "loss", choice("loss", ("stable", "naive", "mse")), ("stable", "naive"),
+         "stable: fused log-loss (BCE with logits); naive: sigmoid then log; mse: squared "
+         "error of the sigmoid output (its gradient vanishes at saturation)"),
     Axis("batch_size", "batch_size", optional_positive_int("batch_size"), ("full", "32"),
          "mini-batch size (full: full-batch gradient descent)"),
     Axis("kappa", "kappa", positive_float("kappa"), ("1e2", "1e5", "1e8"),

@@ -12,7 +12,14 @@ Loss forms (the ``loss`` axis):
 - ``naive``: the textbook p = 1/(1 + exp(-z)), then -log p for y = 1 and -log(1 - p) for
   y = 0, and the gradient by the chain rule through p, exactly what autograd computes
   on that graph: once p rounds to 1 on a y = 0 sample (z > 16.6 in float32, 36.7 in
-  float64) the loss is inf and the gradient NaN (inf * 0).
+  float64) the loss is inf and the gradient NaN (inf * 0);
+- ``mse``: the squared error of the sigmoid output, (p - y)^2 / 2, with gradient
+  (p - y) p (1 - p): a classifier whose gradient vanishes once p rounds to exactly 0 or
+  1, so a sample saturated on the wrong side is never corrected. Its runs also record
+  ``frac_saturated`` (samples with p exactly 0 or 1) and ``frac_saturated_wrong`` (those
+  on the wrong side), and carry no Hessian probes and no float64 optimum: both are the
+  log-loss's. The bound 2/L stays a safe step size: the squared error's curvature in z,
+  sigmoid'^2 + (p - y) sigmoid'', is at most 1/16 + 0.097 < 1/4.
 
 Precision: parameters, data and elementwise arithmetic are in the run's format. For
 float16 and bfloat16 the matrix products use the semantics of GPU tensor cores:
@@ -233,11 +240,30 @@ def _loss_and_dz(torch, Z, Y, loss_form: str, n: int):
     """
     if loss_form == "naive":
         per, dz = naive.log_loss_and_grad(Z, Y)
+    elif loss_form == "mse":
+        per, dz = _squared_error(torch, Z, Y)
     elif bool(((Y == 0) | (Y == 1)).all()):
         per, dz = _fused_hard_labels(torch, Z, Y)
     else:
         per, dz = numerics.log_loss_and_grad(Z, Y)
     return mean_rows(torch, per, n), dz / n
+
+
+def probabilities(torch, Z):
+    """sigmoid(Z) as the run's format holds it: computed in float32 for 16-bit formats
+    and rounded once, as a 16-bit ``torch.sigmoid`` does. Returned in the compute type
+    (float32 for 16-bit formats)."""
+    x = Z.float() if Z.dtype in (torch.float16, torch.bfloat16) else Z
+    return torch.sigmoid(x).to(Z.dtype).to(x.dtype)
+
+
+def _squared_error(torch, Z, Y):
+    """Per-sample (p - y)^2 / 2 and its gradient in z, (p - y) p (1 - p), with p the
+    format's sigmoid (:func:`probabilities`); 16-bit formats computed in float32 and
+    rounded once. Exactly 0 where p is exactly 0 or 1: saturation."""
+    p = probabilities(torch, Z)
+    r = p - Y.to(p.dtype)
+    return (0.5 * r * r).to(Z.dtype), (r * p * (1.0 - p)).to(Z.dtype)
 
 
 def objective(torch, X, y, W, lam, fmt: Format, loss_form: str = "stable"):

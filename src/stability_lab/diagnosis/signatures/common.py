@@ -38,6 +38,15 @@ def trace_format(trace: Trace) -> Format:
     return FORMATS["float32"]
 
 
+def gradient_format(trace: Trace) -> Format:
+    """The number format the run's gradients are rounded to: a precision policy's
+    gradient format (``extras['format']['gradients']``: float16 under mixed-fp16, whose
+    parameters are float32), else the parameters' format."""
+    info = entry(trace.extras, "format")
+    name = info.get("gradients") if isinstance(info, dict) else None
+    return FORMATS[name] if name in FORMATS else trace_format(trace)
+
+
 def first_nonfinite(trace: Trace) -> int:
     """0-based index of the first step with a non-finite loss, weight or gradient (or n)."""
     loss = trace.metric("loss")

@@ -146,10 +146,12 @@ CATASTROPHIC_CANCELLATION = Signature(
     detect=detect_cancellation,
     applies_to="all",
     playbook=Playbook(
-        symptom="standardized features with wildly wrong (even negative) variances; the "
-                "training run downstream goes NaN or fits noise",
+        symptom="standardized features with wildly wrong (even negative) variances; with "
+                "the square root guarded, sqrt(max(var, 0) + eps), some features come out "
+                "hundreds of times too large and the training run downstream diverges "
+                "(unguarded, it goes NaN)",
         cause="E[x^2] and E[x]^2 agree to more digits than float32 carries (relative error of "
-              "the difference ~ u (mean/std)^2 = 6e-8 x 1e9), so their difference is rounding "
+              "the difference ~ u (mean/std)^2 = 6e-8 x 1e10), so their difference is rounding "
               "noise",
         fixes=("use the two-pass (or Welford) variance: same cost class, exact to rounding",
                "compute the statistics in float64 (still one-pass: only moves the limit)"),

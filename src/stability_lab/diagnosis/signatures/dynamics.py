@@ -225,11 +225,11 @@ LOSS_SPIKE = Signature(
     applies_to="all",
     playbook=Playbook(
         symptom="a sudden jump of the loss, many standard deviations above the recent window, "
-                "that comes back within a few steps",
-        cause="the restarted lr is above 2/sharpness at the current weights: the iterate is "
-              "thrown out of the valley (catapult) until the curvature it lands in is lower",
-        fixes=("warm the restarted lr up over 20 epochs instead of jumping",
-               "cap the restarted lr at 2/L"),
+                "that comes back within a few to a dozen steps",
+        cause="as the iterate descends the valley its sharpness (largest Hessian eigenvalue) "
+              "grows until lr x sharpness passes 2; the iterate is then thrown out (catapult) "
+              "to where the curvature is lower, and descends again",
+        fixes=("lower lr below 2/L (the lab prints 2/L from the curvature probe)",),
     ),
     mitigations=("lower_lr",),
     scenario="loss_spike",

@@ -24,7 +24,7 @@ import numpy as np
 from stability_lab.diagnosis.findings import Finding
 from stability_lab.diagnosis.signatures.base import Playbook, Signature
 from stability_lab.diagnosis.signatures.common import (example_trace, first_nonfinite,
-                                                       grad_small, healthy_loss,
+                                                       gradient_format, grad_small, healthy_loss,
                                                        trace_format)
 from stability_lab.diagnosis.windows import final_stretch, window
 from stability_lab.trace import Trace
@@ -81,7 +81,7 @@ def detect_gradient_underflow(trace: Trace) -> list[Finding]:
         return []
     k = int(np.argmax(hit))
     peak, mean = float(measured.max()), float(measured.mean())
-    fmt = trace_format(trace)
+    fmt = gradient_format(trace)
     scale = trace.metric("loss_scale")
     evidence = {"step": k + 1, "max_frac": peak, "mean_frac": mean,
                 "format": fmt.name, "format_tiny": fmt.tiny, "format_subnormal": fmt.subnormal,
@@ -180,7 +180,8 @@ GRADIENT_UNDERFLOW = Signature(
     applies_to="all",
     playbook=Playbook(
         symptom="a large share of the per-sample gradient is exactly zero in float16 "
-                "(grad_underflow_frac); the fit stops improving short of the float32 fit",
+                "(grad_underflow_frac); the fit ends further from the float64 fit than with loss "
+                "scaling",
         cause="(p - y)/n falls below the smallest float16 subnormal 6e-8 once |p - y| < "
               "1.2e-3 with n = 20000; those samples contribute nothing",
         fixes=("scale the loss by 2^k (dynamic loss scaling) before the fp16 backward, "
@@ -203,9 +204,10 @@ SATURATION = Signature(
                 "on the wrong side, with zero gradient",
         cause="the MSE gradient (p - y) p (1 - p) is exactly 0 once p rounds to 0 or 1; large "
               "logits from unscaled features put misclassified samples there",
-        fixes=("use the log-loss (cross-entropy with logits): its gradient p - y does not "
-               "vanish",
-               "standardize the features so logits start small"),
+        fixes=("standardize the features so logits start small",
+               "use the log-loss (cross-entropy with logits): its gradient p - y does not "
+               "vanish; on raw features it also needs lr below 2/L (alone, at lr 0.01, it "
+               "diverges)"),
     ),
     mitigations=("scale_features",),
     scenario="saturation",
