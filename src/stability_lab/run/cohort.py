@@ -28,12 +28,14 @@ import numpy as np
 from stability_lab.precision import Format
 from stability_lab.metrics import COHORT, SQUARED_ERROR_ONLY, metric_names
 from stability_lab.spec import RunSpec
+from stability_lab.run.transforms import Rows, Step, for_spec
 from stability_lab.tasks.logistic import (
     LogisticData,
     _loss_and_dz,
     _matmul,
+    data_objective,
     initial_weights,
-    objective,
+    l2_penalty,
     probabilities,
 )
 from stability_lab.tasks.optimum import optimum_gap
@@ -66,23 +68,23 @@ def chunk_runs(n: int, fmt: Format) -> int:
 
 def _run_chunk(torch, specs: list[RunSpec], prep: LogisticData) -> list[Trace]:
     """One chunk of a cohort in lockstep: the runs' weights are the rows of one
-    (runs x parameters) tensor; one product with the data per step serves them all."""
+    (runs x parameters) tensor; one product with the data per step serves them all.
+    The update is the engine's chain of transforms (:mod:`.transforms`) in its batched
+    layout: L2, clipping, the lr schedule, then the step for the runs still active."""
     fmt = prep.fmt
     dtype = fmt.torch_dtype()
     R = len(specs)
     n, d = prep.X.shape
     p = d + 1
     base = specs[0]
+    layout = Rows(torch, dtype, p)
+    steps = for_spec(base, batched_specs=specs)
     with torch.no_grad():
         X = torch.from_numpy(prep.X).to(dtype)  # no copy for float32/float64 runs
         y = torch.from_numpy(prep.y64).to(dtype).reshape(n, 1)
         W0 = np.stack([initial_weights(s.seed, p) for s in specs])
         W = torch.from_numpy(W0).to(dtype)  # (R, p): weights then intercept
-        lr = torch.tensor([s.lr for s in specs], dtype=torch.float64).to(dtype).reshape(R, 1)
-        lam = torch.tensor([s.lam for s in specs], dtype=torch.float64).to(dtype).reshape(R, 1)
-        penal = torch.ones(1, p, dtype=dtype)
-        penal[0, -1] = 0
-        clip = np.array([s.clip if s.clip else np.inf for s in specs])
+        lam = layout.column([s.lam for s in specs])
         epochs = np.array([s.epochs for s in specs])
         E = int(epochs.max())
         names = metric_names(COHORT)
@@ -94,23 +96,24 @@ def _run_chunk(torch, specs: list[RunSpec], prep: LogisticData) -> list[Trace]:
         stopped_at = epochs.copy()  # number of epochs recorded per run
         batch = base.batch_size
         order_gen = torch.Generator().manual_seed(int(base.seed) + 7919) if batch else None
+        reg_state = steps.regularize.init(W)
+        state = steps.update.init(W)
+        index = 0  # the chain's step counter (one per full-batch epoch or mini-batch)
 
-        def full_grad(Wc):
-            return objective(torch, X, y, Wc, lam, fmt, base.loss)
+        def regularized(Wc, g, index):
+            step = Step(index, layout, Wc, np.full(R, np.nan), active.copy())
+            return steps.regularize.update(g, reg_state, step)[0]
 
-        def step(Wc, g, mask):
-            gn = g.double().norm(dim=1).numpy()
-            with np.errstate(divide="ignore", invalid="ignore"):
-                factor = np.where(gn > clip, clip / gn, 1.0)
-            factor_t = torch.from_numpy(factor).to(dtype).reshape(R, 1)
-            upd = lr * (g * factor_t if np.any(factor < 1) else g)
-            Wn = Wc - upd
-            Wn = torch.where(torch.from_numpy(mask).reshape(R, 1), Wn, Wc)
-            return Wn, upd, factor
+        def update(Wc, g, index):
+            nonlocal state
+            step = Step(index, layout, Wc, layout.norms(g), active.copy())
+            Wn, state = steps.update.update(g, state, step)
+            return Wn, step.info
 
         for e in range(E):
-            Z, loss, g = full_grad(W)
-            loss_np = loss.numpy()
+            Z, loss, g = data_objective(torch, X, y, W, fmt, base.loss)
+            g = regularized(W, g, index + 1)
+            loss_np = (loss.double() + l2_penalty(W, lam)).numpy()
             Wd = W.double()
             gd = g.double()
             rec["loss"][e] = loss_np
@@ -140,28 +143,29 @@ def _run_chunk(torch, specs: list[RunSpec], prep: LogisticData) -> list[Trace]:
             if not active.any():
                 break
             if batch is None:
-                Wn, upd, factor = step(W, g, active)
+                index += 1
+                Wn, info = update(W, g, index)
             else:
                 Wn = W
                 perm = torch.randperm(n, generator=order_gen)
-                factor = np.ones(R)
                 for start in range(0, n, batch):
                     idx = perm[start:start + batch]
                     Xb, yb = X[idx], y[idx]
                     Zb = _matmul(torch, Xb, Wn[:, :d].T, fmt) + Wn[:, d]
                     _, dz = _loss_and_dz(torch, Zb, yb, base.loss, len(idx))
                     gb = torch.cat([_matmul(torch, dz.T, Xb, fmt), dz.sum(0).reshape(-1, 1)],
-                                   dim=1) + lam * penal * Wn
-                    Wn, _, factor = step(Wn, gb, active)
+                                   dim=1)
+                    index += 1
+                    Wn, info = update(Wn, regularized(Wn, gb, index), index)
             delta = (Wn.double() - Wd)
             rec["update_norm"][e] = delta.norm(dim=1).numpy()
-            intended = (lr * g).double() != 0
+            intended = (layout.column(info["lr"]) * g).double() != 0
             unchanged = (delta == 0) & intended
             with np.errstate(divide="ignore", invalid="ignore"):
                 rec["frac_unchanged"][e] = (unchanged.sum(1).double()
                                             / intended.sum(1).clamp(min=1).double()).numpy()
                 rec["update_ratio"][e] = rec["update_norm"][e] / rec["weight_norm"][e]
-            rec["clip_factor"][e] = factor
+            rec["clip_factor"][e] = info["clip_factor"]
             for name in ("update_norm", "update_ratio", "frac_unchanged", "clip_factor"):
                 rec[name][e, ~active] = np.nan  # no step taken by runs already stopped
             W = Wn

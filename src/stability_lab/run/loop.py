@@ -1,11 +1,14 @@
 """The engine's training loop for models with autograd (the deep-net tasks and a
 user's own model): one spec in, one trace out.
 
-A :class:`~stability_lab.tasks.base.Problem` is what a task hands over: a model factory (called under
-``torch.manual_seed(spec.seed)``, so matched runs start from the same weights), the
-batch of every step (the same batches for every policy), the loss, and an evaluation.
-The loop applies the spec's precision policy (:mod:`.policies`), the optimizer, gradient
-clipping and dynamic loss scaling, and records per step:
+A :class:`~stability_lab.tasks.base.Problem` is what a task hands over: a model factory
+(called under ``torch.manual_seed(spec.seed)``, so matched runs start from the same
+weights), the batch of every step (the same batches for every policy), the loss, and an
+evaluation. The loop applies the spec's precision policy (:mod:`.policies`: the
+parameters' format, fp32 master weights, emulated compute) and runs each step's update
+as the engine's chain of transforms (:mod:`stability_lab.run.transforms`: L2, dynamic
+loss scaling with its skipping of non-finite steps, clipping, the lr schedule, then the
+optimizer), and records per step:
 
 ``loss`` (the step's batch loss, unscaled), ``grad_norm`` (global 2-norm of the
 unscaled gradients), ``update_norm``, ``weight_norm``, ``update_ratio``,
@@ -42,6 +45,7 @@ from stability_lab.run.attribution import (ROOT, Attributor, find_creators, firs
                                           headroom_projections)
 from stability_lab.metrics import LOOP, metric_names
 from stability_lab.run.scaler import DynamicLossScaler
+from stability_lab.run.transforms import Step, Tensors, for_spec
 
 MAX_CONSECUTIVE_SKIPS = 30
 MAX_REPLAYS = 5
@@ -127,6 +131,19 @@ def _train(spec: RunSpec, problem: Problem) -> Trace:
         with policy_ctx:
             return problem.loss_fn(outputs, targets)
 
+    before = [torch.empty_like(p) for p in params]  # the weights before each update
+
+    def snapshot():  # just before the optimizer's step
+        with torch.no_grad():
+            torch._foreach_copy_(before, params)
+        if attributing:
+            attributor.before_update()
+
+    layout = Tensors(torch)
+    steps = for_spec(spec, scaler=scaler, optimizer=opt, before_step=snapshot)
+    reg_state = steps.regularize.init(params)
+    state = steps.update.init(params)
+    attributing = False
     names = metric_names(LOOP)
     rec: dict[str, list[float]] = {k: [] for k in names}
     extra: dict[str, list[float]] = {}
@@ -135,7 +152,6 @@ def _train(spec: RunSpec, problem: Problem) -> Trace:
     consecutive_skips = 0
     stopped = None
     t_run = time.perf_counter()
-    before = [torch.empty_like(p) for p in params]  # the weights before each update
     model.train()
     for step in range(1, problem.n_steps + 1):
         inputs, targets = problem.batch_at(step - 1)
@@ -158,7 +174,11 @@ def _train(spec: RunSpec, problem: Problem) -> Trace:
         (loss.float() * scale if scaler is not None else loss).backward()
         out_t = outputs if isinstance(outputs, torch.Tensor) else first_tensor(outputs)
         with torch.no_grad():
-            grads = [p.grad for p in params if p.grad is not None]
+            having = [p for p in params if p.grad is not None]
+            grads = [p.grad for p in having]
+            info = Step(step, layout, having, np.array([math.nan]), np.array([True]),
+                        grad_scale=scale)
+            grads = steps.regularize.update(grads, reg_state, info)[0]
             gnorm_scaled = _norm(grads)
             loss_v = float(loss.detach().double())
             logit_max = float(out_t.detach().abs().max().double()) if out_t is not None \
@@ -174,22 +194,13 @@ def _train(spec: RunSpec, problem: Problem) -> Trace:
                                     fp8_snap, step))
         underflow = (P.UNDERFLOW.flushed / P.UNDERFLOW.total if P.UNDERFLOW.total
                      else (math.nan if not policy.emulated else 0.0))
-        skipped = False
-        if scaler is not None:
-            skipped = scaler.update(not grads_ok or not math.isfinite(loss_v))
-            consecutive_skips = consecutive_skips + 1 if skipped else 0
         gnorm = gnorm_scaled / scale
-        if not skipped:
-            with torch.no_grad():
-                if scaler is not None:
-                    torch._foreach_mul_(grads, 1.0 / scale)
-                if spec.clip is not None and math.isfinite(gnorm) and gnorm > spec.clip:
-                    torch._foreach_mul_(grads, spec.clip / gnorm)
-            with torch.no_grad():
-                torch._foreach_copy_(before, params)
-            if attributing:
-                attributor.before_update()
-            opt.step()
+        info.grad_norm, info.loss = np.array([gnorm]), loss_v
+        _, state = steps.update.update(grads, state, info)  # skips, unscales, clips, steps
+        skipped = bool(info.info.get("skipped", False))
+        if scaler is not None:
+            consecutive_skips = consecutive_skips + 1 if skipped else 0
+        if info.active[0]:
             with torch.no_grad():
                 torch._foreach_sub_(before, params)  # before - after: the update, negated
                 un = _norm(before)

@@ -192,6 +192,9 @@ for _axis in (
          "error of the sigmoid output (its gradient vanishes at saturation)"),
     Axis("batch_size", "batch_size", optional_positive_int("batch_size"), ("full", "32"),
          "mini-batch size (full: full-batch gradient descent)"),
+    Axis("warmup", "warmup", int_at_least("warmup", 0), ("0", "20", "100"),
+         "lr schedule: linear warm-up from lr/K to lr over the first K steps, then constant "
+         "(0: constant lr)", tasks=("logistic_regression",) + DEEP_TASKS, param=True),
     Axis("kappa", "kappa", positive_float("kappa"), ("1e2", "1e5", "1e8"),
          "condition number of the synthetic design (synthetic data only)", param=True),
     Axis("solver", "solver", choice("solver", SOLVERS), SOLVERS,
@@ -205,7 +208,7 @@ def axis(name: str, task: str | None = None) -> Axis:
     found = AXES.get(name)
     user = task is not None and is_user_task(task)
     valid = sorted(a.name for a in AXES.values() if task is None or a.tasks is None
-                   or task in a.tasks or (a.tasks == DEEP_TASKS and user))
+                   or task in a.tasks or (user and "user" in a.tasks))
     if found is None:
         raise UsageError(
             f"Unknown sweep axis {name!r}; expected one of: {', '.join(valid)}."

@@ -274,16 +274,31 @@ def objective(torch, X, y, W, lam, fmt: Format, loss_form: str = "stable"):
     (lambda/2)||w||^2 on tensors of the run's format, with tensor-core products for
     16-bit formats (``tests/test_fidelity.py`` holds the two to a stated bound).
     """
-    n, d = X.shape
+    d = X.shape[1]
     penal = torch.ones(1, d + 1, dtype=W.dtype)
     penal[0, -1] = 0
+    Z, loss, g = data_objective(torch, X, y, W, fmt, loss_form)
+    return Z, loss.double() + l2_penalty(W, lam), g + lam * penal * W
+
+
+def data_objective(torch, X, y, W, fmt: Format, loss_form: str = "stable"):
+    """Logits (n, R), the data's mean loss (R,) in the format and its gradient (R, p) in
+    the format, for the (R, p) weights-then-intercept rows ``W``: the model's part of
+    the objective; the L2 term is the engine's (:func:`l2_penalty` and the
+    ``add_l2`` transform of :mod:`stability_lab.run.transforms`)."""
+    n, d = X.shape
     Z = _matmul(torch, X, W[:, :d].T, fmt) + W[:, d]
     loss, dz = _loss_and_dz(torch, Z, y, loss_form, n)
     gW = _matmul(torch, dz.T, X, fmt)
-    g = torch.cat([gW, mean_rows(torch, dz, 1).reshape(-1, 1)], dim=1) + lam * penal * W
-    wsq = (W[:, :d].double() ** 2).sum(1)
-    loss = loss.double() + 0.5 * lam.double().reshape(-1) * wsq
-    return Z, loss, g
+    return Z, loss, torch.cat([gW, mean_rows(torch, dz, 1).reshape(-1, 1)], dim=1)
+
+
+def l2_penalty(W, lam):
+    """(lambda/2)||w||^2 per row of ``W`` (weights, not the intercept), in float64,
+    added to the data's loss (as float64) for the objective's value; ``lam`` is the
+    (R, 1) tensor of lambdas in the format."""
+    wsq = (W[:, :-1].double() ** 2).sum(1)
+    return 0.5 * lam.double().reshape(-1) * wsq
 
 
 #: |x| above which exp(-|x|) is subnormal, and above which it is 0, per dtype
