@@ -28,8 +28,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("remedies",),  # recommendations, advisories, the verify driver, replay
     ("store",),  # SQLite
     ("report",),  # terminal, JSON, HTML
-    ("lab", "watcher", "watch_report", "catalogue", "evaluate", "portability",
-     "estimate"),  # the two ways in (the lab trains, the user trains) and their tools
+    # the two ways in (the lab trains, the user trains) and their tools
+    ("lab", "watcher", "watch_hooks", "watch_metrics", "watch_creators", "watch_trace",
+     "watch_online", "watch_report", "catalogue", "evaluate", "portability", "estimate",
+     "estimate_shape", "estimate_machine", "estimate_cost", "estimate_result"),
     ("cli", "integrations", "__main__", ""),  # the doors: command line, callbacks, API
 ]
 
