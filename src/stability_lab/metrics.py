@@ -1,13 +1,13 @@
 """Every per-step metric the lab records, declared once.
 
 Four monitors fill a :class:`~stability_lab.trace.Trace`'s ``metrics``: the engine's
-batched loop for linear models (``"cohort"``, :mod:`stability_lab.run.cohort`), its
-loop for models with autograd (``"loop"``, :mod:`stability_lab.run.loop`), the watcher
-on a user's own loop (``"watch"``, :mod:`stability_lab.watcher`), and a closed-form
-least-squares solve, whose one "step" is the solve (``"solve"``,
-:mod:`stability_lab.tasks.linear_regression`). Each records the metrics of this table that name it, in
-the table's order; a detector or report that reads a metric finds its meaning here.
-Monitors observe: none of them changes the run.
+batched mode for linear models (``"cohort"``, :mod:`stability_lab.run.cohort`), its
+single mode for models with autograd (``"loop"``, :mod:`stability_lab.run.autograd`),
+the watcher on a user's own loop (``"watch"``, :mod:`stability_lab.watcher`), and a
+closed-form least-squares solve, whose one "step" is the solve (``"solve"``,
+:mod:`stability_lab.tasks.linear_regression`). Each records the metrics of this table
+that name it, in the table's order; a detector or report that reads a metric finds its
+meaning here. Monitors observe: none of them changes the run.
 """
 
 from __future__ import annotations

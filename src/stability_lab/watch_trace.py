@@ -35,7 +35,7 @@ def watched_trace(w, policy, started: float, attributor):
     """The run the watcher ``w`` recorded so far as a Trace (read from its public
     attributes), in ``policy``, started at ``started`` (``time.time()``), with the
     per-layer statistics of ``attributor`` (None when there were none)."""
-    from stability_lab.run.loop import attribution_summary
+    from stability_lab.run.attribution.summary import attribution_summary
     from stability_lab.spec import RunSpec
     from stability_lab.trace import Trace, environment
 

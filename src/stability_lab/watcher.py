@@ -31,7 +31,7 @@ pass. The replay uses the root module's recorded output gradient, so no loss fun
 needed.
 
 Every recorded step is a row of a :class:`~.trace.Trace` with the deep loop's metric names
-(``run/loop.py``); the verdict, the signatures (deep-net ones included) and the phases
+(``run/autograd.py``); the verdict, the signatures (deep-net ones included) and the phases
 are the lab's own (``diagnosis.diagnose``, the one signature registry), run online
 every ``DIAGNOSE_EVERY`` recorded steps and at once when something is non-finite; a new
 finding prints one line with its onset and module. At :meth:`Watcher.close` the run is
@@ -200,7 +200,7 @@ class Watcher(WatchHooks):
 
         self.ring = Ring(self, replay, replay_storage) if replay else None
         # import what the online diagnosis needs now, not inside the user's loop
-        from stability_lab.run import loop  # noqa: F401
+        from stability_lab.run import autograd  # noqa: F401
         from stability_lab.diagnosis import diagnose, phases, signatures  # noqa: F401
         self._install()
 

@@ -133,7 +133,7 @@ def run_one(task, spec: RunSpec, data) -> Trace:
         return train_cohort([spec], data)[0]
     if task.kind == "solve":
         return task.solve(spec, data)
-    from stability_lab.run.loop import train
+    from stability_lab.run.autograd import train
 
     return train(spec, task.problem(spec, data))
 

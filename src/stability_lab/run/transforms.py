@@ -9,7 +9,7 @@ both of its modes run it:
   holds the weights of R runs as the rows of one ``(R, p)`` tensor, so every transform
   acts per run (a norm per row, a clipping factor per row, a mask of the runs that take
   the step);
-- the **single** mode (a model with autograd, :mod:`stability_lab.run.loop`) holds one
+- the **single** mode (a model with autograd, :mod:`stability_lab.run.autograd`) holds one
   run's parameters as a list of tensors, whose gradients the transforms change in
   place.
 

@@ -11,7 +11,7 @@ A task turns specs into traces. The engine calls, in order:
 3. What the engine runs, one of three kinds (``Task.kind``):
 
    - ``"problem"``: ``problem(spec, prepared)`` returns a :class:`Problem` (model, data,
-     loss) that the engine's training loop trains (:mod:`stability_lab.run.loop`);
+     loss) that the engine trains in its single mode (:mod:`stability_lab.run.autograd`);
    - ``"cohort"``: a linear model the engine trains many configurations of in lockstep
      with a leading config axis (:mod:`stability_lab.run.cohort`), specs grouped by
      ``cohort_key(spec)``; the task supplies the data (``prepare``) and the model's
@@ -40,8 +40,8 @@ Batch = tuple[Any, Any]
 class Problem:
     """What a task that trains with autograd hands the engine: a model factory (called
     under ``torch.manual_seed(spec.seed)``, so matched runs start from the same
-    weights), the batch of every step, the loss and an evaluation. The engine's loop
-    (:func:`stability_lab.run.loop.train`) does everything else."""
+    weights), the batch of every step, the loss and an evaluation. The engine
+    (:func:`stability_lab.run.autograd.train`) does everything else."""
 
     model_fn: Callable[[], "torch.nn.Module"]
     batch_at: Callable[[int], Batch]

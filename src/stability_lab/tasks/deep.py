@@ -1,6 +1,6 @@
 """What the three deep-net tasks share: their step unit and validation. Each hands the
-engine a :class:`~stability_lab.tasks.base.Problem` (model, data, loss); the engine's
-loop trains it (:mod:`stability_lab.run.loop`)."""
+engine a :class:`~stability_lab.tasks.base.Problem` (model, data, loss); the engine
+trains it in its single mode (:mod:`stability_lab.run.autograd`)."""
 
 from __future__ import annotations
 
