@@ -1,7 +1,7 @@
 """The signature catalogue: for each failure signature, a reproduction and its verified fixes.
 
-One module per scenario. Each reproduces its signature on real (breast_cancer) or
-generated data in a few seconds, diagnoses the run with the lab's detectors, collects
+One module per scenario. Each reproduces its signature on real (breast_cancer, digits)
+or generated data in a few seconds, diagnoses the run with the lab's detectors, collects
 the recommendations (the lab's own rules where they fire on the scenario's small matched
 sweep, plus the scenario's evidence-driven mitigations), and verifies them with
 :func:`stability_lab.remedies.verify.verify_run`: the baseline re-run with each
@@ -12,10 +12,11 @@ the table.
 
 Training scenarios are RunSpecs of the lab's tasks, run by the engine (a scenario that
 prepares data writes it as a CSV into its work folder first; ``gradient_underflow``'s
-model is a user model of its own module, trained by the deep loop). The two that are
-not training runs, a least-squares solve (``ill_conditioned_blowup``) and one spec run
-under several summation orders (``nondeterminism``), are small computations of their
-module, configured by a dict.
+model is a user model of its own module, trained by the deep loop; ``collapse_to_chance``
+trains the lab's digits ``mlp``, five 200-step runs, about 15 seconds).
+The two that are not training runs, a least-squares solve (``ill_conditioned_blowup``)
+and one spec run under several summation orders (``nondeterminism``), are small
+computations of their module, configured by a dict.
 
 ``repro(name, out)`` runs one scenario and returns a :class:`Repro`; ``docs/playbook.md``
 is generated from the scenarios (``stability-lab playbook --write docs/playbook.md``).
@@ -48,6 +49,7 @@ from stability_lab.catalogue import (  # noqa: F401
     silent_digit_loss,
     nondeterminism,
     saturation,
+    collapse_to_chance,
 )
 
 __all__ = ["RUNNERS", "SCENARIOS", "Repro", "Scenario", "evidence_line", "get", "names",

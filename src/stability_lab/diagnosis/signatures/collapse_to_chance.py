@@ -131,10 +131,7 @@ COLLAPSE_TO_CHANCE = Signature(
                "lower lr"),
     ),
     mitigations=("clip", "lower_lr"),
-    scenario=None,
-    no_scenario="follow-up: a catalogue scenario collapse_to_chance on the digits mlp "
-                "(float64, lr 0.6, 200 steps), which needs the catalogue's first deep-net "
-                "scenario",
+    scenario="collapse_to_chance",
     fires_on=_learned_then_thrown_to_chance,
     silent_on=_learned_and_kept_it,
 )
