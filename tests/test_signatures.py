@@ -201,11 +201,13 @@ def test_collapse_to_chance_needs_a_model_that_had_learned():
 
 
 def test_collapse_to_chance_on_the_digits_mlp_and_its_fix():
-    """lr 0.6 throws the float64 mlp to chance level (the verdict says converged);
-    clipping the gradient norm at 1, or lr 0.1, keeps it learning."""
+    """lr 1 throws the float64 mlp to chance level (the verdict says converged);
+    clipping the gradient norm at 1, or lr 0.1, keeps it learning. (Seed 8 at lr 1: a
+    collapse that holds on the default and the pinned kernels alike, see the catalogue's
+    scenario; at lr 0.6 some seeds' collapse depends on the kernels.)"""
     from stability_lab.run.engine import run_specs
 
-    base = RunSpec(task="mlp", data="digits", policy="float64", epochs=200, lr=0.6)
+    base = RunSpec(task="mlp", data="digits", policy="float64", epochs=200, lr=1.0, seed=8)
     collapsed, clipped, slow = run_specs([base, base.replace(clip=1.0),
                                           base.replace(lr=0.1)])
     (f,) = detect(collapsed, "collapse_to_chance")
