@@ -188,3 +188,34 @@ def test_deep_runs_take_lambda_and_warmup():
     warm = run_one(task, base.replace(params=(("optimizer", "sgd"), ("warmup", 10))), data)
     ratio = warm.metrics["update_norm"][0] / plain.metrics["update_norm"][0]
     assert ratio == pytest.approx(0.1, rel=1e-5)
+
+
+def test_param_format_casts_at_init_and_the_optimizer_keeps_its_parameters():
+    model = torch.nn.Linear(3, 2)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=0.1)
+    t = T.param_format("bfloat16", lambda ps: model.to(torch.bfloat16))
+    state = t.init(params)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert all(a is b for a, b in zip(model.parameters(), opt.param_groups[0]["params"]))
+    step = T.Step(1, T.Tensors(torch), params, np.zeros(1), np.ones(1, dtype=bool))
+    t.update([], state, step)
+    assert step.info["param_format"] == "bfloat16"
+
+
+@pytest.mark.parametrize("policy, dtype", [("mixed-bf16", torch.float32),
+                                           ("bfloat16", torch.bfloat16),
+                                           ("mixed-fp16", torch.float32)])
+def test_single_mode_parameters_are_in_the_policys_format(policy, dtype):
+    """fp32 master weights under a mixed policy, the policy's format under a pure one:
+    what the chain's param_format set, and what the optimizer steps."""
+    from stability_lab.run.autograd import SingleRun, train
+
+    task = _task("mlp")
+    spec = RunSpec(task="mlp", policy=policy, precision="float32", lr=0.1, epochs=2)
+    problem = task.problem(spec, task.prepare(spec))
+    run = SingleRun(spec, problem)
+    assert {p.dtype for p in run.model.parameters()} == {dtype}
+    assert all(p.dtype == dtype for g in run.opt.param_groups for p in g["params"])
+    trace = train(spec, problem)
+    assert trace.extras["format"]["name"] == str(dtype).replace("torch.", "")

@@ -114,12 +114,21 @@ class SingleRun:
         self.spec, self.problem = spec, problem
         self.policy = policy = policy_of(spec)
         torch.manual_seed(int(spec.seed))
-        model = problem.model_fn()
-        self.model = model = model.float() if policy.master else model.to(policy.dtype)
+        self.model = model = problem.model_fn()
         self.params = params = [p for p in model.parameters() if p.requires_grad]
         self.opt = opt = make_optimizer(spec.param("optimizer") or problem.optimizer, params,
                                         spec.lr)
         self.scaler = DynamicLossScaler() if policy.loss_scaling else None
+
+        def cast(params) -> None:  # in place: the optimizer keeps the same parameters
+            if policy.master:
+                model.float()
+            else:
+                model.to(policy.dtype)
+
+        self.updater = Updater(for_spec(spec, scaler=self.scaler, optimizer=opt,
+                                        before_step=self._snapshot,
+                                        formats=(policy.param_dtype, cast)), params)
         every = int(spec.param("attribute_every") or 0)
         self.attributor = Attributor(model, policy, every) if every > 0 else None
         if self.attributor is not None:
@@ -130,8 +139,6 @@ class SingleRun:
         self.policy_ctx = mode if mode is not None else contextlib.nullcontext()
         self.before = [torch.empty_like(p) for p in params]  # the weights before each update
         self.layout = Tensors(torch)
-        self.updater = Updater(for_spec(spec, scaler=self.scaler, optimizer=opt,
-                                        before_step=self._snapshot), params)
         self.attributing = False
         self.rec: dict[str, list[float]] = {k: [] for k in metric_names(LOOP)}
         self.extra: dict[str, list[float]] = {}

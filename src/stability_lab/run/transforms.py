@@ -27,6 +27,8 @@ step (a loss scaler's skip, a run of the cohort that already stopped) is off in
 The transforms, in the order :func:`for_spec` chains them:
 
 ============================  ============================================================
+``param_format(name, cast)``  the precision policy's parameter format: ``init`` casts the
+                              parameters to it (fp32 master weights under a mixed policy)
 ``add_l2(lam)``               the L2 penalty's gradient ``lam * w`` (weights, not biases)
 ``dynamic_loss_scale(s)``     unscale by the loss scale; skip a step whose gradient is
                               not finite and back the scale off (mixed-fp16 policies)
@@ -155,6 +157,25 @@ class Tensors:
 # -- the transforms -------------------------------------------------------------------------
 def _stateless(name: str, fn: Callable[[Any, "Step"], Any]) -> Transform:
     return Transform(name, lambda params: None, lambda g, s, step: (fn(g, step), s))
+
+
+def param_format(name: str, cast: Callable[[Any], None]) -> Transform:
+    """The precision policy's parameter format, held by the chain. ``init`` casts the
+    parameters to it with ``cast`` (the single mode: the model to float32 under a
+    mixed policy, whose forward pass computes in the narrow format while the optimizer
+    steps float32 master weights; to the policy's own format otherwise); every update
+    is then applied in that format by the apply step. Reports ``param_format``. (The
+    batched mode creates its weights in the run's format, the dtype of :class:`Rows`.)"""
+
+    def init(params):
+        cast(params)
+        return name
+
+    def update(grads, state, step: Step):
+        step.info["param_format"] = state
+        return grads, state
+
+    return Transform("param_format", init, update)
 
 
 def add_l2(lam: Sequence[float]) -> Transform:
@@ -293,13 +314,15 @@ class RunChain(NamedTuple):
 
 
 def for_spec(spec, *, batched_specs: Sequence[Any] | None = None, scaler=None,
-             optimizer=None, before_step: Callable[[], None] | None = None) -> RunChain:
-    """The chain of a run: the spec's L2; then the policy's loss scaling (``scaler``),
+             optimizer=None, before_step: Callable[[], None] | None = None,
+             formats: tuple[str, Callable[[Any], None]] | None = None) -> RunChain:
+    """The chain of a run: the spec's L2; then the policy's parameter format
+    (``formats``: its name and the cast, single mode), its loss scaling (``scaler``),
     the spec's clipping and lr schedule, and the apply step of the mode: ``apply_sgd``
     for a cohort (``batched_specs``: its specs, one row each), ``apply_optimizer`` for
     one run with a torch optimizer."""
     specs = list(batched_specs) if batched_specs is not None else [spec]
-    parts = []
+    parts = [] if formats is None else [param_format(*formats)]
     if scaler is not None:
         parts.append(dynamic_loss_scale(scaler))
     parts.append(clip_by_global_norm([s.clip for s in specs]))
