@@ -20,23 +20,29 @@ and multiplied as a Python float in the single mode.
 
 :class:`Step` carries what a transform reads (the step number, the unscaled gradient
 norm the engine measured once, the loss) and what it reports for the monitors
-(``info``: ``clip_factor``, ``loss_scale``, ``skipped``). A run that must not take this
-step (a loss scaler's skip, a run of the cohort that already stopped) is off in
-``Step.active``; the last transform applies the update to the active runs only.
+(``info``: ``param_format``, ``loss_scale``, ``skipped``, ``clip_factor``, ``lr``). A run
+that must not take this step (a loss scaler's skip, a run of the cohort that already
+stopped) is off in ``Step.active``; the last transform applies the update to the active
+runs only.
 
-The transforms, in the order :func:`for_spec` chains them:
+A run's chain has two stages (:class:`RunChain`, built by :func:`for_spec`):
+``regularize`` completes the objective's gradient, whose norm the engine then measures
+and records; ``update`` turns it into the applied step. In order:
 
 ============================  ============================================================
-``param_format(name, cast)``  the precision policy's parameter format: ``init`` casts the
-                              parameters to it (fp32 master weights under a mixed policy)
-``add_l2(lam)``               the L2 penalty's gradient ``lam * w`` (weights, not biases)
+``add_l2(lam)``               (regularize) the L2 penalty's gradient ``lam * w`` (weights,
+                              not biases)
+``param_format(name, cast)``  (single mode) the precision policy's parameter format:
+                              ``init`` casts the parameters to it (fp32 master weights
+                              under a mixed policy); the batched mode's weights are
+                              created in the run's format
 ``dynamic_loss_scale(s)``     unscale by the loss scale; skip a step whose gradient is
                               not finite and back the scale off (mixed-fp16 policies)
 ``clip_by_global_norm(c)``    scale the gradient so its global 2-norm is at most ``c``
 ``scale_by_schedule(lr, w)``  the step ``-lr_t g`` with ``lr_t`` the lr schedule: linear
                               warm-up over ``w`` steps, then constant
-``apply_sgd()`` /             apply the step to the weights kept in the format of the
-``apply_optimizer(opt)``      precision policy (fp32 master weights under a mixed policy)
+``apply_sgd()`` /             apply the step to the weights, in their format (the torch
+``apply_optimizer(opt)``      optimizer: SGD, momentum or Adam, at ``lr_t``)
 ============================  ============================================================
 """
 
