@@ -14,7 +14,7 @@ from stability_lab.run import transforms as T
 from stability_lab.run.engine import run_one
 from stability_lab.run.scaler import DynamicLossScaler
 from stability_lab.spec import RunSpec
-from stability_lab.spec.tasks import task_entry
+from stability_lab.tasks import get_task
 
 
 def _step(layout, params, grads, active=None, **kw):
@@ -152,17 +152,10 @@ def test_apply_sgd_moves_active_runs_only():
     assert Wn[0].tolist() == [0.75, 0.75] and Wn[1].tolist() == [1.0, 1.0]
 
 
-def _task(name):
-    import importlib
-
-    module, fn = task_entry(name).target.split(":")
-    return getattr(importlib.import_module(module), fn)()
-
-
 def test_cohort_warmup_takes_lr_over_k_on_its_first_step():
     """A float64 logistic run: the first step's update norm is lr_t times the
     gradient norm, with lr_t = lr/K under a warm-up of K steps and lr without."""
-    task = _task("logistic_regression")
+    task = get_task("logistic_regression")
     spec = RunSpec(scale="standardized", lr=0.5, epochs=6)
     data = task.prepare(spec)
     plain = run_one(task, spec, data)
@@ -176,7 +169,7 @@ def test_cohort_warmup_takes_lr_over_k_on_its_first_step():
 def test_deep_runs_take_lambda_and_warmup():
     """The mlp with plain SGD: L2 enters the gradient (before, lambda was ignored by the
     deep loop); the warm-up scales the first update by 1/K."""
-    task = _task("mlp")
+    task = get_task("mlp")
     base = RunSpec(task="mlp", policy="float32", precision="float32", lr=0.1, epochs=5,
                    params=(("optimizer", "sgd"),))
     data = task.prepare(base)
@@ -211,7 +204,7 @@ def test_single_mode_parameters_are_in_the_policys_format(policy, dtype):
     what the chain's param_format set, and what the optimizer steps."""
     from stability_lab.run.autograd import SingleRun, train
 
-    task = _task("mlp")
+    task = get_task("mlp")
     spec = RunSpec(task="mlp", policy=policy, precision="float32", lr=0.1, epochs=2)
     problem = task.problem(spec, task.prepare(spec))
     run = SingleRun(spec, problem)

@@ -24,7 +24,8 @@ import sys
 from typing import Any
 
 from stability_lab.watch_creators import MAX_CREATOR_REPLAYS, replay_with_checks
-from stability_lab.watch_metrics import check_outputs, grad_stats, total_norm
+from stability_lab.run.transforms import global_norm
+from stability_lab.watch_metrics import check_outputs, grad_stats
 from stability_lab.watch_trace import policy_of
 
 #: "auto" attribution: per-layer statistics on every this many recorded steps
@@ -192,7 +193,7 @@ class WatchHooks:
         if self._recording() and self._before is not None:
             with torch.no_grad():
                 torch._foreach_sub_(self._before, [p.detach() for p in self.params])
-                self._pending["update_norm"] = total_norm(torch, self._before)
+                self._pending["update_norm"] = global_norm(torch, self._before)
         if self._attr_active:
             # (a GradScaler has unscaled the gradients before the optimizer step)
             self._attributor.end_step(grad_scale=1.0)

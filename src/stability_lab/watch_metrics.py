@@ -4,8 +4,9 @@ The numbers behind each row of a watched run's metrics (:data:`METRICS`, the wat
 part of the one metric table, :mod:`stability_lab.metrics`): the outputs' largest
 magnitude and whether they are finite (:func:`check_outputs`), the gradients' norm,
 largest entry and non-finite count (:func:`grad_stats`), the norm of a list of tensors
-(:func:`total_norm`: weights, the update), the headroom left in a number format
-(:func:`format_max`, :func:`headroom`), and the step's row of metrics
+(the engine's :func:`~stability_lab.run.transforms.global_norm`: weights, the update),
+the headroom left in a number format (:func:`format_max`, :func:`headroom`), and the
+step's row of metrics
 (:func:`step_row`). :class:`~stability_lab.watcher.Watcher` calls them from its hooks;
 they take tensors and numbers, never the watcher.
 """
@@ -17,6 +18,7 @@ import time
 from typing import Any
 
 from stability_lab.metrics import WATCH, metric_names
+from stability_lab.run.transforms import global_norm
 
 #: what the watcher records per step (the one metric table: stability_lab.metrics)
 METRICS = metric_names(WATCH)
@@ -63,7 +65,7 @@ def step_row(torch, params: list, micro: list[dict[str, Any]], pending: dict[str
     ``micro`` the step's micro-batches, ``t0`` the ``perf_counter`` at its start."""
     p = pending
     with torch.no_grad():
-        wn = total_norm(torch, [q.detach() for q in params])
+        wn = global_norm(torch, [q.detach() for q in params])
     nbad_w = 0 if math.isfinite(wn) else int(sum(int((~torch.isfinite(q)).sum())
                                                 for q in params))
     outs = [mb.get("out") for mb in micro if mb.get("out") is not None]
@@ -88,14 +90,6 @@ def step_row(torch, params: list, micro: list[dict[str, Any]], pending: dict[str
         "skipped": 1.0 if skipped else 0.0, "lr": p.get("lr", math.nan),
         "step_time": time.perf_counter() - t0,
     }
-
-
-def total_norm(torch, tensors) -> float:
-    """The 2-norm of all the tensors together, in float64."""
-    if not tensors:
-        return 0.0
-    return float(torch.linalg.vector_norm(torch.stack(
-        torch._foreach_norm(tensors, 2, dtype=torch.float64))))
 
 
 def format_max(torch, dtype) -> float:

@@ -7,10 +7,10 @@ about 100x, and the network lands where its output no longer depends on its inpu
 log 10 with no gradient left and the verdict says converged, at 10% accuracy.
 
 The collapse is the end of a chaotic transient, so whether a given seed collapses can
-depend on the last bits of the arithmetic. The lr is chosen where it does not: seeds 0
-to 11 at lr 1 all collapse on this machine's default kernels, and 11 of 12 under the
-playbook's pinned environment (seed 0 there ends at loss 2.0, two classes learned); at
-lr 0.6 only 9 of 12 collapse on the default kernels. Seed :data:`SEED` collapses in
+depend on the last bits of the arithmetic. The lr is chosen where it does not: of seeds
+0 to 11 at lr 1, 12 collapse on the default kernels and 11 under the playbook's pinned
+environment (seed 0 there ends at loss 2.0, two classes learned); at lr 0.6, 9 and 9
+(``python benchmarks/collapse_seeds.py [--pinned]``). Seed :data:`SEED` collapses in
 both environments.
 
 Neither lab rule for the record's mitigations fires on it (``clip`` and ``lower_lr`` read

@@ -65,11 +65,21 @@ class Repro:
 class Scenario:
     name: str
     description: str
-    symptom: str
-    cause: str
-    #: the fixes, cheapest first (text for the playbook)
-    fixes: tuple[str, ...]
     build: Callable[[Path], Repro]
+
+    # the playbook text: the signature record's, said once beside its detector
+    @property
+    def symptom(self) -> str:
+        return SIGNATURES[self.name].playbook.symptom
+
+    @property
+    def cause(self) -> str:
+        return SIGNATURES[self.name].playbook.cause
+
+    @property
+    def fixes(self) -> tuple[str, ...]:
+        """The fixes, cheapest first."""
+        return SIGNATURES[self.name].playbook.fixes
 
 
 #: the scenarios in playbook order (the order their modules are imported)
@@ -85,8 +95,9 @@ def scenario(name: str, description: str):
     builds its Repro in a folder. Its playbook text is the signature record's."""
 
     def wrap(fn: Callable[[Path], Repro]) -> Callable[[Path], Repro]:
-        text = SIGNATURES[name].playbook
-        SCENARIOS[name] = Scenario(name, description, text.symptom, text.cause, text.fixes, fn)
+        if name not in SIGNATURES:
+            raise ValueError(f"scenario {name!r}: no signature record of that name")
+        SCENARIOS[name] = Scenario(name, description, fn)
         return fn
 
     return wrap

@@ -46,7 +46,7 @@ from stability_lab.run.attribution.summary import attribution_summary
 from stability_lab.run.loop import Updater, fit
 from stability_lab.metrics import LOOP, metric_names
 from stability_lab.run.scaler import DynamicLossScaler
-from stability_lab.run.transforms import Step, Tensors, for_spec
+from stability_lab.run.transforms import Step, Tensors, for_spec, global_norm
 
 MAX_CONSECUTIVE_SKIPS = 30
 MAX_REPLAYS = 5
@@ -194,7 +194,7 @@ class SingleRun:
             info = Step(step, self.layout, having, np.array([math.nan]), np.array([True]),
                         grad_scale=scale)
             self.grads = grads = self.updater.regularize(grads, info)
-            gnorm_scaled = _norm(grads)
+            gnorm_scaled = global_norm(torch, grads)
             self.loss_v = loss_v = float(loss.detach().double())
             self.logit_max = float(out_t.detach().abs().max().double()) \
                 if out_t is not None and out_t.numel() else math.nan
@@ -229,11 +229,11 @@ class SingleRun:
         if info.active[0]:
             with torch.no_grad():
                 torch._foreach_sub_(self.before, self.params)  # before - after, the update
-                un = _norm(self.before)
+                un = global_norm(torch, self.before)
         else:
             un = 0.0
         with torch.no_grad():
-            wn = _norm([p.detach() for p in self.params])
+            wn = global_norm(torch, [p.detach() for p in self.params])
             self.n_bad_w = n_bad_w = 0 if math.isfinite(wn) else int(
                 sum(int((~torch.isfinite(p)).sum()) for p in self.params))
         if self.attributing:
@@ -326,65 +326,6 @@ class SingleRun:
                                    "amax_history": P.AMAX_HISTORY, "margin": P.FP8_MARGIN}
         trace.extras["attribution"] = attribution_summary(attributor, creators)
         return trace
-
-
-    def _norm(tensors: list[torch.Tensor]) -> float:
-        if not tensors:
-            return 0.0
-        return float(torch.linalg.vector_norm(torch.stack(
-            torch._foreach_norm(tensors, 2, dtype=torch.float64))))
-
-
-    def _owner_of_nonfinite(model: torch.nn.Module) -> str:
-        for name, module in model.named_modules():
-            for p in module.parameters(recurse=False):
-                if not bool(torch.isfinite(p).all()):
-                    return name or ROOT
-        return ROOT
-
-
-    def _replay(model, forward, loss_of, inputs, targets, scale, scaler, fp8_snap,
-                step) -> list[dict[str, Any]]:
-        """Re-run the step with full checks (weights are not updated yet; the run is
-        deterministic) and return the creator events; the step's gradients are restored."""
-        params = [p for p in model.parameters()]
-        saved = [None if p.grad is None else p.grad.clone() for p in params]
-        live_snap = P.FP8.snapshot() if P.FP8 is not None else None
-        if P.FP8 is not None:
-            P.FP8.restore(fp8_snap)
-            P.FP8.begin_step()
-        under = (P.UNDERFLOW.flushed, P.UNDERFLOW.total)
-
-        def forward_backward(output_hook):
-            for p in params:
-                p.grad = None
-            outputs = forward(inputs)
-            loss = loss_of(outputs, targets)
-            output_hook(outputs, loss)
-            (loss.float() * scale if scaler is not None else loss).backward()
-
-        try:
-            events = find_creators(model, forward_backward, step)
-        except RuntimeError as exc:  # e.g. in-place ops that full backward hooks refuse
-            events = [{"step": step, "pass": "replay", "module": ROOT, "kind": "unknown",
-                       "detail": f"replay with checks failed: {str(exc).splitlines()[0][:160]}",
-                       "type": ""}]
-        finally:
-            for p, g in zip(params, saved):
-                p.grad = g
-            if P.FP8 is not None:
-                P.FP8.restore(live_snap)
-            P.UNDERFLOW.flushed, P.UNDERFLOW.total = under
-        return events
-
-
-
-
-def _norm(tensors: list[torch.Tensor]) -> float:
-    if not tensors:
-        return 0.0
-    return float(torch.linalg.vector_norm(torch.stack(
-        torch._foreach_norm(tensors, 2, dtype=torch.float64))))
 
 
 def _owner_of_nonfinite(model: torch.nn.Module) -> str:

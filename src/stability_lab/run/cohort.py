@@ -116,8 +116,9 @@ class Cohort:
                           if self.batch else None)
         self.index = 0  # the chain's step counter (one per full-batch epoch or mini-batch)
 
-    def _step(self, W, grads) -> Step:
-        return Step(self.index, self.layout, W, self.layout.norms(grads), self.active.copy())
+    def _step(self, W, grads, norms=None) -> Step:
+        norms = self.layout.norms(grads) if norms is None else norms
+        return Step(self.index, self.layout, W, norms, self.active.copy())
 
     def _regularized(self, W, grads):
         step = Step(self.index + 1, self.layout, W, np.full(self.R, np.nan), self.active.copy())
@@ -162,8 +163,8 @@ class Cohort:
         torch, fmt, d = self.torch, self.fmt, self.d
         self.Wn = self.W
         if self.batch is None:
-            self.index += 1
-            yield self._step(self.W, self.g), self.g
+            self.index += 1  # the measured gradient, whose norms measure() recorded
+            yield self._step(self.W, self.g, self.rec["grad_norm"][k - 1].copy()), self.g
             return
         with torch.no_grad():
             perm = torch.randperm(self.n, generator=self.order_gen)
@@ -188,7 +189,7 @@ class Cohort:
         with torch.no_grad():
             delta = (self.Wn.double() - self.Wd)
             rec["update_norm"][e] = delta.norm(dim=1).numpy()
-            intended = (self.layout.column(self.info["lr"]) * self.g).double() != 0
+            intended = (self.info["lr_rows"] * self.g).double() != 0
             unchanged = (delta == 0) & intended
             with np.errstate(divide="ignore", invalid="ignore"):
                 rec["frac_unchanged"][e] = (unchanged.sum(1).double()

@@ -102,6 +102,14 @@ def chain(*transforms: Transform) -> Transform:
     return Transform("chain(" + ", ".join(t.name for t in transforms) + ")", init, update)
 
 
+def global_norm(torch, tensors) -> float:
+    """The 2-norm of all the tensors together, accumulated in float64 (0 for none)."""
+    if not tensors:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(
+        torch._foreach_norm(tensors, 2, dtype=torch.float64))))
+
+
 # -- layouts ------------------------------------------------------------------------------
 class Rows:
     """The batched mode: the weights of R runs are the rows of one (R, p) tensor in the
@@ -140,11 +148,7 @@ class Tensors:
         self.torch = torch
 
     def norms(self, grads) -> np.ndarray:
-        if not grads:
-            return np.zeros(1)
-        t = self.torch
-        return np.array([float(t.linalg.vector_norm(t.stack(
-            t._foreach_norm(grads, 2, dtype=t.float64))))])
+        return np.array([global_norm(self.torch, grads)])
 
     def add_scaled_params(self, grads, params, coef):
         with self.torch.no_grad():
@@ -192,12 +196,12 @@ def add_l2(lam: Sequence[float]) -> Transform:
     lam = list(lam)
 
     def init(params):
-        return None
+        return None  # the batched mode's (R, 1) lambdas, made on the first step
 
     def update(grads, state, step: Step):
         layout = step.layout
         if isinstance(layout, Rows):
-            coef = layout.column(lam)
+            coef = state = layout.column(lam) if state is None else state
         elif lam[0] == 0:
             return grads, state
         else:
@@ -262,14 +266,18 @@ def lr_at(lr: float, warmup: int, step: int) -> float:
 def scale_by_schedule(lr: Sequence[float], warmup: Sequence[int]) -> Transform:
     """The update ``lr_t * g`` per run (the engine subtracts it), with ``lr_t`` from
     :func:`lr_at`. In the batched mode the per-run lr is rounded to the format (the
-    weights' dtype) before the product, as a tensor of lrs would be. Reports ``lr``."""
+    weights' dtype) before the product, as a tensor of lrs would be (kept while the rates
+    stay the same). Reports ``lr``, and in the batched mode ``lr_rows``, that tensor."""
     lr, warmup = list(lr), [int(w or 0) for w in warmup]
 
     def update(grads, state, step: Step):
-        rates = [lr_at(a, w, step.index) for a, w in zip(lr, warmup)]
+        rates = tuple(lr_at(a, w, step.index) for a, w in zip(lr, warmup))
         step.info["lr"] = np.array(rates)
         if isinstance(step.layout, Rows):
-            return step.layout.column(rates) * grads, state
+            if state is None or state[0] != rates:
+                state = (rates, step.layout.column(rates))
+            step.info["lr_rows"] = state[1]
+            return state[1] * grads, state
         return grads, state  # the single mode's optimizer takes lr_t (apply_optimizer)
 
     return Transform("scale_by_schedule", lambda params: None, update)
