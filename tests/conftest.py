@@ -1,8 +1,16 @@
 import os
 from pathlib import Path
 
-import pytest
-from hypothesis import settings
+# The suite runs its files in parallel worker processes (pyproject's addopts: pytest-xdist,
+# one worker per CPU, at most 2). Each worker computes with one thread, unless the caller
+# chose a thread count, so that two workers do not fight over the cores (and a worker's
+# subprocesses inherit the setting). Set here, before any test imports NumPy or torch.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -13,6 +21,33 @@ NIST_DIR = SHARED / "data" / "nist-strd"
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+#: worker processes at most: each loads torch and the data (~1.5 GB); two keep a 2-core
+#: machine busy, more would mostly wait on each other's memory traffic
+MAX_WORKERS = 2
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per CPU this process may use, at most :data:`MAX_WORKERS`."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_WORKERS))
+
+
+#: the files that take longest (each 20 s to 70 s of one worker's time: the playbook's
+#: regeneration and its repros, the Dask clusters, the kernel re-runs), run first so that
+#: the workers finish together instead of one waiting for a long file started last
+LONGEST_FIRST = ("test_distributed.py", "test_playbook_regen.py", "test_playbook.py",
+                 "test_cli.py", "test_portability.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
 
 
 @pytest.fixture

@@ -234,3 +234,28 @@ def test_the_float64_optimum_stops_when_newton_can_no_longer_see_progress(monkey
     opt = optimum.optimum(prep, 5e-5)
     assert opt["attained"] and opt["iterations"] <= 8
     assert len(calls) <= opt["iterations"] + 2  # full Newton steps, no futile halvings
+
+
+def test_breast_cancer_is_scikit_learns_bit_for_bit_without_importing_it():
+    """The default data, read from the file scikit-learn ships, equals
+    load_breast_cancer() bit for bit, and loading it imports no scikit-learn (a fresh
+    process: this one may have imported it already)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_breast_cancer
+
+    from stability_lab.tasks import datasets
+
+    ds, ref = datasets.load("breast_cancer"), load_breast_cancer()
+    assert ds.X.dtype == np.float64 and ds.X.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(ds.X, ref.data)
+    np.testing.assert_array_equal(ds.y, ref.target)
+    assert ds.feature_names == list(ref.feature_names)
+    assert ds.classes == list(ref.target_names)
+    probe = ("import sys; from stability_lab.tasks import datasets; "
+             "d = datasets.load('breast_cancer'); "
+             "print(d.X.shape, sorted(m for m in sys.modules if m.startswith('sklearn')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    assert out.strip() == "(569, 30) []"

@@ -64,7 +64,7 @@ def _preload(task: str, source: str) -> None:
     names = ["numpy", "scipy.linalg", "scipy.optimize", "scipy.sparse.linalg", "sqlite3"]
     if task in ("logistic_regression",) or task in DEEP_TASKS or ":" in task:
         names.append("torch")
-    if str(source).strip() in BUILTIN_SHAPES or task in DEEP_TASKS:
+    if str(source).strip() == "digits" or task in DEEP_TASKS:  # breast_cancer needs none
         names.append("sklearn.datasets")
     for name in names:
         try:

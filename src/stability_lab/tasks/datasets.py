@@ -293,16 +293,50 @@ def _load_csv_fast(p: Path, target: str) -> Dataset | None:
     return Dataset(p.name, X, y, [header[i] for i in feats], target, classes)
 
 
+#: the 10 measurements of a cell nucleus in scikit-learn's breast-cancer data; its 30
+#: features are their means, standard errors and worst values, in that order
+_NUCLEUS = ("radius", "texture", "perimeter", "area", "smoothness", "compactness",
+            "concavity", "concave points", "symmetry", "fractal dimension")
+BREAST_CANCER_FEATURES = ([f"mean {m}" for m in _NUCLEUS] + [f"{m} error" for m in _NUCLEUS]
+                          + [f"worst {m}" for m in _NUCLEUS])
+
+
+def breast_cancer() -> Dataset:
+    """scikit-learn's breast-cancer data (569 x 30; target 0 = malignant, 1 = benign),
+    read from the CSV file scikit-learn ships, without importing scikit-learn: its import
+    (with SciPy's statistics) costs about 2.5 s, more than the default sweep's runs. The
+    values are those of ``sklearn.datasets.load_breast_cancer()`` bit for bit (decimal
+    text parsed to float64, correctly rounded either way; tests/test_logistic.py compares).
+    Falls back to that function where the file is not where scikit-learn keeps it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package, runs none of it
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / \
+            "breast_cancer.csv"
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_breast_cancer
+
+        bunch = load_breast_cancer()
+        return Dataset("breast_cancer", np.asarray(bunch.data, dtype=np.float64),
+                       np.asarray(bunch.target, dtype=np.float64), list(bunch.feature_names),
+                       "malignant=0/benign=1", list(bunch.target_names))
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    n, d = int(rows[0][0]), int(rows[0][1])
+    table = np.array(rows[1:], dtype=np.float64)
+    if table.shape != (n, d + 1) or d != len(BREAST_CANCER_FEATURES):
+        raise ValueError(f"{path}: expected {n} rows of {d} features and a target")
+    return Dataset("breast_cancer", np.ascontiguousarray(table[:, :d]), table[:, d].copy(),
+                   list(BREAST_CANCER_FEATURES), "malignant=0/benign=1", rows[0][2:4])
+
+
 def load(source: str, target: str | None = None, kappa: float | None = None) -> Dataset:
     """Load a data source by its ``--data`` name (see the module docstring)."""
     source = str(source).strip()
     if source == "breast_cancer":
-        from sklearn.datasets import load_breast_cancer
-
-        bunch = load_breast_cancer()
-        return Dataset(source, np.asarray(bunch.data, dtype=np.float64),
-                       np.asarray(bunch.target, dtype=np.float64), list(bunch.feature_names),
-                       "malignant=0/benign=1", list(bunch.target_names))
+        return breast_cancer()
     if source == "digits":
         from sklearn.datasets import load_digits
 
