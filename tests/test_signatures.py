@@ -221,6 +221,35 @@ def test_collapse_to_chance_on_the_digits_mlp_and_its_fix():
         assert not detect(healthy, "collapse_to_chance")
 
 
+def test_no_false_alarms_on_a_healthy_float64_attention_run():
+    """float64 attention with qk-layernorm at lr 0.05 converges (100% accuracy); near the
+    fit its mini-batch loss jumps 2-50x and back in a step (0.026 after 0.006 at step 41,
+    0.0011 after 4e-5 at step 154: under 1% of its descent from 2.9), which is noise, not
+    a loss spike."""
+    from stability_lab.run.engine import run_specs
+
+    (tr,) = run_specs([RunSpec(task="attention", policy="float64", lr=0.05,
+                               epochs=200).replace(qk_layernorm=True)])
+    assert decide(tr).status == "converged" and tr.extras["accuracy"] > 0.99
+    loss = tr.metrics["loss"]
+    jumps = [loss[i] / loss[i - 10:i].max() for i in range(10, len(loss))]
+    assert max(jumps) > 2  # the noise is there ...
+    alarms = [f.signature for f in detect_all(tr) if f.severity in ("warning", "error")]
+    assert alarms == []  # ... and nothing calls it a failure
+
+
+def test_a_spike_that_gives_back_part_of_the_descent_is_named():
+    """The same shape of jump, but undoing 30% of the descent made, is a loss spike."""
+    loss = 2.9 * np.exp(-np.arange(120) / 10.0) + 0.3
+    top = loss[70:80].max()  # the previous window's maximum
+    loss[80] = top + 0.3 * (loss[0] - top)  # back up by 30% of what was gained
+    tr = Trace(spec=RunSpec(), metrics={"loss": loss})
+    (f,) = detect(tr, "loss_spike")
+    assert f.onset == 81 and f.evidence["undone"] == pytest.approx(0.3)
+    loss[80] = top + 0.02 * (loss[0] - top)  # 2%: noise near the fit
+    assert detect(Trace(spec=RunSpec(), metrics={"loss": loss}), "loss_spike") == []
+
+
 def test_missing_metrics_are_skipped():
     tr = Trace(spec=RunSpec(task="mlp", policy="mixed-fp16"),
                metrics={"loss": np.array([1.0, 0.9, 0.8])}, step_unit="step")
