@@ -12,8 +12,15 @@ import pytest
 
 from stability_lab import catalogue
 from stability_lab.cli import main
+from stability_lab.diagnosis.signatures import SIGNATURES
 
 PLAYBOOK = Path(__file__).resolve().parents[1] / "docs" / "playbook.md"
+
+#: scenarios whose record's mitigation does not fix them yet. stagnation: bfloat16 at lr
+#: 0.01 stagnates, and float32 (the record's higher_precision) only improves it within
+#: the 300 epochs, since lr 0.01 is 0.02 of 2/L; what fixes it is raising lr (the
+#: scenario's own raise_lr), which is not a registered rule yet
+RECORD_FIX_GAPS = {"stagnation"}
 
 
 def playbook_text():
@@ -49,6 +56,20 @@ def test_playbook_command_runs(command, tmp_path, capsys):
     assert any(row["fixed"] for row in doc["verification"]), "no verified fix"
     for row in doc["verification"]:
         assert {"mitigation", "before", "after", "fixed"} <= set(row)
+    # the signature record's mitigation (a registered rule) is among the verified fixes,
+    # unless the record says no rule can fix it (the scenario shows what does)
+    record = SIGNATURES[name]
+    fixed_by = {row["mitigation"] for row in doc["verification"] if row["fixed"]}
+    if not record.mitigations:  # no rule can fix it (the record says why)
+        assert record.no_mitigation
+    elif name in RECORD_FIX_GAPS:  # a known gap, held to still being one
+        assert not fixed_by & set(record.mitigations), (
+            f"{name}: its record's mitigation fixes its scenario now: remove it from "
+            "RECORD_FIX_GAPS")
+    else:
+        assert fixed_by & set(record.mitigations), (
+            f"{name}: none of its record's mitigations {record.mitigations} fixed its "
+            f"scenario (fixed: {sorted(fixed_by)})")
 
 
 def test_playbook_jobs_must_be_positive(capsys):

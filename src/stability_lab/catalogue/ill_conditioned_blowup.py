@@ -91,7 +91,8 @@ def reproduce(ws: Path) -> Repro:
         Recommendation("drop_reference", "drop one reference level per feature",
                        "each feature's block of one-hot columns sums to the intercept column",
                        {"drop_reference": True}, (), {}),
-        Recommendation("ridge", "add a ridge penalty lambda = 1e-6",
+        # the lab's add_l2 fix (the signature record's mitigation), on this solve: a ridge
+        Recommendation("add_l2", "add L2 (a ridge penalty) lambda = 1e-6",
                        "a penalty makes the solution unique", {"ridge": 1e-6}, (), {}),
     ]
     return config_scenario("ill_conditioned_blowup", run, base, recs)

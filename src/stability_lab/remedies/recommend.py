@@ -126,6 +126,27 @@ def _l2_for_eigenvalues(ev: np.ndarray, target: float) -> float:
     return max(0.0, (s_max - target * s_min) / (target - 1.0))
 
 
+#: e-folds of decay asked of the weights along a null space within the run's steps
+PIN_EFOLDS = 3.0
+
+
+def _l2_to_pin_null_space(r) -> float:
+    """For a run with a rank_deficiency finding: the lambda whose pull decays the weights
+    along the design's null space by e^-PIN_EFOLDS (5%) within the run's own steps.
+
+    With lambda = 0 gradient descent never moves them (the data's gradient has no
+    component there); with lambda > 0 they shrink by (1 - lr lambda) a step, so
+    lambda = PIN_EFOLDS / (lr * steps). A lambda that only bounds cond(X^T X + lambda I)
+    in the format (``_l2_for_eigenvalues``: 1.5e-13 for a duplicated column in float64)
+    leaves them where the initialization put them. 0 when the run has no such finding."""
+    if not any(f.signature == "rank_deficiency" for f in r.findings):
+        return 0.0
+    lr, steps = float(r.spec.lr or 0.0), int(r.trace.n_steps)
+    if lr <= 0 or steps <= 0:
+        return 0.0
+    return PIN_EFOLDS / (lr * steps)
+
+
 @register_rule
 def add_l2(ctx: Context) -> list[Recommendation]:
     out = []
@@ -145,23 +166,32 @@ def add_l2(ctx: Context) -> list[Recommendation]:
         if not np.all(np.isfinite(ev)):  # beyond float64 (huge data): no number to give
             continue
         s_max = float(ev[-1])
-        lam = round_sig(_l2_for_eigenvalues(ev, target))
+        lam = _l2_for_eigenvalues(ev, target)
+        pin = _l2_to_pin_null_space(r)
+        if pin:  # rank-deficient: lift the zero eigenvalues within the run's budget
+            lam = max(lam, pin)
+        lam = round_sig(lam)
         # a penalty that swamps the data's largest direction is no fix: the format is
         if r.spec.lam >= lam or lam > 0.01 * s_max:
             continue
         seen.add(key)
         runs = [x for x in ctx.results if (x.spec.data, x.spec.scale, x.spec.precision) == key
                 and _unhealthy(x) and x.spec.lam < lam]
+        why = (f"lambda >= {lam:g} brings cond(X^T X/n + lambda I) under {sci(target)}"
+               if not pin or lam > round_sig(pin) else
+               f"the design is rank-deficient, and lambda = {lam:g} = {PIN_EFOLDS:g}/(lr x "
+               f"steps) shrinks the weights along its null space by e^-{PIN_EFOLDS:g} within "
+               f"the run's {r.trace.n_steps} steps at lr {format_value(r.spec.lr)} (with "
+               "lambda = 0 nothing moves them)")
         out.append(Recommendation(
             "add_l2",
             f"add L2 lambda >= {lam:g}",
             f"cond(X^T X) = {sci(start['cond_XtX'])} is near-singular for {fmt.name} "
             f"(cond * u = {start['cond_XtX'] * fmt.unit_roundoff:.2g} >= 0.01: fewer than 2 "
-            f"digits survive); lambda >= {lam:g} brings cond(X^T X/n + lambda I) under "
-            f"{sci(target)} (scale={r.spec.scale})",
+            f"digits survive); {why} (scale={r.spec.scale})",
             {"lambda": lam}, _ids(runs),
             {"cond": start["cond_XtX"], "target": target, "lambda": lam,
-             "precision": fmt.name, "scale": r.spec.scale},
+             "precision": fmt.name, "scale": r.spec.scale, "pin_null_space": pin},
         ))
     return out
 
