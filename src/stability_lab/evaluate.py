@@ -158,7 +158,8 @@ def run_scenario(scenario: dict[str, Any], folder: Path, verify: bool = True) ->
     import time
 
     from stability_lab.lab import run_sweep
-    from stability_lab.remedies.verify import VERIFY_BY_DEFAULT, close_recommendations, rerun_count, verify_sweep
+    from stability_lab.remedies.verify import (VERIFY_BY_DEFAULT, close_recommendations,
+                                               rerun_count, verify_sweep)
 
     t0 = time.perf_counter()
     sweep, case = build(scenario, folder)

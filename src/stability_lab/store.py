@@ -96,7 +96,8 @@ CREATE TABLE IF NOT EXISTS verifications (
 """
 
 
-#: columns added after the first release: (table, column, type), added when a store is opened for writing
+#: columns added after the first release: (table, column, type), added when a store is
+#: opened for writing
 MIGRATIONS = (
     ("sweeps", "report", "TEXT"),
     ("sweeps", "verification", "TEXT"),

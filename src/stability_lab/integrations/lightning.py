@@ -4,9 +4,9 @@ The watcher is attached to the LightningModule and the first optimizer when fitt
 starts; each batch is announced in ``on_train_batch_start`` (``training_step`` need
 not call the module's own forward); Lightning runs the forward and backward inside
 ``optimizer.step(closure)``, so the gradients are read in ``on_before_optimizer_step``
-(after the backward, before the update). The loss of each batch is the one ``training_step`` returned. The scaler of a
-``16-mixed`` precision plugin is picked up. Replay re-runs ``training_step(batch, i)``
-on the recorded batches.
+(after the backward, before the update). The loss of each batch is the one
+``training_step`` returned. The scaler of a ``16-mixed`` precision plugin is picked up.
+Replay re-runs ``training_step(batch, i)`` on the recorded batches.
 """
 
 from __future__ import annotations

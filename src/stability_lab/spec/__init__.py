@@ -1,9 +1,9 @@
 """Run specifications and sweeps.
 
 A :class:`RunSpec` describes one run completely: task, data source and transforms,
-number format, optimizer settings and seed (a mitigation is a change of these fields). It is frozen and its hash
-(:attr:`RunSpec.run_id`) is the run's identity: the same spec always gives the same
-numbers, so a stored run is never run twice.
+number format, optimizer settings and seed (a mitigation is a change of these fields).
+It is frozen and its hash (:attr:`RunSpec.run_id`) is the run's identity: the same spec
+always gives the same numbers, so a stored run is never run twice.
 
 A sweep is a base spec plus axes; :func:`expand` takes the Cartesian product in the
 order the axes were given. Every spec of a sweep shares data, initial weights and

@@ -56,7 +56,7 @@ def optimum(prep: LogisticData, lam: float) -> dict[str, Any]:
     if method == "newton":
         P = np.eye(p)
         P[-1, -1] = 0.0  # the intercept is not penalized
-        for it in range(1, 101):
+        for it in range(1, 101):  # noqa: B007 (the count is reported below)
             if _l2(g) <= goal:
                 break
             z = A @ w

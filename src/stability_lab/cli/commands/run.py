@@ -120,7 +120,8 @@ def build_sweep(args: argparse.Namespace):
     if data is None:
         data = DEFAULT_DATA.get(task, "user")
     elif task == "logistic_regression":
-        from stability_lab.tasks.datasets import check_source  # imports numpy: only when --data is given
+        # imports numpy: only when --data is given
+        from stability_lab.tasks.datasets import check_source
 
         check_source(data)
     if args.html:  # output paths are checked before any work starts
