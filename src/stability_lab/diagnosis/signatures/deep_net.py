@@ -47,10 +47,12 @@ HEADROOM_BITS = 6.0
 SATURATED_LOGIT = 1e3
 SKIP_FRACTION = 0.2
 
-#: why no deep-net signature has a catalogue scenario yet
-NO_DEEP_SCENARIO = ("the catalogue has no deep-net scenario yet (its scenarios run the "
-                    "logistic task and its own NumPy trainer); follow-up: a scenario on the "
-                    "mlp or attention task")
+#: why these deep-net signatures have no catalogue scenario yet
+NO_DEEP_SCENARIO = ("no catalogue scenario yet: one on the mlp or attention task (as "
+                    "collapse_to_chance and gradient_underflow train deep models) needs a "
+                    "setting that fails on every kernel and that the record's mitigation "
+                    "fixes within the epoch budget, and each such scenario adds 10-25 s of "
+                    "training to every playbook regeneration and repro test; follow-up")
 
 
 def _attr(trace: Trace) -> dict[str, Any]:
