@@ -23,19 +23,18 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
-#: worker processes at most: each loads torch and the data (~1.5 GB); two keep a 2-core
-#: machine busy, more would mostly wait on each other's memory traffic
+#: worker processes at most: on the 2-core machine the suite took 214-243 s with 2 workers
+#: and 264 s with 3 (`pytest -q -n 3`): the tests start processes of their own (Dask
+#: clusters, the playbook's repros, kernel re-runs), which a third worker only crowds
 MAX_WORKERS = 2
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's
 def pytest_xdist_auto_num_workers(config):
     """``-n auto``: one worker per CPU this process may use, at most :data:`MAX_WORKERS`."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, MAX_WORKERS))
+    from stability_lab.portability import usable_cpus
+
+    return min(usable_cpus(), MAX_WORKERS)
 
 
 #: the files that take longest (each 20 s to 70 s of one worker's time: the playbook's

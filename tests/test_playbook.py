@@ -18,8 +18,9 @@ PLAYBOOK = Path(__file__).resolve().parents[1] / "docs" / "playbook.md"
 
 #: scenarios whose record's mitigation does not fix them yet. stagnation: bfloat16 at lr
 #: 0.01 stagnates, and float32 (the record's higher_precision) only improves it within
-#: the 300 epochs, since lr 0.01 is 0.02 of 2/L; what fixes it is raising lr (the
-#: scenario's own raise_lr), which is not a registered rule yet
+#: the 300 epochs, since lr 0.01 is 0.017 of 2/L = 0.585 (`stability-lab repro
+#: stagnation`); what fixes it is raising lr (the scenario's own raise_lr), which is not a
+#: registered rule yet
 RECORD_FIX_GAPS = {"stagnation"}
 
 

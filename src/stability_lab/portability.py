@@ -123,6 +123,14 @@ def probe_kernels(candidates: tuple[str, ...] | list[str] = CANDIDATE_KERNELS,
     return list(usable.values()), rejected
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def thread_counts(cpus: int | None = None) -> list[int]:
     """1, 2 and all cores, without duplicates."""
     n = cpus or os.cpu_count() or 1

@@ -166,11 +166,10 @@ def add_l2(ctx: Context) -> list[Recommendation]:
         if not np.all(np.isfinite(ev)):  # beyond float64 (huge data): no number to give
             continue
         s_max = float(ev[-1])
-        lam = _l2_for_eigenvalues(ev, target)
+        cond_lam = _l2_for_eigenvalues(ev, target)
+        # rank-deficient: lift the zero eigenvalues within the run's budget (0 otherwise)
         pin = _l2_to_pin_null_space(r)
-        if pin:  # rank-deficient: lift the zero eigenvalues within the run's budget
-            lam = max(lam, pin)
-        lam = round_sig(lam)
+        lam = round_sig(max(cond_lam, pin))
         # a penalty that swamps the data's largest direction is no fix: the format is
         if r.spec.lam >= lam or lam > 0.01 * s_max:
             continue
@@ -178,7 +177,7 @@ def add_l2(ctx: Context) -> list[Recommendation]:
         runs = [x for x in ctx.results if (x.spec.data, x.spec.scale, x.spec.precision) == key
                 and _unhealthy(x) and x.spec.lam < lam]
         why = (f"lambda >= {lam:g} brings cond(X^T X/n + lambda I) under {sci(target)}"
-               if not pin or lam > round_sig(pin) else
+               if pin <= cond_lam else
                f"the design is rank-deficient, and lambda = {lam:g} = {PIN_EFOLDS:g}/(lr x "
                f"steps) shrinks the weights along its null space by e^-{PIN_EFOLDS:g} within "
                f"the run's {r.trace.n_steps} steps at lr {format_value(r.spec.lr)} (with "

@@ -303,8 +303,9 @@ BREAST_CANCER_FEATURES = ([f"mean {m}" for m in _NUCLEUS] + [f"{m} error" for m 
 
 def breast_cancer() -> Dataset:
     """scikit-learn's breast-cancer data (569 x 30; target 0 = malignant, 1 = benign),
-    read from the CSV file scikit-learn ships, without importing scikit-learn: its import
-    (with SciPy's statistics) costs about 2.5 s, more than the default sweep's runs. The
+    read from the CSV file scikit-learn ships, without importing scikit-learn: importing
+    ``sklearn.datasets`` (with SciPy's statistics) took 1.5-1.9 s of a process's start,
+    on top of numpy, scipy.linalg and torch (three runs on a 2-core AMD EPYC). The
     values are those of ``sklearn.datasets.load_breast_cancer()`` bit for bit (decimal
     text parsed to float64, correctly rounded either way; tests/test_logistic.py compares).
     Falls back to that function where the file is not where scikit-learn keeps it."""

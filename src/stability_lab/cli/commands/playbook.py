@@ -66,7 +66,9 @@ def main(args: argparse.Namespace) -> int:
             ["--jobs", str(args.jobs)] if args.jobs else [])
         return subprocess.run([sys.executable, "-m", "stability_lab", *argv],
                               env=pinned_env()).returncode
-    text = render(args.out, args.jobs or default_jobs())
+    from stability_lab.portability import usable_cpus
+
+    text = render(args.out, args.jobs or usable_cpus())
     if args.write:
         with open(args.write, "w") as fh:
             fh.write(text)
@@ -74,15 +76,6 @@ def main(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
-
-
-def default_jobs() -> int:
-    """The repros run at a time: the CPUs this process may use, at most one per scenario."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, cpus)
 
 
 def render(out: str | None = None, jobs: int = 1) -> str:
