@@ -37,11 +37,16 @@ def pytest_xdist_auto_num_workers(config):
     return min(usable_cpus(), MAX_WORKERS)
 
 
-#: the files that take longest (each 20 s to 70 s of one worker's time: the playbook's
-#: regeneration and its repros, the Dask clusters, the kernel re-runs), run first so that
-#: the workers finish together instead of one waiting for a long file started last
+#: the files that take longest, longest first (one worker's seconds in a run of the suite
+#: on 2 cores: the Dask clusters 54, the playbook's regeneration 52 and its repros 33, the
+#: default command 30, the kernel re-runs 29, the browser 28, DDP's two ranks 18, then
+#: 10-13 each), run first so that the workers finish together instead of one waiting
+#: for a long file started last; the short files after them fill the gaps
 LONGEST_FIRST = ("test_distributed.py", "test_playbook_regen.py", "test_playbook.py",
-                 "test_cli.py", "test_portability.py")
+                 "test_cli.py", "test_portability.py", "test_report_browser.py",
+                 "test_watch_ddp.py", "test_signatures.py", "test_deep.py",
+                 "test_logistic.py", "test_report_maps.py", "test_report_command.py",
+                 "test_verify.py")
 
 
 def pytest_collection_modifyitems(config, items):

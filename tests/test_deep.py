@@ -409,3 +409,35 @@ def test_pure_bfloat16_updates_below_half_an_ulp_are_named_stagnation():
         names[policy] = {f.signature for f in detect_all(tr)}
     assert "stagnation" in names["bfloat16"]
     assert "stagnation" not in names["float32"]
+
+
+def test_digits_and_its_split_are_scikit_learns_without_importing_it():
+    """The mlp's data: the digits read from the file scikit-learn ships equal
+    load_digits() bit for bit, the shipped split is the one train_test_split makes
+    (stratified, random_state=0), and preparing the task imports no scikit-learn (a fresh
+    process: this one may have imported it already)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from stability_lab.tasks import datasets
+
+    ds, ref = datasets.load("digits"), load_digits()
+    assert ds.X.dtype == np.float64 and ds.X.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(ds.X, ref.data)
+    np.testing.assert_array_equal(ds.y, ref.target)
+    train, test = datasets.digits_split()
+    ref_train, ref_test = train_test_split(np.arange(len(ref.target)), test_size=0.2,
+                                           random_state=0, stratify=ref.target)
+    np.testing.assert_array_equal(train, ref_train)
+    np.testing.assert_array_equal(test, ref_test)
+    probe = ("import sys; from stability_lab.spec import RunSpec; "
+             "from stability_lab.tasks.mlp import MLPTask; "
+             "p = MLPTask().prepare(RunSpec(task='mlp', data='digits')); "
+             "print(p['train'][0].shape, p['test'][0].shape, "
+             "sorted(m for m in sys.modules if m.startswith('sklearn')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    assert out.strip() == "(1437, 64) (360, 64) []"

@@ -55,14 +55,16 @@ def _metrics(store_dir):
     return ({(r, n): v for r, n, v in rows}, {r[0]: r[1:] for r in runs})
 
 
-@pytest.mark.slow  # a local cluster started; the kill tests compare bit for bit too
-def test_workers_2_default_sweep_gives_the_local_results(tmp_path, capsys):
+@pytest.mark.slow  # the cluster's workers run the sweep; the kill tests compare bit for bit too
+def test_scheduler_default_sweep_gives_the_local_results(cluster, tmp_path, capsys):
     """The brief's default sweep (72 runs in cohorts of every format; 60 epochs, and no
-    verification, which runs on the client either way) on a local cluster of 2 worker
-    processes: the same verdicts and recommendations, and every stored metric and probe
+    verification, which runs on the client either way) on a cluster of 2 worker
+    processes (``--scheduler``; ``--workers N``, the local cluster, is the killed-worker
+    test's): the same verdicts and recommendations, and every stored metric and probe
     bit for bit those of the local run."""
+    cluster.ensure_workers(2)
     docs = {}
-    for name, extra in (("local", []), ("dask", ["--workers", "2"])):
+    for name, extra in (("local", []), ("dask", ["--scheduler", cluster.address])):
         rc = main(["--sweep", "precision,lr,lambda", "--epochs", "60", "--no-verify",
                    "--out", str(tmp_path / name), "--json", *extra])
         assert rc == 0
@@ -231,18 +233,18 @@ def build():
 """
 
 
-def test_a_cohort_that_kills_its_worker_twice_is_stored_as_an_error(tmp_path):
-    """A local cluster (nannies restart dead workers): the cohort is tried twice, then its
-    run is stored as an error naming the cause; the sweep completes."""
-    from stability_lab.run.executor import DaskExecutor
-
+def test_a_cohort_that_kills_its_worker_twice_is_stored_as_an_error(tmp_path, capsys):
+    """``--workers 2`` from the command line: a local cluster, whose nannies restart dead
+    workers. The cohort is tried twice, then its run is stored as an error naming the
+    cause; the sweep completes."""
     model = tmp_path / "killer.py"
     model.write_text(KILLER)
-    sweep = Sweep(RunSpec(task=f"{model}:build", data="user", epochs=3, lr=0.01),
-                  [("seed", [0, 1, 2])])
-    with DaskExecutor(workers=2) as ex:
-        result = run_sweep(sweep, out=tmp_path / "s", executor=ex)
-    errors = {r.spec.seed: r.trace.error for r in result.results}
+    rc = main(["--task", f"{model}:build", "--sweep", "seed=0,1,2", "--epochs", "3",
+               "--lr", "0.01", "--workers", "2", "--out", str(tmp_path / "s"), "--json",
+               "--no-progress"])
+    assert rc == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    errors = {r["config"]["seed"]: r["error"] for r in runs}
     assert errors[0] is None and errors[2] is None
     assert errors[1].startswith("cohort failed on the cluster 2 times: KilledWorker")
     conn = sqlite3.connect(tmp_path / "s" / "lab.sqlite")

@@ -61,11 +61,10 @@ def _preload(task: str, source: str) -> None:
     counts it (importing is no work: the modules are needed anyway)."""
     import importlib
 
+    # the built-in data sets (breast_cancer, digits) are read without scikit-learn
     names = ["numpy", "scipy.linalg", "scipy.optimize", "scipy.sparse.linalg", "sqlite3"]
     if task in ("logistic_regression",) or task in DEEP_TASKS or ":" in task:
         names.append("torch")
-    if str(source).strip() == "digits" or task in DEEP_TASKS:  # breast_cancer needs none
-        names.append("sklearn.datasets")
     for name in names:
         try:
             importlib.import_module(name)

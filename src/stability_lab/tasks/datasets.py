@@ -301,6 +301,18 @@ BREAST_CANCER_FEATURES = ([f"mean {m}" for m in _NUCLEUS] + [f"{m} error" for m 
                           + [f"worst {m}" for m in _NUCLEUS])
 
 
+def _sklearn_data_file(name: str) -> Path | None:
+    """The path of a data file scikit-learn ships (``sklearn/datasets/data/NAME``), found
+    without importing scikit-learn; None where it is not there."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package, runs none of it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
+    return path if path.is_file() else None
+
+
 def breast_cancer() -> Dataset:
     """scikit-learn's breast-cancer data (569 x 30; target 0 = malignant, 1 = benign),
     read from the CSV file scikit-learn ships, without importing scikit-learn: importing
@@ -309,14 +321,8 @@ def breast_cancer() -> Dataset:
     values are those of ``sklearn.datasets.load_breast_cancer()`` bit for bit (decimal
     text parsed to float64, correctly rounded either way; tests/test_logistic.py compares).
     Falls back to that function where the file is not where scikit-learn keeps it."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("sklearn")  # locates the package, runs none of it
-    path = None
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / \
-            "breast_cancer.csv"
-    if path is None or not path.is_file():
+    path = _sklearn_data_file("breast_cancer.csv")
+    if path is None:
         from sklearn.datasets import load_breast_cancer
 
         bunch = load_breast_cancer()
@@ -333,18 +339,52 @@ def breast_cancer() -> Dataset:
                    list(BREAST_CANCER_FEATURES), "malignant=0/benign=1", rows[0][2:4])
 
 
+def digits() -> Dataset:
+    """scikit-learn's 8x8 handwritten digits (1797 x 64, pixel counts 0-16; target the
+    digit 0-9), read from the gzipped CSV file scikit-learn ships, without importing
+    scikit-learn (the import's cost: :func:`breast_cancer`). The values are those of
+    ``sklearn.datasets.load_digits()`` bit for bit (small integers; tests/test_deep.py
+    compares). Falls back to that function where the file is not where scikit-learn
+    keeps it."""
+    path = _sklearn_data_file("digits.csv.gz")
+    if path is None:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        data, target = bunch.data, bunch.target
+    else:
+        import gzip
+
+        with gzip.open(path, "rt", newline="") as fh:
+            table = np.array(list(csv.reader(fh)), dtype=np.float64)
+        if table.ndim != 2 or table.shape[1] != 65:
+            raise ValueError(f"{path}: expected rows of 64 pixels and a digit")
+        data, target = table[:, :64], table[:, 64]
+    return Dataset("digits", np.ascontiguousarray(data, dtype=np.float64),
+                   np.asarray(target, dtype=np.float64), [f"px{i}" for i in range(64)],
+                   "digit", [str(i) for i in range(10)])
+
+
+def digits_split() -> tuple[np.ndarray, np.ndarray]:
+    """The digits mlp's train and test row indices: scikit-learn's stratified 80/20
+    ``train_test_split(..., random_state=0)`` of :func:`digits`, shipped in
+    ``stability_lab/data/digits_split.json`` so that no run imports scikit-learn (the
+    file says how it was made; tests/test_deep.py compares it with the installed
+    scikit-learn)."""
+    import json
+    from importlib.resources import files
+
+    doc = json.loads(files("stability_lab.data").joinpath("digits_split.json").read_text())
+    return np.asarray(doc["train"], dtype=np.intp), np.asarray(doc["test"], dtype=np.intp)
+
+
 def load(source: str, target: str | None = None, kappa: float | None = None) -> Dataset:
     """Load a data source by its ``--data`` name (see the module docstring)."""
     source = str(source).strip()
     if source == "breast_cancer":
         return breast_cancer()
     if source == "digits":
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        return Dataset(source, np.asarray(bunch.data, dtype=np.float64),
-                       np.asarray(bunch.target, dtype=np.float64),
-                       [f"px{i}" for i in range(64)], "digit", [str(i) for i in range(10)])
+        return digits()
     if source.startswith("synthetic"):
         params = parse_synthetic(source)
         if kappa is not None:

@@ -1,9 +1,11 @@
 """A multi-layer perceptron on scikit-learn's digits (8x8 images, 10 classes).
 
-Data: ``sklearn.datasets.load_digits`` (1797 images, shipped with scikit-learn), the
-0-16 pixel intensities divided by 16, then the spec's ``scale`` (``raw`` keeps them,
-``standardized`` or a factor). A fixed stratified split (random_state 0) keeps 20% of
-the images for the test accuracy; every run of a sweep sees the same split.
+Data: scikit-learn's digits (1797 images; :func:`~stability_lab.tasks.datasets.digits`
+reads the file scikit-learn ships), the 0-16 pixel intensities divided by 16, then the
+spec's ``scale`` (``raw`` keeps them, ``standardized`` or a factor). A fixed stratified
+split (scikit-learn's ``train_test_split`` at random_state 0, shipped as row indices:
+:func:`~stability_lab.tasks.datasets.digits_split`) keeps 20% of the images for the
+test accuracy; every run of a sweep sees the same split.
 
 Model: ``depth`` hidden layers ``fc<i>`` of ``width`` units, each followed by the
 optional ``norm<i>`` (``layernorm`` or ``batchnorm``) and the activation ``act<i>``,
@@ -54,15 +56,14 @@ class MLPTask(DeepTask):
 
     def prepare(self, spec: RunSpec):
         import numpy as np
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
 
         from stability_lab.tasks import datasets
 
-        X, y = load_digits(return_X_y=True)
-        X = datasets.scale_features(X.astype(np.float64) / 16.0, spec.scale)
-        Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
-        return {"train": (Xtr, ytr), "test": (Xte, yte)}
+        ds = datasets.digits()
+        X = datasets.scale_features(ds.X / 16.0, spec.scale)
+        y = ds.y.astype(np.int64)
+        train, test = datasets.digits_split()
+        return {"train": (X[train], y[train]), "test": (X[test], y[test])}
 
     def conditioning(self, prepared) -> dict[str, Any]:
         Xtr, _ = prepared["train"]
