@@ -4,6 +4,7 @@ diagnosis path. Each observation has a test named for it."""
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -46,6 +47,31 @@ def test_obs2_unrecovered_spike_is_a_failure_with_onset_and_chance_level():
     assert "unrecovered spike" in v.detail
     assert "stuck at chance level" in v.detail
     assert v.evidence["peak"] > 60
+
+
+def test_obs2_a_plateau_at_chance_level_says_so_whatever_the_verdict():
+    """A classifier that ends on a plateau at log C (never having learned, or thrown
+    there) keeps its verdict's word, since chance can be the best a model can do, but
+    the detail and evidence say it learned nothing; a plateau well below chance and a
+    trace with no chance level say nothing of the kind."""
+    rng = np.random.default_rng(3)
+    chance = math.log(10)
+    start = np.concatenate([np.geomspace(1e6, 3.0, 30), np.full(170, chance)])
+    flat = start * (1 + 1e-5 * rng.standard_normal(200))
+    t = _trace(flat, unit="step", chance_loss=chance, chance_accuracy=0.1, accuracy=0.1)
+    v = decide(t)
+    assert v.status == "converged"  # the plateau's word, kept
+    assert v.detail.endswith("stuck at chance level (loss 2.3 vs log(C) = 2.3, accuracy 10%)")
+    assert v.evidence["stuck_at_chance"] is True
+    # the same plateau, read without the chance level (no classifier): no such words
+    assert "chance" not in decide(_trace(flat, unit="step")).detail
+    # a plateau at a tenth of chance: learned
+    low = _trace(flat / 10, unit="step", chance_loss=chance, chance_accuracy=0.1,
+                 accuracy=0.9)
+    assert "chance" not in decide(low).detail
+    # at chance in loss but accurate (a confident wrong scale): not "learned nothing"
+    odd = _trace(flat, unit="step", chance_loss=chance, chance_accuracy=0.1, accuracy=0.9)
+    assert "chance" not in decide(odd).detail
 
 
 def test_obs2_recovered_spike_and_noisy_descent_are_not_failures():
@@ -333,6 +359,38 @@ def test_deep_task_without_sweep_runs_a_reference_beside_a_failure():
         assert sweep.axes == [] and note is None
 
 
+def test_obs8_mlp_default_shows_a_converged_reference_beside_a_failure(tmp_path, capsys):
+    """`run --task mlp` with no sweep: the float32 reference converges with no finding;
+    mixed-fp16 on the same inputs (scaled to 1e5) is NaN at step 1, created by the first
+    layer in the forward pass, and the answer says one of two runs fails."""
+    from stability_lab.cli import main
+
+    assert main(["run", "--task", "mlp", "--no-verify", "--no-progress", "--json",
+                 "--out", str(tmp_path)]) == 0
+    runs = {r["config"]["policy"]: r for r in json.loads(capsys.readouterr().out)["runs"]}
+    ref, bad = runs["float32"], runs["mixed-fp16"]
+    assert ref["verdict"] == "converged" and ref["findings"] == []
+    assert bad["verdict"] == "nan" and bad["onset_epoch"] == 1
+    creator = bad["attribution"]["first_creator"]
+    assert (creator["module"], creator["pass"]) == ("fc0", "forward")
+    assert main(["run", "--task", "mlp", "--no-verify", "--no-progress",
+                 "--out", str(tmp_path)]) == 0  # the same runs, reused
+    assert "1 of 2 runs fail (nan 1)" in capsys.readouterr().out
+
+
+def test_obs8_attention_default_is_the_tested_overflow_and_its_fix():
+    """`run --task attention` with no sweep runs exactly the two runs that
+    tests/test_deep.py::test_attention_logit_growth_overflows_fp16_and_qk_layernorm_fixes_it
+    trains and judges on every kernel (mixed-fp16, Adam at lr 0.3, 200 steps, seed 0):
+    qk-layernorm off fails (NaN by step ~17, created by blocks.0.attn), on converges."""
+    from stability_lab.cli import build_parser
+    from stability_lab.cli.commands.run import build_sweep
+
+    sweep, _ = build_sweep(build_parser().parse_args(["run", "--task", "attention"]))
+    got = [(s.policy, s.lr, s.epochs, s.seed, s.param("qk_layernorm")) for s in sweep.specs]
+    assert got == [("mixed-fp16", 0.3, 200, 0, True), ("mixed-fp16", 0.3, 200, 0, False)]
+
+
 # -- rounding noise is not an oscillation; silent digit loss inside a sweep -----------
 def test_rounding_noise_on_a_flat_float32_loss_is_not_oscillation():
     """A float32 loss near its floor alternates in its last bits (a swing of a few ulps,
@@ -372,3 +430,22 @@ def test_sweep_attaches_the_matched_float64_run_to_converged_narrow_runs(tmp_pat
     assert "carry numerical warnings (silent digit loss 1)" in out
     line = next(x for x in out.splitlines() if x.startswith("Run bfloat16"))
     assert "warning: silent_digit_loss" in line
+
+
+def test_obs2_a_deep_run_thrown_to_chance_is_named_on_its_run_line(tmp_path, capsys):
+    """The digits mlp at init scale 16 in float32: its logits start near 1e16, the first
+    steps kill its ReLUs, and it ends on the class frequencies (loss log 10, accuracy
+    10%). The run line says so and names the run by its policy (not the unused
+    precision), the answer counts it, and the answer prints no policy evaluation for a
+    single policy."""
+    from stability_lab.cli import main
+
+    argv = ["run", "--task", "mlp", "--policy", "float32", "--lr", "0.1",
+            "--init-scale", "16", "--no-verify", "--no-progress", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("Run "))
+    assert line.startswith("Run float32 lr=0.1 lambda=0: ")
+    assert "stuck at chance level (loss 2.3 vs log(C) = 2.3, accuracy 10%)" in line
+    assert "1 of them stuck at chance level" in out
+    assert "policy within tolerance" not in out and "No policy stayed" not in out

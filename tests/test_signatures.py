@@ -119,6 +119,20 @@ def test_gradient_underflow():
                       "gradient_underflow")
 
 
+def test_gradient_underflow_once_the_task_is_solved_holds_nothing_back():
+    """Values flushed after the loss fell below 1% of its start (the run is done: its
+    gradient is small because it converged) are no finding; the same share flushed while
+    the loss is still falling is, with its onset at the first such step."""
+    loss = 2.3 * np.geomspace(1.0, 1e-3, 200)  # below 1% of the start from step 134
+    solved = np.zeros(200)
+    solved[150:] = 0.2
+    assert not detect(make(loss, grad_underflow_frac=solved), "gradient_underflow")
+    learning = np.zeros(200)
+    learning[100:] = 0.2
+    (f,) = detect(make(loss, grad_underflow_frac=learning), "gradient_underflow")
+    assert f.onset == 101
+
+
 def test_gradient_underflow_is_one_finding_on_a_deep_net_trace():
     """One signature, one finding: a deep-net trace is judged by the same detector (the
     per-step 5% rule; its mean over the measured steps feeds use_loss_scaling)."""

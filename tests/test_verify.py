@@ -139,3 +139,28 @@ def test_verify_run_tries_each_fix_alone_then_all_with_float64_digits():
                for r in rows)
     assert rows[0]["fixed"] and not rows[1]["fixed"]
     assert all(r["label"] == "baseline" and r["run_id"] == base.run_id for r in rows)
+
+
+def test_a_rerun_stuck_at_chance_level_neither_fixes_nor_improves():
+    """A NaN run whose re-run no longer fails but ends at chance level learned nothing:
+    'not fixed', with or without a target signature; the same re-run above chance is
+    'improved' (no longer failing, not yet converged)."""
+    from stability_lab.diagnosis.findings import Finding, Verdict
+    from stability_lab.diagnosis.record import RunResult
+    from stability_lab.remedies.verify import is_fixed, outcome
+    from stability_lab.trace import Trace
+
+    spec = RunSpec(task="attention", policy="mixed-fp16", lr=0.3)
+    before = RunResult(spec, Trace(spec=spec), Verdict("nan", 17, "loss=nan at step 17"),
+                       [Finding("nan_creation", 17, "", {}, "error")])
+    for stuck, expected in ((True, "not fixed"), (False, "improved")):
+        evidence = {"stuck_at_chance": True} if stuck else {}
+        after = RunResult(spec, Trace(spec=spec),
+                          Verdict("not_converged", None, "loss 2.768", evidence))
+        fixed = is_fixed(before, after)
+        assert not fixed and outcome(before, after, fixed) == expected
+        assert not is_fixed(before, after, target="nan_creation")
+    converged_at_chance = RunResult(spec, Trace(spec=spec), Verdict(
+        "converged", 150, "stuck at chance level", {"stuck_at_chance": True}))
+    assert not is_fixed(before, converged_at_chance)
+    assert not is_fixed(before, converged_at_chance, target="nan_creation")

@@ -77,8 +77,26 @@ def tolerances(precision: str | None, rules: VerdictRules = DEFAULT_RULES) -> tu
     return max(rules.rtol, 4 * fmt.eps), max(rules.gtol, math.sqrt(fmt.eps))
 
 
+#: a classifier whose final loss is within this fraction of its chance level log C (and
+#: whose accuracy, where known, is at most twice chance) is "stuck at chance level",
+#: whatever else its verdict says
+CHANCE_BAND = 0.05
+
+
 def decide(trace: Trace, rules: VerdictRules = DEFAULT_RULES) -> Verdict:
-    """The verdict of one run (pure function of the trace)."""
+    """The verdict of one run (pure function of the trace). A classifier that ends at
+    chance level says so in a verdict that would not otherwise (converged on a plateau at
+    log C, or not converged there): its status stays, since the plateau can be the best a
+    model can do (labels that are noise), but the detail and the evidence
+    (``stuck_at_chance``) say that it learned nothing."""
+    verdict = _decide(trace, rules)
+    if (verdict.status in ("converged", "not_converged", "oscillating")
+            and not verdict.evidence.get("stuck_at_chance")):
+        return _with_chance(trace, verdict, CHANCE_BAND)
+    return verdict
+
+
+def _decide(trace: Trace, rules: VerdictRules) -> Verdict:
     if trace.error:
         return Verdict("error", None, trace.error.splitlines()[0][:200])
     loss = trace.metric("loss")
@@ -288,8 +306,10 @@ def unrecovered_rise(loss: np.ndarray, unit: str,
          "kind": "unrecovered_spike"})
 
 
-def _with_chance(trace: Trace, verdict: Verdict) -> Verdict:
-    """Add 'stuck at chance level' when a classification task's loss ends at log(C)."""
+def _with_chance(trace: Trace, verdict: Verdict, band: float | None = None) -> Verdict:
+    """Add 'stuck at chance level' when a classification task's loss ends at log(C): at
+    or above 0.8 log C after an unrecovered spike, or within ``band`` (a fraction) of
+    it when given."""
     chance = trace.extras.get("chance_loss") if isinstance(trace.extras, dict) else None
     loss = trace.metric("loss")
     if not chance or loss.size < 2:
@@ -297,16 +317,18 @@ def _with_chance(trace: Trace, verdict: Verdict) -> Verdict:
     tail = float(np.median(loss[-max(2, min(20, len(loss) // 10)):]))
     acc = trace.extras.get("accuracy")
     chance_acc = trace.extras.get("chance_accuracy")
-    at_chance = tail >= 0.8 * float(chance)
+    at_chance = (tail >= 0.8 * float(chance) if band is None
+                 else abs(tail - float(chance)) <= band * float(chance))
     if acc is not None and chance_acc is not None:
         at_chance = at_chance and float(acc) <= 2.0 * float(chance_acc)
     if not at_chance:
         return verdict
     acc_text = f", accuracy {float(acc):.0%}" if acc is not None else ""
     ev = dict(verdict.evidence, stuck_at_chance=True, chance_loss=float(chance))
+    stuck = (f"stuck at chance level (loss {tail:.3g} vs log(C) = {float(chance):.3g}"
+             f"{acc_text})")
     return Verdict(verdict.status, verdict.onset,
-                   verdict.detail + f"; stuck at chance level (loss {tail:.3g} vs log(C) = "
-                   f"{float(chance):.3g}{acc_text})", ev)
+                   f"{verdict.detail}; {stuck}" if verdict.detail else stuck, ev)
 
 
 def _stochastic_converged(loss: np.ndarray, rules: VerdictRules) -> Verdict | None:

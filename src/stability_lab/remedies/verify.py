@@ -25,8 +25,10 @@ For a sweep (``stability-lab run ... --verify``), :func:`verify_sweep`:
 
 A row is ``fixed`` when the re-run converged and none of the failing run's signatures
 (warning or error) is detected in it; its ``outcome`` is ``fixed``, ``improved`` (the
-re-run no longer fails but has not converged in the epochs given) or ``not fixed``. A
-mitigation that does not fix the run is kept in the table with ``fixed: false``.
+re-run no longer fails but has not converged in the epochs given) or ``not fixed``; a
+re-run of a classifier that ends stuck at chance level (the verdict's ``stuck_at_chance``)
+learned nothing and is ``not fixed``, whatever its verdict. A mitigation that does not
+fix the run is kept in the table with ``fixed: false``.
 
 For one run and a given list of recommendations (the signature catalogue,
 :mod:`stability_lab.catalogue`), :func:`verify_run` makes the same re-runs (each fix
@@ -116,6 +118,8 @@ def is_fixed(before: RunResult, after: RunResult, target: str | None = None) -> 
     for a before-run that did not fail but carried such findings, the re-run does not
     fail and is no less converged.
     """
+    if after.verdict.evidence.get("stuck_at_chance"):
+        return False  # a classifier that learned nothing is not a fix, converged or not
     after_sigs = _alarms(after)
     if target is not None:
         # a failed baseline must now converge; otherwise the re-run must not fail
@@ -220,7 +224,8 @@ def plan(results: Sequence[RunResult], recommendations: Sequence[Recommendation]
 def outcome(before: RunResult, after: RunResult, fixed: bool) -> str:
     if fixed:
         return "fixed"
-    if before.verdict.status in FAILED and after.verdict.status not in FAILED:
+    if (before.verdict.status in FAILED and after.verdict.status not in FAILED
+            and not after.verdict.evidence.get("stuck_at_chance")):
         return "improved"
     return "not fixed"
 

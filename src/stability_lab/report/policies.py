@@ -24,6 +24,14 @@ def _f(v: Any, spec: str = ".3g") -> str:
 
 
 
+def one_policy(policies: list[dict[str, Any]]) -> str:
+    """The conclusion of a group that ran one policy (the same words in the HTML
+    report's script): there is no cheaper one to choose."""
+    name = policies[0]["policy"] if policies else "none"
+    return (f"One policy ran ({name}): no other to compare it with (--sweep policy "
+            "compares them).")
+
+
 def format_report(report: dict[str, Any], verbose: bool = False) -> str:
     """The policy evaluation as plain text (see :func:`report_lines`)."""
     return plain_text(report_lines(report, verbose))
@@ -118,6 +126,9 @@ def report_lines(report: dict[str, Any], verbose: bool = False, console=None) ->
                              f"(steps {pr['fitted_steps'][0]}-{pr['fitted_steps'][1]}), "
                              f"projected to run out at step {pr['projected_step']}")
         lines.append("")
+        if len(g["policies"]) < 2:  # nothing to choose between
+            lines.append(one_policy(g["policies"]))
+            continue
         if g["cheapest_within_tolerance"]:
             lines.append(f"Cheapest policy within tolerance: {g['cheapest_within_tolerance']}")
         else:

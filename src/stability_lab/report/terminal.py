@@ -116,6 +116,9 @@ def answer_lines(result) -> list[str]:
     working = [r for r in runs if not r.failed]
     status = Counter(r.verdict.status for r in working)
     work_words = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in status.items())
+    at_chance = sum(1 for r in working if r.verdict.evidence.get("stuck_at_chance"))
+    if at_chance:  # a classifier that learned nothing works only in the verdict's sense
+        work_words += f"; {at_chance} of them stuck at chance level"
     warned = [r for r in working if r.findings]
     # working runs whose accuracy a verified re-run recovered (a least-squares solve that
     # lost digits to its solver fails silently)
@@ -183,6 +186,8 @@ def answer_lines(result) -> list[str]:
     for g in (result.task_report or {}).get("groups") or []:
         # deep nets: the policy evaluation's conclusion belongs to the answer
         n_pol = len(g.get("policies") or [])
+        if n_pol < 2:  # one policy: nothing to choose between
+            continue
         rejected = list((g.get("rejected") or {}).keys())
         choice = g.get("cheapest_within_tolerance")
         head = (f"Cheapest policy within tolerance of {g.get('reference')}: {choice}"

@@ -117,8 +117,11 @@ class RunSpec:
     def label(self, axes: Iterable[str]) -> str:
         """``float64 lr=0.01 lambda=0.001``: the values of the swept axes, brief-style."""
         parts = []
+        axes = tuple(axes)
         for name in axes:
             value = self.get(name)
+            if name == "precision" and self.policy and "policy" not in axes:
+                value = self.policy  # a deep run's format is its policy
             if name in ("precision", "policy", "solver"):
                 parts.append(str(value))
             elif name == "batch_size" and value is None:

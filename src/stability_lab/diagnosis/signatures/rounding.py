@@ -9,7 +9,9 @@ rounds to exactly 0 or 1).
   gradient is not small.
 - ``gradient_underflow``: ``grad_underflow_frac`` (the share of gradient values that
   were non-zero before the rounding to the gradient format and zero after it) reaches
-  ``UNDERFLOW_FRACTION`` (5%) at some step; the onset is the first such step, and the
+  ``UNDERFLOW_FRACTION`` (5%) at some step while the task is not solved yet (loss above
+  ``SOLVED``, 1%, of its first value: a solved run's gradient is small because it is
+  done, and flushing it holds nothing back); the onset is the first such step, and the
   finding is an error when on average ``UNDERFLOW_ERROR_FRACTION`` (25%) of the values
   per step carry no signal. The mean is over the steps where the fraction was measured
   (NaN where the arithmetic is native and the lab cannot see the rounding).
@@ -33,6 +35,9 @@ from stability_lab.trace import Trace
 UNDERFLOW_FRACTION = 0.05
 #: ... and the finding is an error when this share is lost on average per step
 UNDERFLOW_ERROR_FRACTION = 0.25
+#: steps whose loss is below this fraction of the first one do not count: the task is
+#: solved there (the verdict's "solved" rule for step traces uses the same 1%)
+SOLVED = 0.01
 
 
 def detect_stagnation(trace: Trace) -> list[Finding]:
@@ -77,6 +82,13 @@ def detect_gradient_underflow(trace: Trace) -> list[Finding]:
     if measured.size == 0:
         return []
     hit = np.nan_to_num(frac, nan=0.0) >= UNDERFLOW_FRACTION
+    loss = trace.metric("loss")
+    finite = loss[np.isfinite(loss)]
+    if finite.size and finite[0] > 0 and loss.size == hit.size:
+        # once the loss is below SOLVED of its start the task is solved: the gradient
+        # is small because the run is done, and values flushed then hold nothing back
+        with np.errstate(invalid="ignore"):
+            hit &= ~(loss < SOLVED * finite[0])
     if not hit.any():
         return []
     k = int(np.argmax(hit))

@@ -40,6 +40,11 @@
     return x.toExponential((sig || 4) - 1).replace("e+", "e");
   }
   function val(v) { return (v === null || v === undefined) ? "-" : String(v); }
+  // report/policies.py's one_policy: a group that ran one policy has none to choose
+  function onePolicy(policies) {
+    return "One policy ran (" + (policies.length ? policies[0].policy : "none") +
+      "): no other to compare it with (--sweep policy compares them).";
+  }
   function configText(run) {
     var parts = [];
     for (var k in run.config) parts.push(k + "=" + val(run.config[k]));
@@ -483,10 +488,12 @@
                       fmt(p.min_headroom_log2, 3), fmt(p.step_time_ms, 3), val(p.cost),
                       p.within_tolerance ? "yes" : "no"];
             }), runs);
-      el("p", {"class": "conclusion"}, s, g.cheapest_within_tolerance ?
+      var single = g.policies.length < 2;
+      el("p", {"class": "conclusion"}, s, single ? onePolicy(g.policies) :
+         g.cheapest_within_tolerance ?
          "Cheapest policy within tolerance: " + g.cheapest_within_tolerance :
          "No policy stayed within tolerance of the reference.");
-      var rej = Object.keys(g.rejected || {});
+      var rej = single ? [] : Object.keys(g.rejected || {});
       if (rej.length) {
         var ul = el("ul", {}, s);
         rej.forEach(function (k) { el("li", {}, ul, "rejected " + k + ": " + g.rejected[k]); });
