@@ -132,6 +132,56 @@ def test_obs4_verdicts_agree_with_the_float64_optimum():
     assert "optimum" in short.results[0].verdict.detail
 
 
+def _frozen(loss_tail_change=0.0, gap=0.017, n=200):
+    """A bfloat16 epoch trace whose weights all froze at epoch 121 with a gradient norm
+    of 0.07 of its start (inside bfloat16's sqrt(eps) = 0.088: 'small' by itself)."""
+    loss = np.concatenate([np.linspace(0.69, 0.2138, 120), np.full(n - 120, 0.2138)])
+    loss[-1] -= loss_tail_change * loss[-1]
+    t = _trace(loss, spec=RunSpec(precision="bfloat16", lr=0.02, lam=0.1,
+                                  scale="standardized"),
+               optimum={"attained": True, "final_finite": True, "gap": gap, "tol_gap": 0.0037,
+                        "grad_norm64": 0.1, "tol_grad": 0.13, "optimum_loss": 0.1967,
+                        "final_loss64": 0.2138})
+    t.metrics["grad_norm"] = np.concatenate([np.linspace(1.41, 0.101, 120),
+                                             np.full(n - 120, 0.101)])
+    t.metrics["frac_unchanged"] = np.concatenate([np.zeros(120), np.ones(n - 120)])
+    return t
+
+
+def test_obs4_a_run_frozen_away_from_the_optimum_is_stagnated():
+    """Every weight frozen and the loss unchanged, 0.017 above the float64 optimum
+    (tolerance 0.0037): stagnated, verdict and finding alike, whatever the gradient norm
+    relative to its start says. The same freeze within the tolerance is no stagnation,
+    and neither is a run whose loss still moves."""
+    frozen = _frozen()
+    v = decide(frozen)
+    assert v.status == "stagnated" and v.onset == 121
+    assert [f.signature for f in diagnose(frozen)[1]] == ["stagnation"]
+    at_optimum = _frozen(gap=0.001)
+    assert decide(at_optimum).status != "stagnated"
+    assert "stagnation" not in [f.signature for f in diagnose(at_optimum)[1]]
+    moving = _frozen(loss_tail_change=1e-3)
+    assert decide(moving).status != "stagnated"
+
+
+@pytest.mark.blas
+def test_obs4_bfloat16_frozen_at_lr_0_02_is_stagnated_not_still_training():
+    """breast_cancer standardized, lambda 0.1, bfloat16 at lr 0.02 for 1000 epochs: every
+    weight stops changing near epoch 120, 0.017 above the float64 optimum; the lab said
+    'not converged' before the optimum was read here. float32 at the same lr keeps
+    going (not converged, no stagnation)."""
+    from stability_lab.lab import run_sweep
+    from stability_lab.spec import Sweep
+
+    base = RunSpec(scale="standardized", lam=0.1, lr=0.02, epochs=1000)
+    res = run_sweep(Sweep(base, [("precision", ["bfloat16", "float32"])]))
+    by = {r.spec.precision: r for r in res.results}
+    assert by["bfloat16"].verdict.status == "stagnated"
+    assert "stagnation" in [f.signature for f in by["bfloat16"].findings]
+    assert by["float32"].verdict.status == "not_converged"
+    assert "stagnation" not in [f.signature for f in by["float32"].findings]
+
+
 # -- observation 5: deep-net false alarms and contradictions --------------------------
 def test_obs5_far_headroom_projection_is_no_finding():
     from stability_lab.diagnosis.signatures.deep_net import detect_headroom_shrinking

@@ -18,8 +18,10 @@ Rules, applied in this order (``W`` is the window, 10 steps by default):
 3. **stagnated**: over the last W steps at least half of the weights that had a
    non-zero update did not change at all, because the update was below half an ulp
    of the weight in this format, while the gradient is still large (above the
-   convergence tolerance). Onset: the first step of the final stretch where that
-   holds.
+   convergence tolerance) or the run stopped away from the task's float64 optimum
+   (loss unchanged over the window, final weights outside the format's tolerance of
+   the optimum: :func:`~stability_lab.diagnosis.windows.frozen_off_optimum`). Onset:
+   the first step of the final stretch where that holds.
 4. **converged**: where the task computed a float64 optimum (logistic regression:
    ``extras['optimum']``), the final weights are within the format's tolerance of it
    in loss gap and in float64 gradient norm (:func:`_optimum_verdict`); otherwise over
@@ -53,7 +55,7 @@ import numpy as np
 from stability_lab.precision import FORMATS
 from stability_lab.trace import Trace
 from stability_lab.diagnosis.findings import Verdict
-from stability_lab.diagnosis.windows import final_stretch, window
+from stability_lab.diagnosis.windows import final_stretch, frozen_off_optimum, window
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,9 @@ def _decide(trace: Trace, rules: VerdictRules) -> Verdict:
     grad_small = grad / g0 <= gtol
     unchanged = trace.metric("frac_unchanged")
     if unchanged.size and np.isfinite(unchanged[-W:]).all():
-        stuck = (unchanged >= rules.stagnant_fraction) & ~grad_small
+        # the gradient is not small, or the run stopped away from the task's optimum
+        stuck = ((unchanged >= rules.stagnant_fraction)
+                 & (~grad_small | frozen_off_optimum(trace, W)))
         if stuck[-W:].all():
             onset = final_stretch(stuck) + 1
             return Verdict(

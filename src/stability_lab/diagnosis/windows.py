@@ -3,7 +3,8 @@
 Both judge a run on its last steps, never on a single step: :func:`window` says how many
 steps that is for a trace of a given length, and :func:`final_stretch` where the final
 run of steps meeting a condition began (the onset the verdict and the detectors report).
-They live here, below both, so that neither imports the other for them.
+:func:`frozen_off_optimum` says whether a run stopped, loss unchanged, away from its
+task's float64 optimum. They live here, below both, so that neither imports the other.
 """
 
 from __future__ import annotations
@@ -22,3 +23,32 @@ def final_stretch(flags: np.ndarray) -> int:
         return len(flags)
     false = np.flatnonzero(~flags)
     return int(false[-1] + 1) if false.size else 0
+
+
+#: a loss whose relative change over the judging window is at most this has stopped
+#: (float64's convergence rtol: a run still improving by more is still training)
+FROZEN_RTOL = 1e-5
+
+
+def frozen_off_optimum(trace, W: int) -> bool:
+    """The run stopped away from its task's float64 optimum: its loss changed by at most
+    :data:`FROZEN_RTOL` (relative) over the last ``W`` steps, and its final weights are
+    outside its format's tolerance of the optimum in loss gap or gradient
+    (``extras['optimum']``, where the task computed one: logistic regression). False
+    where no optimum is known. Its own gradient norm, measured in its format relative
+    to its start, may look small there: the optimum says it is not done."""
+    extras = getattr(trace, "extras", None)
+    opt = extras.get("optimum") if isinstance(extras, dict) else None
+    if not (opt and opt.get("attained") and opt.get("final_finite")):
+        return False
+    loss = trace.metric("loss")
+    if loss.size <= W or not np.isfinite(loss[-W - 1:]).all():
+        return False
+    change = abs(float(loss[-W - 1]) - float(loss[-1])) / max(abs(float(loss[-1])), 1e-300)
+    if change > FROZEN_RTOL:
+        return False
+    try:
+        return not (float(opt["gap"]) <= float(opt["tol_gap"])
+                    and float(opt["grad_norm64"]) <= float(opt["tol_grad"]))
+    except (KeyError, TypeError, ValueError):
+        return False

@@ -6,7 +6,8 @@ rounds to exactly 0 or 1).
 
 - ``stagnation``: over the last W steps ``frac_unchanged`` >= 0.5 (or, where the task
   does not count unchanged weights, ``update_ratio`` below half an ulp, eps/2) while the
-  gradient is not small.
+  gradient is not small or the run stopped (loss unchanged) away from the task's float64
+  optimum.
 - ``gradient_underflow``: ``grad_underflow_frac`` (the share of gradient values that
   were non-zero before the rounding to the gradient format and zero after it) reaches
   ``UNDERFLOW_FRACTION`` (5%) at some step while the task is not solved yet (loss above
@@ -28,7 +29,7 @@ from stability_lab.diagnosis.signatures.base import Playbook, Signature
 from stability_lab.diagnosis.signatures.common import (example_trace, first_nonfinite,
                                                        gradient_format, grad_small, healthy_loss,
                                                        trace_format)
-from stability_lab.diagnosis.windows import final_stretch, window
+from stability_lab.diagnosis.windows import final_stretch, frozen_off_optimum, window
 from stability_lab.trace import Trace
 
 #: a step at which this share of the gradient values flushed to zero is an underflow
@@ -47,7 +48,9 @@ def detect_stagnation(trace: Trace) -> list[Finding]:
         return []
     fmt = trace_format(trace)
     W = window(n)
-    small = grad_small(trace, fmt)
+    # a run that stopped away from the task's float64 optimum is stuck whatever its
+    # gradient norm (relative to its start, in its format) says
+    small = grad_small(trace, fmt) & (not frozen_off_optimum(trace, W))
     unchanged = trace.metric("frac_unchanged")
     ratio = trace.metric("update_ratio")
     if np.isfinite(unchanged[-W:]).all():
