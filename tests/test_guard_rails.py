@@ -107,7 +107,7 @@ def warm():
     tracemalloc would count the modules' own allocations otherwise."""
     from stability_lab.lab import run_sweep
 
-    est_mod._preload("logistic_regression", "breast_cancer")
+    est_mod._preload("logistic_regression")
     run_sweep(Sweep(RunSpec(epochs=1), [("scale", ["raw", "standardized"])]))
 
 

@@ -56,7 +56,7 @@ __all__ = [
 DEEP_TASKS = tuple(n for n, e in TASKS.items() if e.family == "deep")
 
 
-def _preload(task: str, source: str) -> None:
+def _preload(task: str) -> None:
     """Import what the sweep's runs will import, so that the resident size measured
     counts it (importing is no work: the modules are needed anyway)."""
     import importlib
@@ -91,7 +91,7 @@ def estimate_sweep(sweep, *, cohorts: bool = True, rates: Rates | None = None,
     epochs = [int(s.epochs) for s in specs]
     ep = (min(epochs), max(epochs))
     if base is None:
-        _preload(task, base_spec.data)
+        _preload(task)
         base = resident_memory()
     if available is None:
         available = available_memory()

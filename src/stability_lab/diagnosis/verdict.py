@@ -55,7 +55,8 @@ import numpy as np
 from stability_lab.precision import FORMATS
 from stability_lab.trace import Trace
 from stability_lab.diagnosis.findings import Verdict
-from stability_lab.diagnosis.windows import final_stretch, frozen_off_optimum, window
+from stability_lab.diagnosis.windows import (SOLVED, at_optimum, final_stretch,
+                                              frozen_off_optimum, task_optimum, window)
 
 
 @dataclass(frozen=True)
@@ -173,8 +174,8 @@ def _decide(trace: Trace, rules: VerdictRules) -> Verdict:
             )
 
     rel = _relative_improvement(loss, W)
-    opt = trace.extras.get("optimum") if isinstance(trace.extras, dict) else None
-    if opt and opt.get("attained") and opt.get("final_finite"):
+    opt = task_optimum(trace)
+    if opt is not None:
         return _optimum_verdict(trace, loss, rel, W, opt, rules)
     plateau = np.abs(rel) <= rtol
     conv = plateau & grad_small & (loss <= loss[0] * (1 + rtol))
@@ -208,7 +209,7 @@ def _optimum_verdict(trace: Trace, loss: np.ndarray, rel: np.ndarray, W: int,
     g, tol_g = float(opt["grad_norm64"]), float(opt["tol_grad"])
     ev = {"gap": gap, "tol_gap": tol_f, "grad_norm64": g, "tol_grad": tol_g,
           "optimum_loss": float(opt["optimum_loss"])}
-    if gap <= tol_f and g <= tol_g:
+    if at_optimum(opt):
         # onset: the first step from which the recorded loss stays within the
         # tolerance of its final value (the final weights are at the optimum)
         within = loss - loss[-1] <= tol_f + max(abs(loss[-1] - float(opt["final_loss64"])), 0)
@@ -352,7 +353,7 @@ def _stochastic_converged(loss: np.ndarray, rules: VerdictRules) -> Verdict | No
     first, prev, last = loss[:W].mean(), loss[-2 * W:-W].mean(), loss[-W:].mean()
     if not (first > 0 and last >= 0):
         return None
-    if last <= 0.01 * first:
+    if last <= SOLVED * first:
         return Verdict("converged", n - W + 1,
                        f"mean loss {first:.3g} -> {last:.3g} over the last {W} steps",
                        {"first_window_loss": float(first), "last_window_loss": float(last)})

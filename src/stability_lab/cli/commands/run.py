@@ -87,10 +87,10 @@ def view_options(args: argparse.Namespace, axes) -> dict:
             "verbose": bool(getattr(args, "verbose", False)), "map_axes": xy}
 
 
-#: task -> (base settings unless given, axes, note) of a deep task run with no sweep
-#: what a deep task runs with no sweep: a reference that converges beside a failure, both
-#: on configurations the suite runs on every kernel (tests/test_judgments.py, obs 8;
-#: tests/test_deep.py's attention-logit-growth test)
+#: task -> (base settings unless given, axes, note) of a deep task run with no sweep: a
+#: reference that converges beside a failure, both on configurations the suite runs on
+#: every kernel (tests/test_judgments.py, obs 8; tests/test_deep.py's
+#: attention-logit-growth test)
 DEEP_DEFAULTS = {
     # inputs on the scale of raw counts or prices (1e5): the first layer's outputs pass
     # float16's largest value (65504) and mixed-fp16 is NaN at step 1 (created by fc0);

@@ -29,16 +29,13 @@ from stability_lab.diagnosis.signatures.base import Playbook, Signature
 from stability_lab.diagnosis.signatures.common import (example_trace, first_nonfinite,
                                                        gradient_format, grad_small, healthy_loss,
                                                        trace_format)
-from stability_lab.diagnosis.windows import final_stretch, frozen_off_optimum, window
+from stability_lab.diagnosis.windows import SOLVED, final_stretch, frozen_off_optimum, window
 from stability_lab.trace import Trace
 
 #: a step at which this share of the gradient values flushed to zero is an underflow
 UNDERFLOW_FRACTION = 0.05
 #: ... and the finding is an error when this share is lost on average per step
 UNDERFLOW_ERROR_FRACTION = 0.25
-#: steps whose loss is below this fraction of the first one do not count: the task is
-#: solved there (the verdict's "solved" rule for step traces uses the same 1%)
-SOLVED = 0.01
 
 
 def detect_stagnation(trace: Trace) -> list[Finding]:
@@ -90,8 +87,7 @@ def detect_gradient_underflow(trace: Trace) -> list[Finding]:
     if finite.size and finite[0] > 0 and loss.size == hit.size:
         # once the loss is below SOLVED of its start the task is solved: the gradient
         # is small because the run is done, and values flushed then hold nothing back
-        with np.errstate(invalid="ignore"):
-            hit &= ~(loss < SOLVED * finite[0])
+        hit &= ~(loss < SOLVED * finite[0])
     if not hit.any():
         return []
     k = int(np.argmax(hit))
