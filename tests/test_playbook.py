@@ -16,12 +16,6 @@ from stability_lab.diagnosis.signatures import SIGNATURES
 
 PLAYBOOK = Path(__file__).resolve().parents[1] / "docs" / "playbook.md"
 
-#: scenarios whose record's mitigation does not fix them yet. stagnation: bfloat16 at lr
-#: 0.01 stagnates, and float32 (the record's higher_precision) only improves it within
-#: the 300 epochs, since lr 0.01 is 0.017 of 2/L = 0.585 (`stability-lab repro
-#: stagnation`); what fixes it is raising lr (the scenario's own raise_lr), which is not a
-#: registered rule yet
-RECORD_FIX_GAPS = {"stagnation"}
 
 
 def playbook_text():
@@ -63,10 +57,6 @@ def test_playbook_command_runs(command, tmp_path, capsys):
     fixed_by = {row["mitigation"] for row in doc["verification"] if row["fixed"]}
     if not record.mitigations:  # no rule can fix it (the record says why)
         assert record.no_mitigation
-    elif name in RECORD_FIX_GAPS:  # a known gap, held to still being one
-        assert not fixed_by & set(record.mitigations), (
-            f"{name}: its record's mitigation fixes its scenario now: remove it from "
-            "RECORD_FIX_GAPS")
     else:
         assert fixed_by & set(record.mitigations), (
             f"{name}: none of its record's mitigations {record.mitigations} fixed its "

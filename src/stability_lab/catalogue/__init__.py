@@ -50,6 +50,13 @@ from stability_lab.catalogue import (  # noqa: F401
     nondeterminism,
     saturation,
     collapse_to_chance,
+    nonfinite_created,
+    loss_scale_collapse,
+    attention_logit_growth,
+    headroom_shrinking,
+    exploding_gradients,
+    vanishing_gradients,
+    dying_relu,
 )
 
 __all__ = ["RUNNERS", "SCENARIOS", "Repro", "Scenario", "evidence_line", "get", "names",

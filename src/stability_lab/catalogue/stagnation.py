@@ -1,14 +1,19 @@
-"""stagnation: bfloat16 weights whose updates fall below half an ulp."""
+"""stagnation: bfloat16 weights whose updates fall below half an ulp.
+
+Logistic regression on the standardized breast-cancer features in bfloat16 at lr 0.01
+(0.017 of 2/L) with lambda 0.1: from about epoch 140 every weight is bit for bit
+unchanged while the gradient norm is still 0.13 of its initial value. The lab's
+``raise_lr`` rule (lr below a tenth of 2/L in a stagnated run) raises lr to half of
+2/L, and the run converges in bfloat16; ``higher_precision`` (float32) only improves
+it within the 300 epochs: at lr 0.01 float32 still moves too slowly to converge.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from stability_lab.catalogue.common import lr_bound, spec_scenario
+from stability_lab.catalogue.common import spec_scenario
 from stability_lab.catalogue.registry import Repro, scenario
-from stability_lab.formatting import round_sig
-from stability_lab.diagnosis.record import RunResult
-from stability_lab.remedies.rules import Recommendation
 from stability_lab.spec import RunSpec
 
 
@@ -18,15 +23,4 @@ from stability_lab.spec import RunSpec
 )
 def reproduce(ws: Path) -> Repro:
     base = RunSpec(precision="bfloat16", scale="standardized", lr=0.01, lam=0.1, epochs=300)
-    B = lr_bound(base)
-
-    def extra(first: RunResult) -> list[Recommendation]:
-        ratio = first.trace.metric("update_ratio")
-        return [Recommendation(
-            "raise_lr", f"raise lr to {round_sig(0.5 * B):g} (half of 2/L)",
-            f"the update/weight ratio is {ratio[-1]:.2g}, below half a bfloat16 ulp "
-            f"({2.0 ** -9:.2g}); lr {base.lr:g} is {base.lr / B:.2g} of the stability bound "
-            f"2/L = {B:.3g}", {"lr": round_sig(0.5 * B)}, (first.run_id,),
-            {"update_ratio": float(ratio[-1]), "lr_bound": B})]
-
-    return spec_scenario("stagnation", base, [("precision", ["bfloat16", "float32"])], extra)
+    return spec_scenario("stagnation", base, [("precision", ["bfloat16", "float32"])])

@@ -8,9 +8,10 @@ fix, its verdict is quoted as evidence. Each rule advises the action of its own 
 
 - ``use_loss_scaling``: gradient underflow in float16 without loss scaling ->
   ``{"policy": "mixed-fp16"}``.
-- ``use_bf16_range``: a non-finite value created in the forward pass, or a loss-scale
-  collapse caused by a forward overflow, in a float16/fp8 policy -> ``{"policy":
-  "mixed-bf16"}`` (bfloat16 has float32's range).
+- ``use_bf16_range``: a non-finite value created in the forward pass, a loss-scale
+  collapse caused by a forward overflow, or a module's headroom projected to run out,
+  in a float16/fp8 policy -> ``{"policy": "mixed-bf16"}`` (bfloat16 has float32's
+  range).
 - ``qk_layernorm``: attention-logit growth without qk-layernorm -> ``{"qk_layernorm": True}``.
 - ``z_loss``: output-logit growth without z-loss -> ``{"z_loss": 1e-4}``.
 - ``depth_exploding_gradients`` / ``depth_vanishing_gradients``: gradients by depth
@@ -55,9 +56,10 @@ def _fmt_delta(delta: dict[str, Any]) -> str:
 def _recommend(ctx: Context, hits: list, action: str, text: str, reason: str,
                delta: dict[str, Any], evidence: dict[str, Any]) -> list[Recommendation]:
     """The recommendation for ``hits`` (its ``reason`` quoting the verdict of the first
-    hit's matched run with ``delta``), citing the runs of all hits."""
+    hit's matched run with ``delta``), citing the runs of all hits, each once."""
+    runs = tuple(dict.fromkeys(h[0].run_id for h in hits))
     return [Recommendation(action, text, reason + _twin_text(ctx, hits[0][0], **delta),
-                           delta, tuple(h[0].run_id for h in hits), evidence)]
+                           delta, runs, evidence)]
 
 
 def _collect(ctx: Context, signature: str, pred=lambda r, f: True):
@@ -96,15 +98,19 @@ def use_bf16_range(ctx: Context) -> list[Recommendation]:
                     lambda r, f: _policy(r) in low and f.evidence["pass"] == "forward")
     hits += _collect(ctx, "loss_scale_collapse",
                      lambda r, f: f.evidence.get("forward_overflow"))
+    hits += _collect(ctx, "headroom_shrinking", lambda r, f: _policy(r) in low)
     if not hits:
         return []
     r, f = hits[0]
     where = f.location or "the forward pass"
+    coming = f.signature == "headroom_shrinking"
     return _recommend(
         ctx, hits, "use_bf16_range",
         "use bfloat16 autocast (policy mixed-bf16) for its float32 range",
-        f"{f.message} (policy {_policy(r)}): the values exceed the format's range at "
-        f"{where}, which loss scaling cannot fix; bfloat16 has float32's exponent range",
+        f"{f.message} (policy {_policy(r)}): the values "
+        + ("are on course to exceed" if coming else "exceed")
+        + f" the format's range at {where}, which loss scaling cannot fix; bfloat16 has "
+        "float32's exponent range",
         {"policy": "mixed-bf16"}, {"finding": f.signature, "module": where})
 
 

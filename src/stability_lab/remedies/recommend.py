@@ -23,6 +23,10 @@ Rules for the linear tasks:
   not: compute in float32/float64 or keep fp32 master weights.
 - ``clip``: a run diverged with a gradient norm more than 100 times its initial value
   and clipping off; clip at the initial gradient norm.
+- ``raise_lr``: a run stagnated (its updates fell below half an ulp of its weights) at
+  an lr below ``RAISE_BELOW`` (1/10) of the stability bound 2/L: raise lr to half of
+  2/L, the largest step that still keeps a safety factor of 2 (larger steps make
+  larger updates, which the format can represent).
 """
 
 from __future__ import annotations
@@ -272,6 +276,40 @@ def clip(ctx: Context) -> list[Recommendation]:
         f"run diverged; clipping at the initial norm bounds every step",
         {"clip": level}, tuple(h[0].run_id for h in hits),
         {"initial_grad_norm": g0, "max_grad_norm": gmax},
+    )]
+
+
+#: raise_lr fires for a stagnated run whose lr is below this fraction of 2/L
+RAISE_BELOW = 0.1
+
+
+@register_rule
+def raise_lr(ctx: Context) -> list[Recommendation]:
+    hits = []
+    for r in ctx.results:
+        bound = r.trace.probes.get("start", {}).get("lr_bound")
+        if r.verdict.status != "stagnated" or bound is None or not bound > 0:
+            continue
+        if r.spec.lr < RAISE_BELOW * bound:
+            hits.append((r, float(bound)))
+    if not hits:
+        return []
+    # the smallest bound over the hits keeps every one of them below 2/L
+    bound = min(b for _, b in hits)
+    lr = round_sig(0.5 * bound)
+    r = hits[0][0]
+    ratio = r.trace.metric("update_ratio")
+    ratio = ratio[np.isfinite(ratio)]
+    last = float(ratio[-1]) if ratio.size else float("nan")
+    return [Recommendation(
+        "raise_lr",
+        f"raise lr to {lr:g} (half of 2/L)",
+        f"{len(hits)} run(s) stagnated at lr {format_value(r.spec.lr)}, {r.spec.lr / bound:.2g} "
+        f"of the stability bound 2/L = {bound:.3g}: updates lr x grad fell below half an "
+        f"ulp of the weights (update/weight ratio {last:.2g} at the end in "
+        f"{r.spec.precision}); a larger step makes updates the format can represent",
+        {"lr": lr}, tuple(h[0].run_id for h in hits),
+        {"lr_bound": bound, "lr": r.spec.lr, "update_ratio": last, "runs": len(hits)},
     )]
 
 

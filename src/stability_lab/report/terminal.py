@@ -50,6 +50,7 @@ CAUSES = {
     "fused_logloss": "the naive loss formula",
     "higher_precision": "the number format",
     "clip": "gradient blow-up",
+    "raise_lr": "updates below half an ulp",
     "switch_solver": "the solver",
 }
 

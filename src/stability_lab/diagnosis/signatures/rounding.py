@@ -178,7 +178,7 @@ STAGNATION = Signature(
         fixes=("raise lr towards 2/L so updates clear half an ulp (free)",
                "keep fp32 master weights / compute in float32 (memory cost)"),
     ),
-    mitigations=("higher_precision",),
+    mitigations=("raise_lr", "higher_precision"),
     scenario="stagnation",
     fires_on=_bfloat16_weights_frozen_from_step_21,
     silent_on=_weights_move,
