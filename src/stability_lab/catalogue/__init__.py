@@ -13,7 +13,8 @@ the table.
 Training scenarios are RunSpecs of the lab's tasks, run by the engine (a scenario that
 prepares data writes it as a CSV into its work folder first; ``gradient_underflow``'s
 model is a user model of its own module, trained by the deep loop; ``collapse_to_chance``
-trains the lab's digits ``mlp``, five 200-step runs, about 15 seconds).
+trains the lab's digits ``mlp``, five 200-step runs, about 15 seconds; the deep-net
+scenarios after it train the ``mlp`` and ``attention`` tasks for 14 to 120 steps).
 The two that are not training runs, a least-squares solve (``ill_conditioned_blowup``)
 and one spec run under several summation orders (``nondeterminism``), are small
 computations of their module, configured by a dict.
