@@ -252,6 +252,43 @@ def test_user_model_errors_are_one_line_usage_errors(target, match):
     assert "\n" not in str(info.value)
 
 
+def test_user_model_trains_with_the_z_loss_on_its_logits(monkeypatch):
+    """--z-loss on a user model adds z * logsumexp(logits)^2 to its own loss, as for the
+    lab's tasks: the first step's recorded loss is the user's cross-entropy plus that
+    term on the initial model's logits (built under the run's seed)."""
+    import torch
+    import torch.nn.functional as F
+
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    from deep_models import build_classifier
+
+    target = f"{MODELS}:build_classifier"
+    _, plain = run(target, policy="float32", lr=1e-3, epochs=1)
+    _, with_z = run(target, policy="float32", lr=1e-3, epochs=1, z_loss=0.5)
+    torch.manual_seed(0)
+    model, batches, _ = build_classifier()
+    X, y = batches[0]
+    with torch.no_grad():
+        logits = model(X)
+        ce = float(F.cross_entropy(logits, y))
+        z = float(0.5 * torch.logsumexp(logits, -1).pow(2).mean())
+    assert plain.metric("loss")[0] == pytest.approx(ce, rel=1e-5)
+    assert with_z.metric("loss")[0] == pytest.approx(ce + z, rel=1e-5)
+    assert z > 0.1 * ce  # the term is there to see
+
+
+def test_user_model_z_loss_needs_class_logits():
+    from stability_lab.tasks import get_task
+
+    target = f"{MODELS}:build_regression"
+    spec = RunSpec(task=target).replace(z_loss=1e-4)
+    with pytest.raises(LabError, match=r"--z-loss needs build_regression\(\)'s model to "
+                                       r"output logits") as info:
+        get_task(target).prepare(spec)
+    assert "\n" not in str(info.value) and "(64, 1)" in str(info.value)
+    get_task(target).prepare(RunSpec(task=target))  # the same model without it is fine
+
+
 # -- report ---------------------------------------------------------------------------------
 
 def _fake(policy: str, final_loss: float, acc: float, status: str = "not_converged"):

@@ -180,6 +180,44 @@ def test_obs4_bfloat16_frozen_at_lr_0_02_is_stagnated_not_still_training():
     assert "stagnation" in [f.signature for f in by["bfloat16"].findings]
     assert by["float32"].verdict.status == "not_converged"
     assert "stagnation" not in [f.signature for f in by["float32"].findings]
+    # lr 0.02 is 0.034 of 2/L: the raise_lr rule advises half of 2/L for the bfloat16
+    # run alone (float32 did not stagnate)
+    from stability_lab.formatting import round_sig
+    from stability_lab.remedies.recommend import RAISE_BELOW, raise_lr
+    from stability_lab.remedies.rules import Context
+
+    bound = by["bfloat16"].trace.probes["start"]["lr_bound"]
+    assert 0.02 < RAISE_BELOW * bound
+    (rec,) = [r for r in res.recommendations if r.action == "raise_lr"]
+    assert rec.runs == (by["bfloat16"].run_id,)
+    assert rec.delta == {"lr": round_sig(0.5 * bound)}
+    assert rec.evidence["lr_bound"] == bound and "2/L" in rec.text
+    # the same stagnated run at lr above a tenth of 2/L, or a run that did not
+    # stagnate, gets no such advice
+    b = by["bfloat16"]
+    higher = RunResult(b.spec.replace(lr=0.2 * bound), b.trace, b.verdict, b.findings)
+    assert raise_lr(Context([higher])) == []
+    assert raise_lr(Context([by["float32"]])) == []
+
+
+def test_a_run_without_a_float64_match_shows_no_digits_rather_than_ref():
+    """The verification tables say 'ref' only for a float64 run (it is the reference);
+    a deep-net run verified without a float64 twin shows '-'. Rows stored before the
+    'reference' key existed keep reading 'ref'."""
+    from stability_lab.remedies.verify import side
+    from stability_lab.report.verification import _digits
+
+    def result(**spec):
+        s = RunSpec(**spec)
+        return RunResult(s, Trace(s, metrics={"loss": np.ones(3)}), Verdict("converged"))
+
+    mixed = side(result(task="mlp", data="digits", policy="mixed-fp16"), None)
+    assert mixed["reference"] is False and _digits(mixed) == "-"
+    for spec in (dict(task="mlp", data="digits", policy="float64"), dict(precision="float64")):
+        ref = side(result(**spec), None)
+        assert ref["reference"] is True and _digits(ref) == "ref"
+    assert _digits(side(result(precision="float32"), 3.14159)) == "3.1"
+    assert _digits({"digits": None}) == "ref"
 
 
 # -- observation 5: deep-net false alarms and contradictions --------------------------

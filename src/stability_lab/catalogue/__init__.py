@@ -14,7 +14,8 @@ Training scenarios are RunSpecs of the lab's tasks, run by the engine (a scenari
 prepares data writes it as a CSV into its work folder first; ``gradient_underflow``'s
 model is a user model of its own module, trained by the deep loop; ``collapse_to_chance``
 trains the lab's digits ``mlp``, five 200-step runs, about 15 seconds; the deep-net
-scenarios after it train the ``mlp`` and ``attention`` tasks for 14 to 120 steps).
+scenarios after it train the ``mlp`` and ``attention`` tasks for 14 to 120 steps, and
+``logit_growth`` a user model of its own module for 100).
 The two that are not training runs, a least-squares solve (``ill_conditioned_blowup``)
 and one spec run under several summation orders (``nondeterminism``), are small
 computations of their module, configured by a dict.
@@ -58,6 +59,7 @@ from stability_lab.catalogue import (  # noqa: F401
     exploding_gradients,
     vanishing_gradients,
     dying_relu,
+    logit_growth,
 )
 
 __all__ = ["RUNNERS", "SCENARIOS", "Repro", "Scenario", "evidence_line", "get", "names",

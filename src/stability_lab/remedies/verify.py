@@ -104,6 +104,9 @@ def side(result: RunResult, digits: float | None) -> dict[str, Any]:
         "epochs_to_converge": conv,
         "steps": result.trace.n_steps,
         "digits": digits,
+        # a float64 run is its own reference (no digits to compare); any other run
+        # without digits had no matched float64 run
+        "reference": (result.spec.policy or result.spec.precision) == "float64",
         "findings": sorted(_alarms(result)),
     }
 

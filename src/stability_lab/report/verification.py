@@ -17,9 +17,13 @@ def _num(x: Any) -> str:
     return fmt_num(x, 4)
 
 
-def _digits(x: Any) -> str:
+def _digits(side: dict[str, Any]) -> str:
+    """A side's digits against its matched float64 run: ``ref`` for a float64 run (it is
+    the reference), ``-`` for a run that has no float64 match to compare with (a deep-net
+    run verified without one). Rows stored before ``reference`` was recorded read ``ref``."""
+    x = side.get("digits")
     if x is None:
-        return "ref"
+        return "ref" if side.get("reference", True) else "-"
     return f"{float(x):.1f}"
 
 
@@ -47,7 +51,7 @@ def _row_cells(r: dict[str, Any]) -> list[Any]:
         (a["verdict"].replace("_", " "), verdict_style(a["verdict"])),
         f"{_num(b['final_loss'])} -> {_num(a['final_loss'])}",
         f"{_num(b['epochs_to_converge'])} -> {_num(a['epochs_to_converge'])}",
-        f"{_digits(b['digits'])} -> {_digits(a['digits'])}",
+        f"{_digits(b)} -> {_digits(a)}",
         f"{_sigs(b)} -> {_sigs(a)}",
         ("yes", "green") if r["fixed"] else ("NO", "red"),
     ]
@@ -95,7 +99,8 @@ def verification_lines(rows: Sequence[dict[str, Any]], max_rows: int = 16,
                "coefficients with the certified/reference solution):"]
     else:
         out = ["Verification (re-run with the same seed and data order; digits = agreement "
-               "of the final loss with the matched float64 run, 'ref' = is float64):"]
+               "of the final loss with the matched float64 run, 'ref' = is float64, '-' = no "
+               "float64 run to compare with):"]
     plan = rows[0].get("plan")
     if plan:
         if plan.get("exhaustive"):

@@ -113,11 +113,18 @@ class MLPTask(DeepTask):
 def ce_with_z_loss(logits, targets, z: float):
     import torch
 
-    F = torch.nn.functional
-    loss = F.cross_entropy(logits, targets)
+    loss = torch.nn.functional.cross_entropy(logits, targets)
     if z:
-        loss = loss + z * torch.logsumexp(logits, dim=-1).pow(2).mean()
+        loss = loss + z_loss(logits, z)
     return loss
+
+
+def z_loss(logits, z: float):
+    """The auxiliary z-loss ``z * log(Z)^2`` of logits with the classes in the last
+    dimension, averaged over the others (PaLM, Chowdhery et al. 2022)."""
+    import torch
+
+    return z * torch.logsumexp(logits, dim=-1).pow(2).mean()
 
 
 def build_mlp(spec: RunSpec, d_in: int = 64, d_out: int = 10):

@@ -9,6 +9,11 @@ of a sweep the same initial weights and batches. One epoch is one pass over the
 batches; an optional ``accuracy(outputs, targets)`` attribute on ``loss_fn`` is not
 needed: the end probe is the mean loss over the batches.
 
+``z_loss`` (``--z-loss Z``) adds ``Z * logsumexp(outputs, dim=-1)^2`` (mean over the
+other dimensions) to the training loss, as for the lab's own tasks: the model's outputs
+must then be a floating tensor of logits with the classes in the last dimension (checked
+on the first batch). The reported ``eval_loss`` is the user's loss alone.
+
 Loading the file happens in ``prepare``; every way it can go wrong (missing file or
 function, ``build`` raising, the wrong return shape, a loss that is not a scalar) is a
 one-line :class:`~stability_lab.errors.UsageError`.
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from stability_lab.tasks.deep import DeepTask
+from stability_lab.tasks.mlp import z_loss
 from stability_lab.errors import UsageError
 from stability_lab.spec import RunSpec
 
@@ -144,6 +150,14 @@ class UserTask(DeepTask):
         if not loss.requires_grad:
             raise UsageError(f"The loss from {name}()'s loss_fn does not depend on the model's "
                              "parameters (no gradient); return a loss computed from outputs.")
+        if spec.param("z_loss") and not (isinstance(outputs, torch.Tensor)
+                                         and outputs.is_floating_point()
+                                         and outputs.dim() >= 2 and outputs.shape[-1] >= 2):
+            got = (f"a tensor of shape {tuple(outputs.shape)}" if isinstance(outputs, torch.Tensor)
+                   else type(outputs).__name__)
+            raise UsageError(f"--z-loss needs {name}()'s model to output logits with the "
+                             f"classes in the last dimension (N, C >= 2); it outputs {got}. "
+                             "Leave --z-loss out for this model.")
         return {"build": build, "name": name, "n_batches": len(batches)}
 
     def problem(self, spec: RunSpec, prepared):
@@ -160,8 +174,11 @@ class UserTask(DeepTask):
             b = state["batches"]
             return b[i % len(b)]
 
+        z = float(spec.param("z_loss") or 0.0)
+
         def loss_fn(outputs, targets):
-            return state["loss_fn"](outputs, targets)
+            loss = state["loss_fn"](outputs, targets)
+            return loss + z_loss(outputs, z) if z else loss
 
         def eval_fn(model, forward):
             total = 0.0

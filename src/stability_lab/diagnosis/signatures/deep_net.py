@@ -47,18 +47,6 @@ HEADROOM_BITS = 6.0
 SATURATED_LOGIT = 1e3
 SKIP_FRACTION = 0.2
 
-#: why logit_growth has no catalogue scenario yet
-NO_LOGIT_SCENARIO = (
-    "no catalogue scenario yet: it needs a run of a lab task whose output logits drift "
-    "past 1e3 (or toward the format's max) slowly enough that the z-loss 1e-4 holds them, "
-    "within a few seconds. None was found: the digits mlp (momentum or Adam, lr 0.01-10, "
-    "with or without LayerNorm, inputs scaled up to 30x) and the attention task (Adam, lr "
-    "0.1) peak at 20-120, where the z-loss changes them by under 10%, or diverge, where "
-    "it does not help; a cosine classifier with a learned logit scale (as in CLIP) under "
-    "Adam grew its logits from 11 to 17 in 300 steps, and a linear classifier with an "
-    "output multiplier of 30-100 starts at 180-600 and grows less than 10x; follow-up")
-
-
 def _attr(trace: Trace) -> dict[str, Any]:
     return trace.extras.get("attribution") or {}
 
@@ -427,8 +415,7 @@ LOGIT_GROWTH = Signature(
                "compute the output layer in float32"),
     ),
     mitigations=("z_loss",),
-    scenario=None,
-    no_scenario=NO_LOGIT_SCENARIO,
+    scenario="logit_growth",
     fires_on=_output_logits_overflow_float16,
     silent_on=_bounded_logits,
 )
