@@ -23,7 +23,10 @@ def dense_hessian(A, w, lam):
     return A.T @ (A * c[:, None]) / len(A) + lam * P
 
 
-@pytest.mark.parametrize("n,d", [(300, 12), (7, 40), (2, 60), (40, 39)])
+@pytest.mark.parametrize("n,d", [(300, 12), (7, 40), (2, 60), (40, 39),
+                                 # n k^2 over curvature._BLOCK_ENTRIES: one k x k product
+                                 # per run and block, in one block and in two
+                                 (3000, 40), (110_000, 40)])
 @pytest.mark.parametrize("lam", [0.0, 0.3])
 def test_curvature_exact_against_dense(n, d, lam):
     rng = np.random.default_rng(n + d)

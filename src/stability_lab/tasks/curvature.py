@@ -139,6 +139,17 @@ class Curvature:
                 M += (Cb * c[i:i + len(Cb), None]).T @ Cb
         return M / self.n
 
+    def _weighted_grams_by_run(self, D: np.ndarray) -> np.ndarray:
+        """C^T diag(D[:, j]) C / n for every column j of D, (runs, k, k): one k x k
+        product per run and block, each block of the design formed once for all runs
+        (the same sums as :meth:`weighted_gram` of each column)."""
+        M = np.zeros((D.shape[1], self.k, self.k))
+        for i, Cb in self.blocks():
+            d = D[i:i + len(Cb)]
+            for j in range(D.shape[1]):
+                M[j] += (Cb * d[:, j, None]).T @ Cb
+        return M / self.n
+
     def _weighted_grams(self, D: np.ndarray) -> np.ndarray:
         """C^T diag(D[:, j]) C / n for every column j of D: (runs, k, k), from blocks of
         at most _BLOCK_ENTRIES products (never n x k x k)."""
@@ -257,9 +268,13 @@ class Curvature:
             Z = self.logits(W[rows])
             D = 0.25 * (1.0 - np.tanh(0.5 * Z) ** 2)  # p(1-p) = sigmoid'(z), no overflow
             del Z
-            if self.exact and self.k <= _BATCH_K:
-                # small k: every run's Hessian from one product per block of rows, the
+            small = self.n * self.k * self.k <= _BLOCK_ENTRIES
+            if self.exact and self.k <= _BATCH_K and small:
+                # small data: every run's Hessian from one product per block of rows, the
                 # block's (rows x k^2) products A_i A_j times the (rows x runs) weights
+                # (one GEMM for all runs; on larger data forming the n x k^2 products
+                # costs more than a k x k GEMM per run: 0.97 s against 0.045 s for two
+                # runs on 100,000 x 51)
                 M = self._weighted_grams(D)
                 M += (lams[rows, None, None] / self.c / self.c) * (
                     np.eye(self.k) - np.outer(self.q, self.q))
@@ -277,11 +292,11 @@ class Curvature:
                               "hessian_cond": hi / lo if lo > 0 else (
                                   math.inf if lo == lo else math.nan)}
                 continue
+            grams = self._weighted_grams_by_run(D) if self.exact else None
             for j, r in enumerate(rows):
                 lam = float(lams[r])
-                if self.exact:
-                    lo, hi = self._extremes_exact(
-                        self.weighted_gram(D[:, j]) + self._penalty(lam), lam)
+                if grams is not None:
+                    lo, hi = self._extremes_exact(grams[j] + self._penalty(lam), lam)
                     est = {}
                 else:
                     vals, errs = self._extremes_lanczos(np.ascontiguousarray(D[:, j]), lam)
